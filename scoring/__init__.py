@@ -1,0 +1,24 @@
+"""scoring: batch scoring on the data lake.
+
+    >>> import scoring
+    >>> summary = scoring.run_job("conf/jobs/demo.yaml", ["input.where=ds = '2026-11-01'"])
+    >>> summary.model_version, summary.rows_written
+
+The same engine serves ``scoring run`` (CLI), ``spark-submit`` (:mod:`scoring.spark_entry`) and notebooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from scoring.config import JobConfig, build_job_config, load_job_config
+from scoring.errors import ScoringError
+from scoring.modes.batch import RunSummary, run
+
+__all__ = ["JobConfig", "RunSummary", "ScoringError", "build_job_config", "load_job_config", "run", "run_job"]
+__version__ = "0.1.0"
+
+
+def run_job(path: str, overrides: Iterable[str] = (), *, spark=None) -> RunSummary:
+    """Load the YAML job config at `path` (with ``key=value`` overrides) and run it."""
+    return run(load_job_config(path, overrides), spark=spark)

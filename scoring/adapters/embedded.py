@@ -1,0 +1,151 @@
+"""The embedded runtime: the model runs inside each Python worker (onnxruntime for ONNX, MLflow pyfunc otherwise)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from scoring.core.batching import feature_matrix, name_outputs
+from scoring.errors import ModelError
+
+_LOGGER = logging.getLogger(__name__)
+
+_ONNX_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float16)": np.float16,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedSpec:
+    """Everything a worker needs to load the model; hashable, so it keys the per-worker cache."""
+
+    model_uri: str
+    """``models:/<name>/<version>``, for messages and for downloading where `local_path` is missing."""
+    local_path: str
+    flavors: tuple[str, ...]
+    features: tuple[str, ...]
+    threads: int = 1
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+
+
+class OnnxPredictor:
+    """onnxruntime on the model's ``model.onnx``; one session per process, inputs fed without pandas."""
+
+    def __init__(self, path: Path, spec: EmbeddedSpec) -> None:
+        import onnxruntime as ort
+        import yaml
+
+        conf = yaml.safe_load((path / "MLmodel").read_text())["flavors"]["onnx"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec.threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(path / conf.get("data", "model.onnx")), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._features = spec.features
+        self._inputs = self._session.get_inputs()
+        self._outputs = [o.name for o in self._session.get_outputs() if o.type.startswith("tensor(")]
+        if not self._outputs:
+            raise ModelError(
+                f"ONNX model {spec.model_uri} has no tensor outputs",
+                hint="export it without ZipMap (skl2onnx: options={'zipmap': False})",
+            )
+        self._matrix = len(self._inputs) == 1 and len(self._inputs[0].shape or ()) == 2
+        if not self._matrix:
+            missing = [i.name for i in self._inputs if i.name not in spec.features]
+            if missing:
+                raise ModelError(
+                    f"ONNX model {spec.model_uri} has inputs {missing} that are not among the features {list(spec.features)}",
+                    hint="name the model's inputs in input.features",
+                )
+        else:
+            width = self._inputs[0].shape[1]
+            if isinstance(width, int) and width != len(spec.features):
+                raise ModelError(
+                    f"ONNX model {spec.model_uri} takes {width} features per row, the job gives {len(spec.features)}: "
+                    f"{list(spec.features)}",
+                    hint="set input.features to the model's feature columns, in training order",
+                )
+
+    def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
+        if self._matrix:
+            inp = self._inputs[0]
+            feeds = {inp.name: feature_matrix(features, self._features, _ONNX_NUMPY.get(inp.type, np.float32))}
+        else:
+            feeds = {
+                i.name: features.column(i.name).to_numpy(zero_copy_only=False).astype(_ONNX_NUMPY.get(i.type, np.float32)).reshape(-1, 1)
+                for i in self._inputs
+            }
+        results = self._session.run(self._outputs, feeds)
+        return name_outputs(dict(zip(self._outputs, results, strict=True)), features.num_rows)
+
+
+class PyfuncPredictor:
+    """Any MLflow model through ``mlflow.pyfunc``: a pandas DataFrame of the feature columns in, predictions out."""
+
+    def __init__(self, path: Path, spec: EmbeddedSpec) -> None:
+        import mlflow.pyfunc
+
+        self._model = mlflow.pyfunc.load_model(str(path))
+
+    def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
+        import pandas as pd
+
+        frame = features.to_pandas()
+        result = self._model.predict(frame)
+        if isinstance(result, pd.DataFrame):
+            outputs = {str(c): result[c].to_numpy() for c in result.columns}
+        elif isinstance(result, pd.Series):
+            outputs = {str(result.name or "prediction"): result.to_numpy()}
+        elif isinstance(result, dict):
+            outputs = {str(k): np.asarray(v) for k, v in result.items()}
+        else:
+            outputs = {"prediction": np.asarray(result)}
+        return name_outputs(outputs, features.num_rows)
+
+
+def _local_files(spec: EmbeddedSpec) -> Path:
+    path = Path(spec.local_path)
+    if (path / "MLmodel").exists():
+        return path
+    # A worker on another host: fetch the same immutable version from the registry.
+    from scoring.adapters.registry import resolve_model
+
+    return Path(resolve_model(spec.model_uri, spec.tracking_uri, spec.registry_uri).local_path)
+
+
+def load_predictor(spec: EmbeddedSpec):
+    """A predictor for `spec`: onnxruntime when the model has an ONNX flavor, pyfunc otherwise."""
+    path = _local_files(spec)
+    try:
+        if "onnx" in spec.flavors:
+            return OnnxPredictor(path, spec)
+        return PyfuncPredictor(path, spec)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"cannot load {spec.model_uri} from {path}: {type(e).__name__}: {e}") from e
+
+
+_CACHE: dict[EmbeddedSpec, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_predictor(spec: EmbeddedSpec):
+    """One predictor per spec per process: a reused Spark Python worker loads the model once, not once per batch."""
+    with _CACHE_LOCK:
+        predictor = _CACHE.get(spec)
+        if predictor is None:
+            _LOGGER.info("loading %s in process", spec.model_uri)
+            predictor = _CACHE[spec] = load_predictor(spec)
+        return predictor

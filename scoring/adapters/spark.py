@@ -1,0 +1,122 @@
+"""Spark glue: the session (with Delta), and the mapInArrow step that runs the pure core in Python workers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+
+import pyarrow as pa
+
+from scoring.core.score import ScoringSpec, score_batches
+from scoring.core.stamp import LINEAGE_SCHEMA, Lineage
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.shuffle.partitions": "4",
+    # Delta's log replay uses this many partitions (default 50): far too many for a laptop or a small table.
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.python.worker.reuse": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "4g",
+}
+
+
+def get_session(master: str | None = None, conf: Mapping[str, str] | None = None, app_name: str = "scoring"):
+    """The active SparkSession, or a new one with Delta configured.
+
+    Under ``spark-submit`` the session (and its ``--packages``) already exist and are reused. Otherwise a local
+    session is built and the Delta jars are resolved through Spark's package resolution (cached after the first run).
+    """
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        for key, value in (conf or {}).items():
+            _try_set(active, key, value)
+        return active
+    from delta import configure_spark_with_delta_pip
+
+    builder = SparkSession.builder.appName(app_name)
+    running_under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT")
+    if master or not running_under_submit:
+        builder = builder.master(master or "local[*]")
+        if (master or "local").startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            # Python workers must run the driver's interpreter (its virtual environment has the packages).
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            for key, value in LOCAL_DEFAULTS.items():
+                builder = builder.config(key, value)
+    for key, value in {**DEFAULTS, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    builder = configure_spark_with_delta_pip(builder)
+    for attempt in (1, 2):
+        try:
+            return builder.getOrCreate()
+        except PySparkRuntimeError as e:  # JAVA_GATEWAY_EXITED happens now and then at start-up; once more
+            if attempt == 2 or "JAVA_GATEWAY_EXITED" not in str(e):
+                raise
+            _LOGGER.warning("Spark's JVM exited at start-up; trying once more")
+    raise AssertionError("unreachable")
+
+
+def _try_set(session, key: str, value: str) -> None:
+    try:
+        session.conf.set(key, value)
+    except Exception:  # static settings cannot change on a running session
+        _LOGGER.debug("cannot change %s on a running session", key)
+
+
+def _score_partition(spec: ScoringSpec, predictor_spec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Runs in a Python worker. Module-level, so cloudpickle ships it by reference and the predictor cache
+    (one model per reused worker) survives across tasks."""
+    from scoring.adapters.embedded import cached_predictor
+
+    predictor = cached_predictor(predictor_spec)
+    yield from score_batches(batches, predictor, spec)
+
+
+def score_dataframe(df, spec: ScoringSpec, predictor_spec, lineage: Lineage):
+    """`df` (pass-through + feature columns) -> pass-through + prediction + lineage columns, lazily."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    out_fields = [df.schema[c] for c in spec.passthrough]
+    out_schema = from_arrow_schema(spec.output_schema)
+    from pyspark.sql.types import StructType
+
+    schema = StructType(out_fields + list(out_schema.fields))
+    scored = df.mapInArrow(functools.partial(_score_partition, spec, predictor_spec), schema)
+    values = lineage.values()
+    stamps = {
+        field.name: F.lit(values[field.name]).cast(from_arrow_schema(pa.schema([field])).fields[0].dataType)
+        for field in LINEAGE_SCHEMA
+    }
+    return scored.withColumns(stamps)
+
+
+def probe_outputs(rows: pa.Table, spec: ScoringSpec, predictor_spec) -> pa.Schema:
+    """Score a few rows on the driver: fails fast on a model that rejects the inputs, and gives the output schema."""
+    from scoring.adapters.embedded import cached_predictor
+
+    predictor = cached_predictor(predictor_spec)
+    out = None
+    for batch in rows.to_batches():
+        if batch.num_rows:
+            out = next(score_batches([batch], predictor, spec))
+            break
+    assert out is not None, "probe needs at least one row"
+    return pa.schema([out.schema.field(n) for n in out.schema.names if n not in spec.passthrough])

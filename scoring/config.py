@@ -1,0 +1,216 @@
+"""The job config: one frozen, strict tree, loaded from YAML and validated once, at the edge.
+
+A job config names an input Delta table, an MLflow model and an output Delta table (see ``conf/jobs/demo.yaml``).
+Unknown keys, wrong types and missing keys are :class:`~scoring.errors.ConfigError`s that name the file and the dotted
+key, with a "did you mean" hint. Any key can be overridden with ``key.path=value`` strings (the CLI's ``--set``), whose
+values are parsed as YAML (``3`` is an int, ``[a, b]`` a list). String values may use ``${VAR}`` or ``${VAR:-default}``
+to read the environment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scoring.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class InputConfig(_Strict):
+    table: str
+    """Path (or URI) of the input Delta table."""
+    key: list[str] = Field(min_length=1)
+    """Key column(s) that identify a row; copied to the output. A string or a list."""
+    features: list[str] | None = None
+    """Feature columns, in the order the model takes them. When omitted, taken from the model's MLflow signature."""
+    where: str | None = None
+    """Optional Spark SQL filter on the input, e.g. ``ds = '2026-11-24'``."""
+    version: int | None = Field(default=None, ge=0)
+    """Delta version to read. By default the latest version at the start of the run, which is then recorded."""
+    on_invalid_rows: Literal["fail", "skip"] = "fail"
+    """Rows with a null or NaN feature: ``fail`` the run (nothing is written), or ``skip`` them (they are counted as
+    rejected in the summary, and the rest is scored)."""
+
+    _listify = field_validator("key", "features", mode="before")(_as_list)
+
+
+class ModelConfig(_Strict):
+    uri: str
+    """MLflow registry URI: ``models:/<name>@<alias>`` or ``models:/<name>/<version>``. Resolved once per run."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI. Default: ``MLFLOW_TRACKING_URI`` from the environment."""
+    registry_uri: str | None = None
+    """MLflow registry URI. Default: ``MLFLOW_REGISTRY_URI``, else the tracking URI."""
+
+    @field_validator("uri")
+    @classmethod
+    def _registry_uri(cls, value: str) -> str:
+        if not re.fullmatch(r"models:/[^/@]+(/\d+|@[^/@]+)", value):
+            raise ValueError(
+                f"{value!r} is not a registry model URI; use models:/<name>@<alias> or models:/<name>/<version>"
+            )
+        return value
+
+
+class EmbeddedConfig(_Strict):
+    threads: int = Field(default=1, ge=1)
+    """Threads per model session in each Python worker (onnxruntime ``intra_op_num_threads``). One is fastest when
+    Spark already runs one worker per core."""
+
+
+class RuntimeConfig(_Strict):
+    backend: Literal["embedded"] = "embedded"
+    """Where the model runs. ``embedded``: in each Spark Python worker (onnxruntime for ONNX models, MLflow pyfunc
+    otherwise)."""
+    batch_rows: int = Field(default=10_000, ge=1)
+    """Rows per Arrow batch sent to the model (Spark's ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
+    embedded: EmbeddedConfig = EmbeddedConfig()
+
+
+class OutputConfig(_Strict):
+    table: str
+    """Path (or URI) of the output Delta table. Created on the first run."""
+    partition_by: list[str] = []
+    """Partition columns (input columns copied to the output). A re-run replaces exactly the partitions it scored;
+    an unpartitioned output is replaced whole by each run."""
+
+    _listify = field_validator("partition_by", mode="before")(_as_list)
+
+
+class SparkConfig(_Strict):
+    master: str | None = None
+    """Spark master. Default: ``local[*]``, or whatever ``spark-submit`` was given."""
+    conf: dict[str, str] = {}
+    """Extra Spark settings, e.g. ``spark.driver.memory: 4g``."""
+
+
+class JobConfig(_Strict):
+    name: str = "job"
+    """Job name, used in logs and in the commit metadata. Defaults to the config file's stem."""
+    run_id: str | None = None
+    """Run id to stamp. Default: a new one per run. Give the same id to make a retry of one run idempotent
+    (a run id that already committed to the output table commits nothing again)."""
+    input: InputConfig
+    model: ModelConfig
+    runtime: RuntimeConfig = RuntimeConfig()
+    output: OutputConfig
+    spark: SparkConfig = SparkConfig()
+
+
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m["name"] in os.environ:
+                return os.environ[m["name"]]
+            if m["default"] is not None:
+                return m["default"]
+            raise ConfigError(
+                f"{where}: environment variable {m['name']} is not set",
+                hint=f"export {m['name']}=..., or write ${{{m['name']}:-default}}",
+            )
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, where) for v in value]
+    return value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE", hint="write e.g. --set input.table=/data/features")
+        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return parsed
+
+
+def _apply(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set {dotted}: {'.'.join(parts[: i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at `loc` (the parent of a bad key), for "did you mean" hints."""
+    model: Any = JobConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)" if close else ""
+        return f"{dotted}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{dotted}: required key is missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{dotted}: {error['msg']}{shown}"
+
+
+def build_job_config(raw: Mapping[str, Any], *, source: str = "<config>", overrides: Iterable[str] = ()) -> JobConfig:
+    """Validate a config tree (e.g. parsed YAML) with ``key=value`` overrides applied; errors name `source`."""
+    tree = _expand_env(dict(raw), source)
+    for dotted, value in parse_overrides(overrides).items():
+        _apply(tree, dotted, _expand_env(value, f"--set {dotted}"), f"--set {dotted}")
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as e:
+        lines = "\n".join(f"  {_describe(err)}" for err in e.errors())
+        raise ConfigError(
+            f"{source}: invalid job config ({e.error_count()} problem{'s' * (e.error_count() > 1)}):\n{lines}",
+            hint="fix the keys above in the file or in --set; `scoring run --help` lists the config keys",
+        ) from None
+
+
+def load_job_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobConfig:
+    """Read a YAML job config, apply ``key=value`` overrides, and validate it strictly."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file", hint="pass the path of a YAML job config, e.g. conf/jobs/demo.yaml") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a job config is a YAML mapping, found {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return build_job_config(raw, source=str(path), overrides=overrides)

@@ -1,0 +1,94 @@
+"""Score Arrow batches: check the features, call the predictor, check what it returned, keep the pass-through columns."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from scoring.core.batching import invalid_mask
+from scoring.core.predictor import Predictor
+from scoring.errors import InvalidRowsError, ModelError, OutputValidationError, ScoringError
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringSpec:
+    """What to do with each batch: which columns are features, which are copied through, what the model returns."""
+
+    features: tuple[str, ...]
+    """Feature columns, in the model's order."""
+    passthrough: tuple[str, ...]
+    """Columns copied to the output unchanged (keys, then partition columns)."""
+    key: tuple[str, ...]
+    """Key columns, named in errors about a row."""
+    model: str
+    """``models:/<name>/<version>``, named in errors."""
+    output_schema: pa.Schema | None = None
+    """The prediction columns the model must return (None until probed on the driver)."""
+
+
+def _describe_rows(batch: pa.RecordBatch, spec: ScoringSpec, mask: np.ndarray) -> str:
+    row = int(np.flatnonzero(mask)[0])
+    key = ", ".join(f"{k}={batch.column(k)[row].as_py()!r}" for k in spec.key)
+    bad = [
+        f for f in spec.features
+        if not batch.column(f)[row].is_valid or (isinstance(v := batch.column(f)[row].as_py(), float) and v != v)
+    ]
+    return f"{int(mask.sum())} row(s) in this batch, first at {key}: null or NaN in {', '.join(bad)}"
+
+
+def check_features(batch: pa.RecordBatch, spec: ScoringSpec, mask: np.ndarray | None) -> None:
+    """Raise :class:`InvalidRowsError` naming the first bad row when `mask` flags any row."""
+    if mask is not None:
+        raise InvalidRowsError(
+            f"rows with null or NaN features: {_describe_rows(batch, spec, mask)}",
+            hint="clean the input, filter the rows out with input.where, or set input.on_invalid_rows: skip "
+            "to score the rest and count these as rejected",
+        )
+
+
+def check_outputs(outputs: pa.RecordBatch, rows: int, spec: ScoringSpec) -> None:
+    """Check what a model returned against the batch it was given, before anything is written."""
+    if outputs.num_rows != rows:
+        raise OutputValidationError(
+            f"model {spec.model} returned {outputs.num_rows} rows for a batch of {rows}",
+            hint="the model must return one prediction per input row; check its predict()",
+        )
+    expected = spec.output_schema
+    if expected is not None and not outputs.schema.equals(expected):
+        raise OutputValidationError(
+            f"model {spec.model} returned columns {outputs.schema.to_string(show_schema_metadata=False)!r} "
+            f"but its first batch returned {expected.to_string(show_schema_metadata=False)!r}",
+            hint="the model must return the same outputs and dtypes for every batch",
+        )
+
+
+def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) -> pa.RecordBatch:
+    """One input batch -> one output batch: pass-through columns followed by the prediction columns."""
+    if batch.num_rows == 0 and spec.output_schema is not None:
+        empty = [pa.array([], type=batch.schema.field(c).type) for c in spec.passthrough]
+        empty += [pa.array([], type=f.type) for f in spec.output_schema]
+        return pa.RecordBatch.from_arrays(empty, names=[*spec.passthrough, *spec.output_schema.names])
+    check_features(batch, spec, invalid_mask(batch, spec.features))
+    features = batch.select(list(spec.features))
+    try:
+        outputs = predictor.predict(features)
+    except ScoringError:
+        raise
+    except Exception as e:  # the runtime's own error: keep its text, say which model and batch
+        raise ModelError(
+            f"model {spec.model} failed on a batch of {batch.num_rows} rows: {type(e).__name__}: {e}",
+            hint="check that input.features match the model's signature (names, order, dtypes)",
+        ) from e
+    check_outputs(outputs, batch.num_rows, spec)
+    arrays = [batch.column(c) for c in spec.passthrough] + list(outputs.columns)
+    return pa.RecordBatch.from_arrays(arrays, names=[*spec.passthrough, *outputs.schema.names])
+
+
+def score_batches(batches: Iterable[pa.RecordBatch], predictor: Predictor, spec: ScoringSpec) -> Iterator[pa.RecordBatch]:
+    """Score each batch in turn; empty batches pass through as empty output batches."""
+    for batch in batches:
+        yield score_batch(batch, predictor, spec)
+

@@ -1,0 +1,100 @@
+"""One error hierarchy for everything `scoring` raises on purpose.
+
+Every error says what is wrong and how to fix it. Errors must pickle (they travel from Spark's Python workers back to
+the driver) and must survive the trip through Spark's own exception wrapping, which keeps only the text of a worker's
+traceback: :func:`from_spark_exception` finds our error in that text and rebuilds it on the driver.
+
+`Transient` and `Terminal` are mixins that retry loops look at: a transient error may succeed when tried again
+(a server restarting, a timeout); a terminal one never will (a missing column, an unknown model).
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class ScoringError(Exception):
+    """Root of every error `scoring` raises on purpose. The message is meant for the user, as is."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  how to fix: {hint}")
+
+    def __reduce__(self):  # keep `hint` across pickling (Spark workers -> driver)
+        return (_rebuild, (type(self), self.message, self.hint))
+
+
+def _rebuild(cls: type[ScoringError], message: str, hint: str | None) -> ScoringError:
+    return cls(message, hint=hint)
+
+
+class Transient:
+    """Mixin: trying again may succeed."""
+
+
+class Terminal:
+    """Mixin: trying again will fail the same way."""
+
+
+class ConfigError(ScoringError, Terminal):
+    """The job config (a YAML file or a --set override) is wrong: unknown key, wrong type, missing key."""
+
+    exit_code = 2
+
+
+class InputError(ScoringError, Terminal):
+    """The input table or its columns are not what the job needs (missing table, column, wrong dtype, empty)."""
+
+
+class InvalidRowsError(InputError):
+    """Rows whose features are null or NaN, with `input.on_invalid_rows: fail`."""
+
+
+class ModelError(ScoringError, Terminal):
+    """The model cannot be resolved, loaded, or does not accept the job's inputs."""
+
+
+class OutputValidationError(ScoringError, Terminal):
+    """What a model returned does not match the batch it was given (row count, dtype, shape)."""
+
+
+class OutputError(ScoringError, Terminal):
+    """The output table cannot be written as configured (e.g. a schema or partitioning clash)."""
+
+
+class BackendUnavailableError(ScoringError, Transient):
+    """A model server did not answer in time; trying again may succeed."""
+
+
+_ALL: dict[str, type[ScoringError]] = {}
+
+
+def _register() -> None:
+    stack: list[type[ScoringError]] = [ScoringError]
+    while stack:
+        cls = stack.pop()
+        _ALL[cls.__name__] = cls
+        stack.extend(cls.__subclasses__())
+
+
+# A worker's error reaches the driver as the text of its traceback, whose last lines read
+# "scoring.errors.InputError: <message>\n  how to fix: <hint>". Find the last such error in that text.
+_WORKER_ERROR = re.compile(
+    r"scoring\.errors\.(?P<cls>[A-Za-z]+): (?P<message>.*?)(?:\n  how to fix: (?P<hint>[^\n]*))?(?:\n|$)",
+)
+
+
+def from_spark_exception(exc: BaseException) -> ScoringError | None:
+    """The `ScoringError` a Spark worker raised, rebuilt from Spark's wrapped exception; None if there is none."""
+    if not _ALL:
+        _register()
+    found = None
+    for match in _WORKER_ERROR.finditer(str(exc)):
+        found = match
+    if found is None:
+        return None
+    cls = _ALL.get(found["cls"], ScoringError)
+    return cls(found["message"].strip(), hint=found["hint"])

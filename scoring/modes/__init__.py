@@ -1,0 +1,1 @@
+"""Ways to run the engine. Each composes the pure core with adapters."""

@@ -1,0 +1,286 @@
+"""The batch job: config -> resolve model -> read snapshot -> validate -> score in Arrow batches -> stamp -> write -> summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+import uuid
+from typing import Any
+
+from scoring import columns
+from scoring.adapters import delta, registry
+from scoring.adapters.embedded import EmbeddedSpec
+from scoring.config import JobConfig
+from scoring.core.score import ScoringSpec
+from scoring.core.stamp import Lineage
+from scoring.errors import InputError, ModelError, OutputError, ScoringError, from_spark_exception
+from scoring.progress import LogReporter, Reporter, watch_spark
+
+_LOGGER = logging.getLogger(__name__)
+
+PROBE_ROWS = 16
+"""Rows scored on the driver before the job starts, to fail fast and to learn the model's output columns."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a run did. ``rows_read == rows_written + rows_rejected`` for every committed run."""
+
+    job: str
+    run_id: str
+    model_name: str
+    model_version: str
+    model_uri: str
+    requested_model_uri: str
+    input_table: str
+    input_version: int
+    output_table: str
+    output_version_before: int | None
+    output_version: int | None
+    rows_read: int
+    rows_written: int
+    rows_rejected: int
+    committed: bool
+    elapsed_s: float
+    backend: str
+    prediction_columns: tuple[str, ...]
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["rows_per_s"] = round(self.rows_per_s, 1)
+        out["prediction_columns"] = list(self.prediction_columns)
+        return out
+
+
+def new_run_id(now: dt.datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+_NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "BooleanType", "DecimalType")
+
+
+def _resolve_features(config: JobConfig, model: registry.ModelRef, input_columns: list[str]) -> tuple[str, ...]:
+    signature = registry.signature_inputs(model)
+    if config.input.features is not None:
+        features = tuple(config.input.features)
+        if signature is not None:
+            expected = [name for name, _ in signature]
+            if sorted(expected) != sorted(features):
+                raise ModelError(
+                    f"model {model.uri} expects features {expected} (its MLflow signature), "
+                    f"but input.features is {list(features)}",
+                    hint="make input.features match the model's signature, or leave input.features out to use it",
+                )
+        return features
+    if signature is None:
+        raise ModelError(
+            f"model {model.uri} has no named inputs in its MLflow signature, so the features are unknown",
+            hint="list the feature columns in input.features, in the order the model was trained on",
+        )
+    return tuple(name for name, _ in signature)
+
+
+def _check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
+    present = {f.name: f for f in schema.fields}
+    table = config.input.table
+    for key_name, wanted in (
+        ("input.key", config.input.key),
+        ("input.features", features),
+        ("output.partition_by", config.output.partition_by),
+    ):
+        missing = [c for c in wanted if c not in present]
+        if missing:
+            raise InputError(
+                f"{key_name}: column(s) {missing} not in the input table {table} (it has {sorted(present)})",
+                hint=f"fix {key_name} in the job config, or check that input.table points at the right table",
+            )
+    for name in features:
+        kind = type(present[name].dataType).__name__
+        if kind not in _NUMERIC:
+            raise InputError(
+                f"input.features: column {name!r} of {table} is {present[name].dataType.simpleString()}, "
+                "but models take numbers",
+                hint=f"cast {name} to a numeric type upstream, or drop it from input.features",
+            )
+    reserved = set(columns.LINEAGE) & set([*config.input.key, *config.output.partition_by])
+    if reserved:
+        raise InputError(
+            f"input column(s) {sorted(reserved)} clash with the lineage columns scoring adds",
+            hint="rename them upstream; the lineage column names are listed in the README",
+        )
+
+
+def _translate(e: Exception) -> Exception:
+    found = from_spark_exception(e)
+    return found if found is not None else e
+
+
+def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> RunSummary:
+    """Run a batch scoring job. Raises a :class:`~scoring.errors.ScoringError` (and commits nothing) on bad input."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    from scoring.adapters import spark as spark_glue
+
+    reporter = reporter or LogReporter()
+    started = time.perf_counter()
+    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = config.run_id or new_run_id(scored_at)
+
+    reporter.step(f"resolving {config.model.uri}")
+    model = registry.resolve_model(config.model.uri, config.model.tracking_uri, config.model.registry_uri)
+    reporter.step(f"model {model.name} version {model.version} ({', '.join(model.flavors)})")
+
+    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(config.runtime.batch_rows), **config.spark.conf}
+    spark = spark or spark_glue.get_session(config.spark.master, conf, app_name=f"scoring:{config.name}")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.runtime.batch_rows))
+
+    source, input_version = delta.read_snapshot(spark, config.input.table, config.input.version)
+    reporter.step(f"input {config.input.table} at version {input_version}")
+    features = _resolve_features(config, model, source.columns)
+    _check_columns(config, source.schema, features)
+    if config.input.where:
+        try:
+            source = source.where(config.input.where)
+        except AnalysisException as e:
+            raise InputError(
+                f"input.where: {config.input.where!r} is not a valid filter on {config.input.table}: {e.getMessage()}",
+                hint="write a Spark SQL boolean expression over the input's columns, e.g. ds = '2026-11-24'",
+            ) from None
+
+    passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
+    selected = source.select(*dict.fromkeys([*passthrough, *features]))
+    rows_read = selected.count()
+    if rows_read == 0:
+        raise InputError(
+            f"input: nothing to score in {config.input.table} at version {input_version}"
+            + (f" where {config.input.where}" if config.input.where else ""),
+            hint="check input.where (e.g. the partition date) and input.version; the output table was not touched",
+        )
+    rows_rejected = 0
+    if config.input.on_invalid_rows == "skip":
+        valid = None
+        for name in features:
+            ok = F.col(name).isNotNull()
+            if type(selected.schema[name].dataType).__name__ in ("FloatType", "DoubleType"):
+                ok = ok & ~F.isnan(F.col(name))
+            valid = ok if valid is None else (valid & ok)
+        rows_rejected = selected.where(~valid).count()
+        selected = selected.where(valid)
+        if rows_rejected:
+            reporter.step(f"skipping {rows_rejected} row(s) with null or NaN features (input.on_invalid_rows: skip)")
+        if rows_rejected == rows_read:
+            raise InputError(
+                f"input: all {rows_read} selected rows have null or NaN features",
+                hint="clean the input; nothing was written",
+            )
+
+    predictor_spec = EmbeddedSpec(
+        model_uri=model.uri,
+        local_path=model.local_path,
+        flavors=model.flavors,
+        features=features,
+        threads=config.runtime.embedded.threads,
+        tracking_uri=model.tracking_uri,
+        registry_uri=model.registry_uri,
+    )
+    spec = ScoringSpec(features=features, passthrough=passthrough, key=tuple(config.input.key), model=model.uri)
+    try:
+        output_schema = spark_glue.probe_outputs(selected.limit(PROBE_ROWS).toArrow(), spec, predictor_spec)
+    except Exception as e:
+        raise _translate(e) from None
+    spec = dataclasses.replace(spec, output_schema=output_schema)
+    clash = set(output_schema.names) & set([*passthrough, *columns.LINEAGE])
+    if clash:
+        raise ModelError(
+            f"model {model.uri} outputs {sorted(clash)}, which clash with key, partition or lineage columns",
+            hint="rename the model's outputs or the input columns",
+        )
+
+    lineage = Lineage(
+        model_name=model.name,
+        model_version=model.version,
+        model_uri=model.uri,
+        input_version=input_version,
+        scoring_run_id=run_id,
+        scored_at=scored_at,
+    )
+    scored = spark_glue.score_dataframe(selected, spec, predictor_spec, lineage)
+    _check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
+    metadata = {
+        **lineage.as_json_dict(),
+        "job": config.name,
+        "requested_model_uri": model.requested_uri,
+        "input_table": config.input.table,
+        "input_where": config.input.where,
+        "rows_read": rows_read,
+        "rows_rejected": rows_rejected,
+    }
+    reporter.step(f"scoring {rows_read} rows into {config.output.table} (run {run_id})")
+    try:
+        with watch_spark(spark, reporter, "scoring"):
+            result = delta.write_predictions(
+                scored, config.output.table, partition_by=config.output.partition_by, run_id=run_id, metadata=metadata
+            )
+    except ScoringError:
+        raise
+    except Exception as e:
+        raise _translate(e) from None
+    finally:
+        reporter.close()
+    rows_written = result.rows_written if result.committed else 0
+    if result.committed and rows_written + rows_rejected != rows_read:
+        raise OutputError(
+            f"run {run_id} read {rows_read} rows but wrote {rows_written} and rejected {rows_rejected}",
+            hint="this is a bug in scoring: please report it with the job config; "
+            f"the output commit is version {result.version} of {config.output.table}",
+        )
+    return RunSummary(
+        job=config.name,
+        run_id=run_id,
+        model_name=model.name,
+        model_version=model.version,
+        model_uri=model.uri,
+        requested_model_uri=model.requested_uri,
+        input_table=config.input.table,
+        input_version=input_version,
+        output_table=config.output.table,
+        output_version_before=result.version_before,
+        output_version=result.version,
+        rows_read=rows_read,
+        rows_written=rows_written,
+        rows_rejected=rows_rejected,
+        committed=result.committed,
+        elapsed_s=round(time.perf_counter() - started, 3),
+        backend=config.runtime.backend,
+        prediction_columns=tuple(output_schema.names),
+    )
+
+
+def _check_output_schema(spark, path: str, schema, partition_by: list[str]) -> None:
+    """Fail before scoring when the existing output table cannot take this run's rows."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return
+    table = DeltaTable.forPath(spark, path)
+    existing = {f.name: f.dataType.simpleString() for f in table.toDF().schema.fields}
+    planned = {f.name: f.dataType.simpleString() for f in schema.fields}
+    if existing != planned:
+        diff = sorted(set(existing.items()) ^ set(planned.items()))
+        raise OutputError(
+            f"output.table: {path} has columns {existing}, this run writes {planned} (differences: {diff})",
+            hint="write to a new output.table, or keep the model's outputs, keys and partition columns the same",
+        )
+    current = list(table.detail().select("partitionColumns").head()[0])
+    if current != list(partition_by):
+        raise OutputError(
+            f"output.partition_by: {path} is partitioned by {current}, the job says {list(partition_by)}",
+            hint=f"set output.partition_by to {current}, or write to a new output.table",
+        )

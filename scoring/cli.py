@@ -157,7 +157,7 @@ def show(
         _fail(ScoringError(f"no Delta table at {table}", hint="pass the path of a Delta table"))
         return
     data = dt.to_pyarrow_table().slice(0, limit).to_pandas()
-    out.print(f"[bold]{table}[/bold] version {dt.version()}, {len(dt.files())} files")
+    out.print(f"[bold]{table}[/bold] version {dt.version()}")
     out.print(data.to_string(index=False))
     out.print("\n[bold]history[/bold]")
     for entry in dt.history(5):

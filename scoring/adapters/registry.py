@@ -15,7 +15,9 @@ from scoring.errors import ModelError
 
 _LOGGER = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("SCORING_CACHE_DIR", Path.home() / ".cache" / "scoring"))
+def cache_dir() -> Path:
+    """Where downloaded model versions are kept: ``$SCORING_CACHE_DIR``, default ``~/.cache/scoring``."""
+    return Path(os.environ.get("SCORING_CACHE_DIR") or Path.home() / ".cache" / "scoring")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +111,7 @@ def _download(client, tracking: str, registry: str, name: str, version: str) -> 
     import mlflow.artifacts
 
     registry_key = hashlib.sha256(registry.encode()).hexdigest()[:12]
-    target = CACHE_DIR / "models" / registry_key / name / version
+    target = cache_dir() / "models" / registry_key / name / version
     if (target / "MLmodel").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -270,6 +270,12 @@ def _check_output_schema(spark, path: str, schema, partition_by: list[str]) -> N
     if not DeltaTable.isDeltaTable(spark, path):
         return
     table = DeltaTable.forPath(spark, path)
+    current = list(table.detail().select("partitionColumns").head()[0])
+    if current != list(partition_by):
+        raise OutputError(
+            f"output.partition_by: {path} is partitioned by {current}, the job says {list(partition_by)}",
+            hint=f"set output.partition_by to {current}, or write to a new output.table",
+        )
     existing = {f.name: f.dataType.simpleString() for f in table.toDF().schema.fields}
     planned = {f.name: f.dataType.simpleString() for f in schema.fields}
     if existing != planned:
@@ -277,10 +283,4 @@ def _check_output_schema(spark, path: str, schema, partition_by: list[str]) -> N
         raise OutputError(
             f"output.table: {path} has columns {existing}, this run writes {planned} (differences: {diff})",
             hint="write to a new output.table, or keep the model's outputs, keys and partition columns the same",
-        )
-    current = list(table.detail().select("partitionColumns").head()[0])
-    if current != list(partition_by):
-        raise OutputError(
-            f"output.partition_by: {path} is partitioned by {current}, the job says {list(partition_by)}",
-            hint=f"set output.partition_by to {current}, or write to a new output.table",
         )

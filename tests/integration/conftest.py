@@ -50,13 +50,13 @@ class Lake:
     sklearn_model: object
     onnx_source_model: object
 
-    def job(self, output: str, **sections) -> dict:
+    def job(self, output_name: str, /, **sections) -> dict:
         """A job config tree for `output` (a name under the lake), with sections overridden."""
         tree = {
             "name": "test",
             "input": {"table": self.input_table, "key": "customer_id"},
             "model": {"uri": "models:/onnx_clf@champion"},
-            "output": {"table": str(self.root / output), "partition_by": ["ds"]},
+            "output": {"table": str(self.root / output_name), "partition_by": ["ds"]},
             "spark": {"master": "local[2]"},
         }
         for section, values in sections.items():

@@ -119,6 +119,26 @@ def run(
 
 
 @app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="YAML job config.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Config override.")] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master, e.g. local[4], yarn, k8s://...")] = None,
+    print_only: Annotated[bool, typer.Option("--print", help="Print the spark-submit command instead of running it.")] = False,
+) -> None:
+    """Run a job through spark-submit (the way Airflow's SparkSubmitOperator does), with the Delta jars as --packages."""
+    import shlex
+    import subprocess
+
+    from scoring.adapters.spark import spark_submit_command, spark_submit_env
+
+    command = spark_submit_command(str(config), set_ or [], master)
+    if print_only:
+        print(shlex.join(command))
+        return
+    raise typer.Exit(subprocess.call(command, env=spark_submit_env()))
+
+
+@app.command()
 def demo(
     rows: Annotated[int, typer.Option(help="Rows in the demo input table.")] = 100_000,
     fresh: Annotated[bool, typer.Option("--fresh", help="Recreate the demo lake and model.")] = False,

@@ -48,8 +48,6 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
         for key, value in (conf or {}).items():
             _try_set(active, key, value)
         return active
-    from delta import configure_spark_with_delta_pip
-
     builder = SparkSession.builder.appName(app_name)
     running_under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT")
     if master or not running_under_submit:
@@ -62,7 +60,8 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
                 builder = builder.config(key, value)
     for key, value in {**DEFAULTS, **(conf or {})}.items():
         builder = builder.config(key, value)
-    builder = configure_spark_with_delta_pip(builder)
+    packages = [delta_package(), *filter(None, (conf or {}).get("spark.jars.packages", "").split(","))]
+    builder = builder.config("spark.jars.packages", ",".join(dict.fromkeys(packages)))
     for attempt in (1, 2):
         try:
             return builder.getOrCreate()
@@ -71,6 +70,49 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
                 raise
             _LOGGER.warning("Spark's JVM exited at start-up; trying once more")
     raise AssertionError("unreachable")
+
+
+def delta_package() -> str:
+    """Maven coordinate of the Delta jars matching the installed delta-spark and pyspark (as delta's pip helper
+    computes it), e.g. ``io.delta:delta-spark_4.2_2.13:4.4.0``. Pass it to spark-submit as ``--packages``."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
+
+
+def spark_submit_command(config_path: str, overrides: list[str], master: str | None = None) -> list[str]:
+    """The spark-submit command line that runs a job config through :mod:`scoring.spark_entry`."""
+    from pathlib import Path
+
+    from scoring import spark_entry
+
+    import pyspark
+
+    submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+    command = [submit, "--master", master or "local[*]", "--packages", delta_package()]
+    for key, value in DEFAULTS.items():
+        command += ["--conf", f"{key}={value}"]
+    command += ["--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+    command += [spark_entry.__file__, config_path]
+    for item in overrides:
+        command += ["--set", item]
+    return command
+
+
+def spark_submit_env() -> dict[str, str]:
+    """Environment for spark-submit: SPARK_HOME is the pip-installed pyspark, and this interpreter comes first."""
+    from pathlib import Path
+
+    import pyspark
+
+    env = dict(os.environ)
+    env["SPARK_HOME"] = str(Path(pyspark.__file__).parent)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    return env
 
 
 def _try_set(session, key: str, value: str) -> None:

@@ -71,7 +71,7 @@ def print_summary(summary) -> None:
         ("rows written", f"{summary.rows_written:,}"),
         ("rows rejected", f"{summary.rows_rejected:,}"),
         ("predictions", ", ".join(summary.prediction_columns)),
-        ("elapsed", f"{summary.elapsed_s:.1f} s"),
+        ("elapsed", f"{summary.elapsed_s:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings_s.items()) + ")"),
         ("throughput", f"{summary.rows_per_s:,.0f} rows/s"),
     ]
     for k, v in rows:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scoring.errors import ScoringError
+from scoring.errors import ConfigError, ScoringError
 
 app = typer.Typer(
     help="Batch scoring on the data lake: read a Delta snapshot, score it with an MLflow model inside Spark, "
@@ -42,7 +42,9 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of plain error messages.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of plain error messages.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
 ) -> None:
     global _DEBUG
@@ -71,7 +73,10 @@ def print_summary(summary) -> None:
         ("rows written", f"{summary.rows_written:,}"),
         ("rows rejected", f"{summary.rows_rejected:,}"),
         ("predictions", ", ".join(summary.prediction_columns)),
-        ("elapsed", f"{summary.elapsed_s:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings_s.items()) + ")"),
+        (
+            "elapsed",
+            f"{summary.elapsed_s:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings_s.items()) + ")",
+        ),
         ("throughput", f"{summary.rows_per_s:,.0f} rows/s"),
     ]
     for k, v in rows:
@@ -123,7 +128,9 @@ def submit(
     config: Annotated[Path, typer.Argument(help="YAML job config.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Config override.")] = None,
     master: Annotated[str | None, typer.Option(help="Spark master, e.g. local[4], yarn, k8s://...")] = None,
-    print_only: Annotated[bool, typer.Option("--print", help="Print the spark-submit command instead of running it.")] = False,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the spark-submit command instead of running it.")
+    ] = False,
 ) -> None:
     """Run a job through spark-submit (the way Airflow's SparkSubmitOperator does), with the Delta jars as --packages."""
     import shlex
@@ -136,6 +143,137 @@ def submit(
         print(shlex.join(command))
         return
     raise typer.Exit(subprocess.call(command, env=spark_submit_env()))
+
+
+@app.command()
+def export(
+    model_uri: Annotated[str, typer.Argument(help="models:/<name>@<alias> or models:/<name>/<version>.")],
+    repository: Annotated[
+        Path, typer.Option("--repository", "-r", help="Triton model repository to write into.")
+    ] = Path("sidecars/repository"),
+    target: Annotated[
+        str | None, typer.Option(help="onnxruntime (NVIDIA's Triton image) or python (the Triton bundled here).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Job config whose runtime.triton.model (batching, instances) and target to use.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI).")
+    ] = None,
+) -> None:
+    """Export a registered model version to a Triton model repository (<repo>/<model>/config.pbtxt and
+    <repo>/<model>/<version>/), the Triton version being the MLflow version. Exporting the same version again is a no-op."""
+    from scoring import load_job_config
+    from scoring.adapters.registry import resolve_model
+    from scoring.adapters.triton_export import export_model
+    from scoring.config import TritonModelConfig
+
+    try:
+        job = load_job_config(config) if config else None
+        triton = job.runtime.triton if job else None
+        ref = resolve_model(model_uri, tracking_uri or (job.model.tracking_uri if job else None))
+        from scoring.adapters.registry import signature_inputs
+
+        names = signature_inputs(ref)
+        n_features = len(job.input.features) if job and job.input.features else (len(names) if names else None)
+        chosen = target or (triton.target if triton else "python")
+        if chosen not in ("python", "onnxruntime"):
+            raise ConfigError(f"--target {chosen!r}: use onnxruntime or python")
+        result = export_model(
+            ref,
+            repository,
+            target=chosen,
+            model_config=triton.model if triton else TritonModelConfig(),
+            n_features=n_features,
+        )
+    except ScoringError as e:
+        _fail(e)
+        return
+    state = "exported" if result.changed else "already exported (nothing written)"
+    out.print(f"{ref.uri} -> {result.path}/{result.version} as {result.model_name} ({result.target}): {state}")
+
+
+def _sidecar_state() -> Path:
+    from scoring.adapters import triton_server
+
+    return Path(os.environ.get("SCORING_SIDECAR_STATE") or triton_server.DEFAULT_STATE_FILE)
+
+
+sidecar_app = typer.Typer(
+    help="A local Triton Inference Server (the sidecar) serving a model repository.", no_args_is_help=True
+)
+app.add_typer(sidecar_app, name="sidecar")
+
+
+@sidecar_app.command("start")
+def sidecar_start(
+    repository: Annotated[Path, typer.Option("--repository", "-r", help="Model repository to serve.")] = Path(
+        "sidecars/repository"
+    ),
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (default: a free one).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default: a free one).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Metrics port (default: a free one).")] = None,
+    ready_timeout_s: Annotated[
+        float, typer.Option(help="Longest wait for the server and its models to be ready.")
+    ] = 60.0,
+) -> None:
+    """Start tritonserver on loopback, wait until it and its models are ready, print the endpoints, and return."""
+    from scoring.adapters import triton_server
+
+    state = _sidecar_state()
+    running = triton_server.load_state(state)
+    if running is not None and triton_server.is_alive(running):
+        _fail(
+            ScoringError(
+                f"a sidecar is already running (pid {running.pid}, grpc {running.grpc_url})",
+                hint="scoring sidecar stop, then start again",
+            )
+        )
+    try:
+        handle = triton_server.start_server(
+            repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            ready_timeout_s=ready_timeout_s,
+        )
+    except ScoringError as e:
+        _fail(e)
+        return
+    triton_server.save_state(handle, state)
+    out.print(
+        f"sidecar ready (pid {handle.pid}): grpc {handle.grpc_url}  http {handle.http_url}  "
+        f"metrics 127.0.0.1:{handle.metrics_port}\nlog: {handle.log_path}\nstop it with: scoring sidecar stop"
+    )
+
+
+@sidecar_app.command("status")
+def sidecar_status() -> None:
+    """Show whether the sidecar started by `scoring sidecar start` is alive and ready. Exit 1 if not."""
+    from scoring.adapters import triton_server
+
+    handle = triton_server.load_state(_sidecar_state())
+    if handle is None or not triton_server.is_alive(handle):
+        out.print("no sidecar running")
+        raise typer.Exit(1)
+    out.print(
+        f"running (pid {handle.pid}): grpc {handle.grpc_url}  http {handle.http_url}  repository {handle.repository}"
+    )
+
+
+@sidecar_app.command("stop")
+def sidecar_stop() -> None:
+    """Stop the sidecar started by `scoring sidecar start` (SIGTERM, then SIGKILL after a timeout)."""
+    from scoring.adapters import triton_server
+
+    state = _sidecar_state()
+    handle = triton_server.load_state(state)
+    if handle is None:
+        out.print("no sidecar running")
+        return
+    triton_server.stop_server(handle)
+    state.unlink(missing_ok=True)
+    out.print(f"stopped (pid {handle.pid})")
 
 
 @app.command()
@@ -202,17 +340,39 @@ def bench(
     ),
     workdir: Annotated[Path, typer.Option(help="Scratch directory for tables and the registry.")] = Path(".bench"),
     only: Annotated[
-        list[str] | None, typer.Option(help="Run only these paths (repeatable): jvm-copy, floor, embedded, spark_udf.")
+        list[str] | None,
+        typer.Option(
+            help="Run only these paths (repeatable), e.g. floor, embedded, spark_udf, triton-grpc, tiny/embedded."
+        ),
     ] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="Models to run: tiny, heavy (repeatable).")
+    ] = None,
+    triton: Annotated[bool, typer.Option(help="Include the Triton paths (starts a local sidecar).")] = True,
 ) -> None:
     """Measure rows/s of the engine against the alternatives, in one run: a pure-JVM copy, the no-model floor
-    (read -> Python identity -> write), the embedded engine, and mlflow.pyfunc.spark_udf on the same model."""
-    from scoring.bench import run_bench
+    (read -> Python identity -> write), raw onnxruntime, the embedded engine, mlflow.pyfunc.spark_udf on the same
+    model, and Triton over gRPC, HTTP and shared memory with a sweep of request size and requests in flight."""
+    from scoring.bench import MODELS, run_bench
 
+    chosen = models or list(MODELS)
+    unknown = [m for m in chosen if m not in MODELS]
+    if unknown:
+        _fail(ConfigError(f"--model {unknown}: choose from {list(MODELS)}"))
     try:
-        run_bench(rows=rows, repeat=repeat, output=output, workdir=workdir, only=only, console=out)
+        run_bench(
+            rows=rows,
+            repeat=repeat,
+            output=output,
+            workdir=workdir,
+            only=only,
+            models=chosen,
+            triton=triton,
+            console=out,
+        )
     except ScoringError as e:
         _fail(e)
+    out.print(f"written to {output}")
 
 
 def main() -> None:

@@ -72,13 +72,62 @@ class EmbeddedConfig(_Strict):
     Spark already runs one worker per core."""
 
 
+class TritonModelConfig(_Strict):
+    """What goes into the exported model's ``config.pbtxt`` (Triton's model configuration)."""
+
+    max_batch_size: int = Field(default=65_536, ge=1)
+    """Largest batch the server hands the model at once (requests are merged up to this many rows)."""
+    preferred_batch_sizes: list[int] = []
+    """Batch sizes the dynamic batcher aims for; empty lets it merge up to ``max_batch_size``."""
+    max_queue_delay_us: int = Field(default=500, ge=0)
+    """How long the dynamic batcher waits for more requests to merge, in microseconds."""
+    max_queue_size: int = Field(default=0, ge=0)
+    """Requests the server queues per model before it rejects new ones as overloaded (0: unbounded)."""
+    queue_timeout_us: int = Field(default=0, ge=0)
+    """A queued request older than this is rejected (0: never)."""
+    instance_count: int = Field(default=1, ge=1)
+    """Model instances the server runs (concurrent executions)."""
+    instance_kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_CPU"
+    """Where instances run: ``KIND_GPU`` on a GPU node."""
+
+
+class TritonConfig(_Strict):
+    url: str | None = None
+    """Server address, ``host:port``. Default: ``127.0.0.1:8001`` for gRPC, ``127.0.0.1:8000`` for HTTP
+    (a co-located sidecar shares the worker's loopback)."""
+    protocol: Literal["grpc", "http"] = "grpc"
+    """Transport. gRPC is thread-safe and keeps several requests in flight on one connection."""
+    shared_memory: Literal["none", "system"] = "none"
+    """``system``: tensors travel through a POSIX shared-memory region (``/dev/shm``) registered once per worker
+    instead of over the socket; the server must run on the same host (a sidecar does)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Deadline of each request, in seconds, and the longest wait for the server to be ready."""
+    max_retries: int = Field(default=3, ge=0)
+    """Retries of a request that failed transiently (unavailable, deadline exceeded, overloaded), with exponential
+    backoff and jitter. Permanent failures (unknown model, bad shape) fail at once."""
+    batch_rows: int = Field(default=10_000, ge=1)
+    """Rows per request; an Arrow batch larger than this is split."""
+    max_inflight: int = Field(default=2, ge=1)
+    """Requests in flight per Python worker, so the server's dynamic batcher has work to merge."""
+    launch: Literal["external", "auto"] = "external"
+    """``external``: a server is already serving the model at ``url``. ``auto``: the run exports the model to
+    ``repository``, starts a local sidecar on free loopback ports, waits for it to be ready, and stops it at the end."""
+    repository: str | None = None
+    """Model repository for ``launch: auto`` (default: a temporary folder removed after the run)."""
+    target: Literal["python", "onnxruntime"] = "python"
+    """Export target for ``launch: auto``: ``python`` runs on the Triton bundled here; ``onnxruntime`` needs a server
+    with the ONNX Runtime backend (NVIDIA's container image)."""
+    model: TritonModelConfig = TritonModelConfig()
+
+
 class RuntimeConfig(_Strict):
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "triton"] = "embedded"
     """Where the model runs. ``embedded``: in each Spark Python worker (onnxruntime for ONNX models, MLflow pyfunc
-    otherwise)."""
+    otherwise). ``triton``: in a Triton Inference Server beside the workers (see ``runtime.triton``)."""
     batch_rows: int = Field(default=10_000, ge=1)
     """Rows per Arrow batch sent to the model (Spark's ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
     embedded: EmbeddedConfig = EmbeddedConfig()
+    triton: TritonConfig = TritonConfig()
 
 
 class OutputConfig(_Strict):
@@ -205,7 +254,9 @@ def load_job_config(path: str | os.PathLike[str], overrides: Iterable[str] = ())
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file", hint="pass the path of a YAML job config, e.g. conf/jobs/demo.yaml") from None
+        raise ConfigError(
+            f"{path}: no such config file", hint="pass the path of a YAML job config, e.g. conf/jobs/demo.yaml"
+        ) from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

@@ -25,8 +25,14 @@ def feature_names(n: int) -> list[str]:
 
 
 def make_features(
-    rows: int, *, n_features: int = 20, days: int = 5, start: dt.date = dt.date(2026, 11, 1), seed: int = 7,
-    key: str = "customer_id", dtype=np.float32,
+    rows: int,
+    *,
+    n_features: int = 20,
+    days: int = 5,
+    start: dt.date = dt.date(2026, 11, 1),
+    seed: int = 7,
+    key: str = "customer_id",
+    dtype=np.float32,
 ) -> pa.Table:
     """`rows` rows: a unique int64 key, a ``ds`` date-string partition column spread over `days`, float features."""
     rng = np.random.default_rng(seed)
@@ -46,7 +52,9 @@ def labels(table: pa.Table, features: Sequence[str], seed: int = 11) -> np.ndarr
     return (x @ weights + 0.3 * rng.standard_normal(len(x)) > 0).astype(np.int64)
 
 
-def write_delta(path: str | Path, table: pa.Table, *, partition_by: Sequence[str] = ("ds",), mode: str = "overwrite") -> None:
+def write_delta(
+    path: str | Path, table: pa.Table, *, partition_by: Sequence[str] = ("ds",), mode: str = "overwrite"
+) -> None:
     """Write `table` as a Delta table with delta-rs (no Spark needed)."""
     from deltalake import write_deltalake
 
@@ -90,7 +98,13 @@ def _signature(table: pa.Table, features: Sequence[str], model):
 
 
 def register(
-    model, table: pa.Table, features: Sequence[str], *, name: str, alias: str | None = None, flavor: str = "onnx",
+    model,
+    table: pa.Table,
+    features: Sequence[str],
+    *,
+    name: str,
+    alias: str | None = None,
+    flavor: str = "onnx",
     tracking_uri: str | None = None,
 ) -> str:
     """Log `model` (an sklearn estimator) to MLflow as `flavor` (``onnx`` or ``sklearn``), register it under `name`,
@@ -148,4 +162,8 @@ def create_demo(directory: Path = DEMO_DIR, rows: int = 100_000, *, force: bool 
         _LOGGER.info("wrote %d demo rows to %s", rows, table_path)
         version = register(train_classifier(table, features), table, features, name=DEMO_MODEL, alias=DEMO_ALIAS)
         _LOGGER.info("registered %s version %s as @%s", DEMO_MODEL, version, DEMO_ALIAS)
-    return {"input_table": str(table_path), "tracking_uri": tracking_uri_for(directory), "model": f"models:/{DEMO_MODEL}@{DEMO_ALIAS}"}
+    return {
+        "input_table": str(table_path),
+        "tracking_uri": tracking_uri_for(directory),
+        "model": f"models:/{DEMO_MODEL}@{DEMO_ALIAS}",
+    }

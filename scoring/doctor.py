@@ -20,22 +20,39 @@ class Check:
 
 
 def _packages() -> Check:
-    wanted = ["pyspark", "delta-spark", "pyarrow", "mlflow", "onnxruntime", "tritonclient", "apache-airflow",
-              "great-expectations", "deltalake"]
+    wanted = [
+        "pyspark",
+        "delta-spark",
+        "pyarrow",
+        "mlflow",
+        "onnxruntime",
+        "tritonclient",
+        "apache-airflow",
+        "great-expectations",
+        "deltalake",
+    ]
     found, missing = [], []
     for name in wanted:
         try:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             missing.append(name)
-    return Check("python packages", not missing, ", ".join(found) if not missing else f"missing: {', '.join(missing)}",
-                 "run `make setup` (installs the pinned stack into .venv)")
+    return Check(
+        "python packages",
+        not missing,
+        ", ".join(found) if not missing else f"missing: {', '.join(missing)}",
+        "run `make setup` (installs the pinned stack into .venv)",
+    )
 
 
 def _java() -> Check:
-    java = shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin") if "JAVA_HOME" in os.environ else None)
+    java = shutil.which(
+        "java", path=os.path.join(os.environ["JAVA_HOME"], "bin") if "JAVA_HOME" in os.environ else None
+    )
     if java is None:
-        return Check("java", False, "no java on PATH", "install a JDK 17 or 21 (e.g. apt-get install openjdk-17-jdk-headless)")
+        return Check(
+            "java", False, "no java on PATH", "install a JDK 17 or 21 (e.g. apt-get install openjdk-17-jdk-headless)"
+        )
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr.splitlines()
     line = out[0] if out else "unknown"
     ok = any(f'"{v}' in line for v in ("17", "21"))
@@ -55,24 +72,38 @@ def _spark_and_delta() -> Check:
             n = spark.read.format("delta").load(tmp + "/t").count()
         spark.stop()
     except Exception as e:  # report whatever went wrong; this is a diagnostic
-        return Check("spark + delta", False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                     f"check Java and that Spark can resolve {delta_package()} (Maven Central, cached in ~/.ivy2.5.2)")
-    return Check("spark + delta", n == 3, f"wrote and read a Delta table with {delta_package()} "
-                 f"in {time.perf_counter() - started:.1f} s")
+        return Check(
+            "spark + delta",
+            False,
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            f"check Java and that Spark can resolve {delta_package()} (Maven Central, cached in ~/.ivy2.5.2)",
+        )
+    return Check(
+        "spark + delta",
+        n == 3,
+        f"wrote and read a Delta table with {delta_package()} in {time.perf_counter() - started:.1f} s",
+    )
 
 
 def _registry() -> Check:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return Check("mlflow registry", True, "MLFLOW_TRACKING_URI not set: jobs must set model.tracking_uri "
-                     "(the demo uses sqlite:///.demo/mlflow.db)")
+        return Check(
+            "mlflow registry",
+            True,
+            "MLFLOW_TRACKING_URI not set: jobs must set model.tracking_uri (the demo uses sqlite:///.demo/mlflow.db)",
+        )
     try:
         from mlflow import MlflowClient
 
         names = [m.name for m in MlflowClient(tracking_uri=uri).search_registered_models(max_results=10)]
     except Exception as e:
-        return Check("mlflow registry", False, f"{uri}: {type(e).__name__}: {str(e)[:200]}",
-                     "check MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI and that the server is reachable")
+        return Check(
+            "mlflow registry",
+            False,
+            f"{uri}: {type(e).__name__}: {str(e)[:200]}",
+            "check MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI and that the server is reachable",
+        )
     return Check("mlflow registry", True, f"{uri}: {len(names)} registered model(s) {names}")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,9 @@ class EmbeddedSpec:
     threads: int = 1
     tracking_uri: str | None = None
     registry_uri: str | None = None
+
+    def create(self):
+        return load_predictor(self)
 
 
 class OnnxPredictor:
@@ -83,7 +85,10 @@ class OnnxPredictor:
             feeds = {inp.name: feature_matrix(features, self._features, _ONNX_NUMPY.get(inp.type, np.float32))}
         else:
             feeds = {
-                i.name: features.column(i.name).to_numpy(zero_copy_only=False).astype(_ONNX_NUMPY.get(i.type, np.float32)).reshape(-1, 1)
+                i.name: features.column(i.name)
+                .to_numpy(zero_copy_only=False)
+                .astype(_ONNX_NUMPY.get(i.type, np.float32))
+                .reshape(-1, 1)
                 for i in self._inputs
             }
         results = self._session.run(self._outputs, feeds)
@@ -135,17 +140,3 @@ def load_predictor(spec: EmbeddedSpec):
         raise
     except Exception as e:
         raise ModelError(f"cannot load {spec.model_uri} from {path}: {type(e).__name__}: {e}") from e
-
-
-_CACHE: dict[EmbeddedSpec, object] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def cached_predictor(spec: EmbeddedSpec):
-    """One predictor per spec per process: a reused Spark Python worker loads the model once, not once per batch."""
-    with _CACHE_LOCK:
-        predictor = _CACHE.get(spec)
-        if predictor is None:
-            _LOGGER.info("loading %s in process", spec.model_uri)
-            predictor = _CACHE[spec] = load_predictor(spec)
-        return predictor

@@ -15,6 +15,7 @@ from scoring.errors import ModelError
 
 _LOGGER = logging.getLogger(__name__)
 
+
 def cache_dir() -> Path:
     """Where downloaded model versions are kept: ``$SCORING_CACHE_DIR``, default ``~/.cache/scoring``."""
     return Path(os.environ.get("SCORING_CACHE_DIR") or Path.home() / ".cache" / "scoring")
@@ -60,7 +61,9 @@ def resolve_model(uri: str, tracking_uri: str | None = None, registry_uri: str |
 
     match = _URI.fullmatch(uri)
     if match is None:
-        raise ModelError(f"{uri!r} is not a registry model URI", hint="use models:/<name>@<alias> or models:/<name>/<version>")
+        raise ModelError(
+            f"{uri!r} is not a registry model URI", hint="use models:/<name>@<alias> or models:/<name>/<version>"
+        )
     tracking, registry = _uris(tracking_uri, registry_uri)
     client = MlflowClient(tracking_uri=tracking, registry_uri=registry)
     name = match["name"]
@@ -122,7 +125,9 @@ def _download(client, tracking: str, registry: str, name: str, version: str) -> 
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking)
         found = next(staging.rglob("MLmodel"), None)
         if found is None:
-            raise ModelError(f"models:/{name}/{version} has no MLmodel file at {source}", hint="register an MLflow model")
+            raise ModelError(
+                f"models:/{name}/{version} has no MLmodel file at {source}", hint="register an MLflow model"
+            )
         try:
             found.parent.rename(target)
         except OSError:  # another process won the race; its copy is identical

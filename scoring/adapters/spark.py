@@ -87,15 +87,20 @@ def spark_submit_command(config_path: str, overrides: list[str], master: str | N
     """The spark-submit command line that runs a job config through :mod:`scoring.spark_entry`."""
     from pathlib import Path
 
-    from scoring import spark_entry
-
     import pyspark
+
+    from scoring import spark_entry
 
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
     command = [submit, "--master", master or "local[*]", "--packages", delta_package()]
     for key, value in DEFAULTS.items():
         command += ["--conf", f"{key}={value}"]
-    command += ["--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+    command += [
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        f"spark.pyspark.driver.python={sys.executable}",
+    ]
     command += [spark_entry.__file__, config_path]
     for item in overrides:
         command += ["--set", item]
@@ -125,7 +130,7 @@ def _try_set(session, key: str, value: str) -> None:
 def _score_partition(spec: ScoringSpec, predictor_spec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Runs in a Python worker. Module-level, so cloudpickle ships it by reference and the predictor cache
     (one model per reused worker) survives across tasks."""
-    from scoring.adapters.embedded import cached_predictor
+    from scoring.adapters.runtime import cached_predictor
 
     predictor = cached_predictor(predictor_spec)
     yield from score_batches(batches, predictor, spec)
@@ -152,7 +157,7 @@ def score_dataframe(df, spec: ScoringSpec, predictor_spec, lineage: Lineage):
 
 def probe_outputs(rows: pa.Table, spec: ScoringSpec, predictor_spec) -> pa.Schema:
     """Score a few rows on the driver: fails fast on a model that rejects the inputs, and gives the output schema."""
-    from scoring.adapters.embedded import cached_predictor
+    from scoring.adapters.runtime import cached_predictor
 
     predictor = cached_predictor(predictor_spec)
     out = None

@@ -61,7 +61,7 @@ def name_outputs(outputs: Mapping[str, np.ndarray], rows: int) -> pa.RecordBatch
     ``(rows,)`` and ``(rows, 1)`` outputs become scalar columns, ``(rows, k)`` a list column.
     """
     if len(outputs) == 1:
-        (name, values), = outputs.items()
+        ((name, values),) = outputs.items()
         return pa.RecordBatch.from_arrays([_to_arrow(values, rows, name)], names=[PREDICTION])
     names = [_column_name(n) for n in outputs]
     return pa.RecordBatch.from_arrays([_to_arrow(v, rows, n) for n, v in outputs.items()], names=names)

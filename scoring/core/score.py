@@ -33,7 +33,8 @@ def _describe_rows(batch: pa.RecordBatch, spec: ScoringSpec, mask: np.ndarray) -
     row = int(np.flatnonzero(mask)[0])
     key = ", ".join(f"{k}={batch.column(k)[row].as_py()!r}" for k in spec.key)
     bad = [
-        f for f in spec.features
+        f
+        for f in spec.features
         if not batch.column(f)[row].is_valid or (isinstance(v := batch.column(f)[row].as_py(), float) and v != v)
     ]
     return f"{int(mask.sum())} row(s) in this batch, first at {key}: null or NaN in {', '.join(bad)}"
@@ -87,8 +88,9 @@ def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) 
     return pa.RecordBatch.from_arrays(arrays, names=[*spec.passthrough, *outputs.schema.names])
 
 
-def score_batches(batches: Iterable[pa.RecordBatch], predictor: Predictor, spec: ScoringSpec) -> Iterator[pa.RecordBatch]:
+def score_batches(
+    batches: Iterable[pa.RecordBatch], predictor: Predictor, spec: ScoringSpec
+) -> Iterator[pa.RecordBatch]:
     """Score each batch in turn; empty batches pass through as empty output batches."""
     for batch in batches:
         yield score_batch(batch, predictor, spec)
-

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -125,36 +128,100 @@ def _translate(e: Exception) -> Exception:
     return found if found is not None else e
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What the driver settled before any row is scored."""
+
+    config: JobConfig
+    model: registry.ModelRef
+    features: tuple[str, ...]
+    passthrough: tuple[str, ...]
+    selected: Any
+    """The DataFrame to score: pass-through and feature columns of the pinned, filtered snapshot."""
+    input_version: int
+    rows_read: int
+    rows_rejected: int
+    run_id: str
+    scored_at: dt.datetime
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.started = self._mark = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(now - self._mark, 3)
+        self._mark = now
+
+    @property
+    def elapsed_s(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
 def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> RunSummary:
     """Run a batch scoring job. Raises a :class:`~scoring.errors.ScoringError` (and commits nothing) on bad input."""
-    from pyspark.errors import AnalysisException
-    from pyspark.sql import functions as F
-
     from scoring.adapters import spark as spark_glue
 
     reporter = reporter or LogReporter()
-    started = time.perf_counter()
+    clock = _Clock()
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     run_id = config.run_id or new_run_id(scored_at)
-
-    timings: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def lap(phase: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        timings[phase] = round(now - mark, 3)
-        mark = now
 
     reporter.step(f"resolving {config.model.uri}")
     model = registry.resolve_model(config.model.uri, config.model.tracking_uri, config.model.registry_uri)
     reporter.step(f"model {model.name} version {model.version} ({', '.join(model.flavors)})")
-    lap("resolve")
+    clock.lap("resolve")
 
     conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(config.runtime.batch_rows), **config.spark.conf}
     spark = spark or spark_glue.get_session(config.spark.master, conf, app_name=f"scoring:{config.name}")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.runtime.batch_rows))
-    lap("session")
+    clock.lap("session")
+
+    plan = _plan(config, spark, model, run_id, scored_at, reporter)
+    clock.lap("plan")
+    try:
+        with _runtime(config, model, plan.features, reporter) as predictor_spec:
+            clock.lap("runtime")
+            result, prediction_columns = _score_and_write(plan, spark, predictor_spec, reporter)
+            clock.lap("score_write")
+    finally:
+        reporter.close()
+    rows_written = result.rows_written if result.committed else 0
+    if result.committed and rows_written + plan.rows_rejected != plan.rows_read:
+        raise OutputError(
+            f"run {run_id} read {plan.rows_read} rows but wrote {rows_written} and rejected {plan.rows_rejected}",
+            hint="this is a bug in scoring: please report it with the job config; "
+            f"the output commit is version {result.version} of {config.output.table}",
+        )
+    return RunSummary(
+        job=config.name,
+        run_id=run_id,
+        model_name=model.name,
+        model_version=model.version,
+        model_uri=model.uri,
+        requested_model_uri=model.requested_uri,
+        input_table=config.input.table,
+        input_version=plan.input_version,
+        output_table=config.output.table,
+        output_version_before=result.version_before,
+        output_version=result.version,
+        rows_read=plan.rows_read,
+        rows_written=rows_written,
+        rows_rejected=plan.rows_rejected,
+        committed=result.committed,
+        elapsed_s=clock.elapsed_s,
+        backend=config.runtime.backend,
+        prediction_columns=prediction_columns,
+        timings_s=clock.laps,
+    )
+
+
+def _plan(config: JobConfig, spark, model: registry.ModelRef, run_id: str, scored_at: dt.datetime, reporter) -> _Plan:
+    """Pin the snapshot, check the columns against the job and the model, count what will be scored."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
 
     source, input_version = delta.read_snapshot(spark, config.input.table, config.input.version)
     reporter.step(f"input {config.input.table} at version {input_version}")
@@ -195,90 +262,123 @@ def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> R
                 f"input: all {rows_read} selected rows have null or NaN features",
                 hint="clean the input; nothing was written",
             )
-
-    predictor_spec = EmbeddedSpec(
-        model_uri=model.uri,
-        local_path=model.local_path,
-        flavors=model.flavors,
-        features=features,
-        threads=config.runtime.embedded.threads,
-        tracking_uri=model.tracking_uri,
-        registry_uri=model.registry_uri,
+    return _Plan(
+        config, model, features, passthrough, selected, input_version, rows_read, rows_rejected, run_id, scored_at
     )
-    spec = ScoringSpec(features=features, passthrough=passthrough, key=tuple(config.input.key), model=model.uri)
+
+
+def _score_and_write(
+    plan: _Plan, spark, predictor_spec, reporter: Reporter
+) -> tuple[delta.WriteResult, tuple[str, ...]]:
+    """Probe the model on a few rows, then score everything and write it in one commit."""
+    from scoring.adapters import spark as spark_glue
+
+    config, model = plan.config, plan.model
+    spec = ScoringSpec(
+        features=plan.features, passthrough=plan.passthrough, key=tuple(config.input.key), model=model.uri
+    )
     try:
-        output_schema = spark_glue.probe_outputs(selected.limit(PROBE_ROWS).toArrow(), spec, predictor_spec)
+        output_schema = spark_glue.probe_outputs(plan.selected.limit(PROBE_ROWS).toArrow(), spec, predictor_spec)
     except Exception as e:
         raise _translate(e) from None
     spec = dataclasses.replace(spec, output_schema=output_schema)
-    clash = set(output_schema.names) & set([*passthrough, *columns.LINEAGE])
+    clash = set(output_schema.names) & {*plan.passthrough, *columns.LINEAGE}
     if clash:
         raise ModelError(
             f"model {model.uri} outputs {sorted(clash)}, which clash with key, partition or lineage columns",
             hint="rename the model's outputs or the input columns",
         )
-
     lineage = Lineage(
         model_name=model.name,
         model_version=model.version,
         model_uri=model.uri,
-        input_version=input_version,
-        scoring_run_id=run_id,
-        scored_at=scored_at,
+        input_version=plan.input_version,
+        scoring_run_id=plan.run_id,
+        scored_at=plan.scored_at,
     )
-    scored = spark_glue.score_dataframe(selected, spec, predictor_spec, lineage)
+    scored = spark_glue.score_dataframe(plan.selected, spec, predictor_spec, lineage)
     _check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
     metadata = {
         **lineage.as_json_dict(),
         "job": config.name,
+        "backend": config.runtime.backend,
         "requested_model_uri": model.requested_uri,
         "input_table": config.input.table,
         "input_where": config.input.where,
-        "rows_read": rows_read,
-        "rows_rejected": rows_rejected,
+        "rows_read": plan.rows_read,
+        "rows_rejected": plan.rows_rejected,
     }
-    lap("plan")
-    reporter.step(f"scoring {rows_read} rows into {config.output.table} (run {run_id})")
+    reporter.step(f"scoring {plan.rows_read} rows into {config.output.table} (run {plan.run_id})")
     try:
         with watch_spark(spark, reporter, "scoring"):
             result = delta.write_predictions(
-                scored, config.output.table, partition_by=config.output.partition_by, run_id=run_id, metadata=metadata
+                scored,
+                config.output.table,
+                partition_by=config.output.partition_by,
+                run_id=plan.run_id,
+                metadata=metadata,
             )
     except ScoringError:
         raise
     except Exception as e:
         raise _translate(e) from None
-    finally:
-        reporter.close()
-    lap("score_write")
-    rows_written = result.rows_written if result.committed else 0
-    if result.committed and rows_written + rows_rejected != rows_read:
-        raise OutputError(
-            f"run {run_id} read {rows_read} rows but wrote {rows_written} and rejected {rows_rejected}",
-            hint="this is a bug in scoring: please report it with the job config; "
-            f"the output commit is version {result.version} of {config.output.table}",
+    return result, tuple(output_schema.names)
+
+
+@contextlib.contextmanager
+def _runtime(config: JobConfig, model: registry.ModelRef, features: tuple[str, ...], reporter: Reporter):
+    """The predictor spec for the configured backend; with ``launch: auto``, a sidecar for the run's duration."""
+    if config.runtime.backend == "embedded":
+        yield EmbeddedSpec(
+            model_uri=model.uri,
+            local_path=model.local_path,
+            flavors=model.flavors,
+            features=features,
+            threads=config.runtime.embedded.threads,
+            tracking_uri=model.tracking_uri,
+            registry_uri=model.registry_uri,
         )
-    return RunSummary(
-        job=config.name,
-        run_id=run_id,
-        model_name=model.name,
-        model_version=model.version,
+        return
+    from scoring.adapters import triton_export
+    from scoring.adapters.triton import TritonSpec
+
+    triton = config.runtime.triton
+    spec = functools.partial(
+        TritonSpec,
         model_uri=model.uri,
-        requested_model_uri=model.requested_uri,
-        input_table=config.input.table,
-        input_version=input_version,
-        output_table=config.output.table,
-        output_version_before=result.version_before,
-        output_version=result.version,
-        rows_read=rows_read,
-        rows_written=rows_written,
-        rows_rejected=rows_rejected,
-        committed=result.committed,
-        elapsed_s=round(time.perf_counter() - started, 3),
-        backend=config.runtime.backend,
-        prediction_columns=tuple(output_schema.names),
-        timings_s=timings,
+        model_name=triton_export.triton_model_name(model),
+        model_version=model.version,
+        features=features,
+        protocol=triton.protocol,
+        shared_memory=triton.shared_memory,
+        timeout_s=triton.timeout_s,
+        max_retries=triton.max_retries,
+        batch_rows=triton.batch_rows,
+        max_inflight=triton.max_inflight,
     )
+    if triton.launch == "external":
+        yield spec(url=triton.url or ("127.0.0.1:8001" if triton.protocol == "grpc" else "127.0.0.1:8000"))
+        return
+    from scoring.adapters import triton_server
+
+    with contextlib.ExitStack() as stack:
+        repository = triton.repository or stack.enter_context(tempfile.TemporaryDirectory(prefix="scoring-repo-"))
+        export = triton_export.export_model(
+            model, repository, target=triton.target, model_config=triton.model, n_features=len(features)
+        )
+        reporter.step(f"starting a Triton sidecar for {export.model_name} version {export.version} ({repository})")
+        handle = stack.enter_context(
+            triton_server.running_server(
+                repository, models=[export.model_name], ready_timeout_s=max(60.0, triton.timeout_s)
+            )
+        )
+        reporter.step(f"sidecar ready: grpc {handle.grpc_url}, http {handle.http_url}")
+        try:
+            yield spec(url=handle.grpc_url if triton.protocol == "grpc" else handle.http_url)
+        finally:
+            from scoring.adapters.runtime import forget_all
+
+            forget_all()  # the driver's client points at a server that is about to stop
 
 
 def _check_output_schema(spark, path: str, schema, partition_by: list[str]) -> None:

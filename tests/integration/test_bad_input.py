@@ -42,15 +42,27 @@ def _string_features(tmp_path, lake):
 
 
 CASES = {
-    "missing input table": (lambda tmp, lake: {"input": {"table": str(tmp / "nope")}}, InputError, ["no Delta table", "nope"]),
+    "missing input table": (
+        lambda tmp, lake: {"input": {"table": str(tmp / "nope")}},
+        InputError,
+        ["no Delta table", "nope"],
+    ),
     "missing key column": (lambda tmp, lake: {"input": {"key": "client_id"}}, InputError, ["input.key", "client_id"]),
     "missing feature column": (
         lambda tmp, lake: {"input": {"features": [*FEATURES[:-1], "f99"]}, "model": {"uri": "models:/onnx_clf/1"}},
         ModelError,
         ["input.features", "f99", "signature"],
     ),
-    "missing partition column": (lambda tmp, lake: {"output": {"partition_by": ["day"]}}, InputError, ["output.partition_by", "day"]),
-    "string feature": (lambda tmp, lake: {"input": {"table": _string_features(tmp, lake)}}, InputError, ["f02", "string"]),
+    "missing partition column": (
+        lambda tmp, lake: {"output": {"partition_by": ["day"]}},
+        InputError,
+        ["output.partition_by", "day"],
+    ),
+    "string feature": (
+        lambda tmp, lake: {"input": {"table": _string_features(tmp, lake)}},
+        InputError,
+        ["f02", "string"],
+    ),
     "NaN feature": (
         lambda tmp, lake: {"input": {"table": _dirty(tmp, lake, "f03", [7], np.nan)}},
         InvalidRowsError,
@@ -61,7 +73,11 @@ CASES = {
         InvalidRowsError,
         ["customer_id=450", "f01"],
     ),
-    "unknown model": (lambda tmp, lake: {"model": {"uri": "models:/no_such_model@champion"}}, ModelError, ["no_such_model", "onnx_clf"]),
+    "unknown model": (
+        lambda tmp, lake: {"model": {"uri": "models:/no_such_model@champion"}},
+        ModelError,
+        ["no_such_model", "onnx_clf"],
+    ),
     "unknown alias": (lambda tmp, lake: {"model": {"uri": "models:/onnx_clf@nightly"}}, ModelError, ["nightly"]),
     "unknown version": (lambda tmp, lake: {"model": {"uri": "models:/onnx_clf/99"}}, ModelError, ["onnx_clf/99"]),
     "signature mismatch": (
@@ -69,9 +85,21 @@ CASES = {
         ModelError,
         ["expects features", "input.features"],
     ),
-    "empty selection": (lambda tmp, lake: {"input": {"where": "ds = '1999-01-01'"}}, InputError, ["nothing to score", "1999-01-01"]),
-    "invalid filter": (lambda tmp, lake: {"input": {"where": "no_such_col > 1"}}, InputError, ["input.where", "no_such_col"]),
-    "input version past the latest": (lambda tmp, lake: {"input": {"version": 42}}, InputError, ["input.version", "42"]),
+    "empty selection": (
+        lambda tmp, lake: {"input": {"where": "ds = '1999-01-01'"}},
+        InputError,
+        ["nothing to score", "1999-01-01"],
+    ),
+    "invalid filter": (
+        lambda tmp, lake: {"input": {"where": "no_such_col > 1"}},
+        InputError,
+        ["input.where", "no_such_col"],
+    ),
+    "input version past the latest": (
+        lambda tmp, lake: {"input": {"version": 42}},
+        InputError,
+        ["input.version", "42"],
+    ),
     "output partitioned differently": (
         lambda tmp, lake: {"output": {"partition_by": []}},
         OutputError,
@@ -111,7 +139,10 @@ def test_a_model_that_returns_the_wrong_number_of_rows_commits_nothing(spark, la
     path, version, rows = guarded
     v = _wrong_rows_model("drops_a_row", lake)
     with pytest.raises(OutputValidationError, match=r"returned 15 rows for a batch of 16"):
-        run(build_job_config(lake.job(OUTPUT, model={"uri": f"models:/drops_a_row/{v}"}, input={"features": FEATURES})), spark=spark)
+        run(
+            build_job_config(lake.job(OUTPUT, model={"uri": f"models:/drops_a_row/{v}"}, input={"features": FEATURES})),
+            spark=spark,
+        )
     assert delta_version(path) == version
     assert read_delta(path).sort_by("customer_id").equals(rows)
 

@@ -7,7 +7,6 @@ import json
 import mlflow
 import numpy as np
 import pyarrow.compute as pc
-import pytest
 from mlflow import MlflowClient
 
 from scoring import build_job_config, columns, demo, run

@@ -72,7 +72,9 @@ def test_a_failed_run_exits_1_with_the_reason_and_leaves_the_output_alone(lake, 
 @pytest.mark.spark_submit
 def test_spark_submit_runs_the_same_job(lake, tmp_path):
     config = _write(tmp_path, {**lake.job("submit_out"), "spark": {}})
-    done = _scoring("submit", str(config), "--master", "local[2]", "--set", "input.where=ds = '2026-11-03'", timeout=600)
+    done = _scoring(
+        "submit", str(config), "--master", "local[2]", "--set", "input.where=ds = '2026-11-03'", timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("SCORING_SUMMARY "))
     summary = json.loads(line.removeprefix("SCORING_SUMMARY "))

@@ -40,7 +40,9 @@ def test_an_unknown_key_is_named_with_its_dotted_path_and_a_suggestion():
 def test_a_nested_unknown_key_is_named_too():
     tree = _tree()
     tree["runtime"] = {"embedded": {"thread": 2}}
-    with pytest.raises(ConfigError, match=r"runtime\.embedded\.thread: unknown key \(did you mean 'runtime\.embedded\.threads'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"runtime\.embedded\.thread: unknown key \(did you mean 'runtime\.embedded\.threads'\?\)"
+    ):
         build_job_config(tree)
 
 
@@ -69,8 +71,13 @@ def test_a_model_uri_must_be_a_registry_uri():
 def test_overrides_set_any_dotted_key_with_yaml_values():
     config = build_job_config(
         BASE,
-        overrides=["input.version=3", "input.key=[a, b]", "output.partition_by=ds", "input.where=ds = '2026-11-01'",
-                   "spark.conf={spark.driver.memory: 2g}"],
+        overrides=[
+            "input.version=3",
+            "input.key=[a, b]",
+            "output.partition_by=ds",
+            "input.where=ds = '2026-11-01'",
+            "spark.conf={spark.driver.memory: 2g}",
+        ],
     )
     assert config.input.version == 3
     assert config.input.key == ["a", "b"]

@@ -98,7 +98,7 @@ def test_an_empty_batch_gives_an_empty_batch_of_the_output_schema():
 def test_stamp_batch_adds_every_lineage_column_with_its_type():
     lineage = Lineage("churn", "3", "models:/churn/3", 7, "run-1", dt.datetime(2026, 11, 24, tzinfo=dt.UTC))
     out = stamp_batch(score_batch(_batch(), Linear(), SPEC), lineage)
-    assert out.schema.names[-len(columns.LINEAGE):] == list(columns.LINEAGE)
+    assert out.schema.names[-len(columns.LINEAGE) :] == list(columns.LINEAGE)
     for field in LINEAGE_SCHEMA:
         assert out.schema.field(field.name).type == field.type
     assert set(out.column(columns.MODEL_URI).to_pylist()) == {"models:/churn/3"}
@@ -125,12 +125,26 @@ def test_a_worker_error_is_rebuilt_from_sparks_traceback_text():
 
 
 def test_the_core_imports_no_engine_registry_server_or_network_library():
-    forbidden = {"pyspark", "mlflow", "tritonclient", "great_expectations", "delta", "deltalake", "airflow",
-                 "onnxruntime", "requests", "httpx", "grpc"}
+    forbidden = {
+        "pyspark",
+        "mlflow",
+        "tritonclient",
+        "great_expectations",
+        "delta",
+        "deltalake",
+        "airflow",
+        "onnxruntime",
+        "requests",
+        "httpx",
+        "grpc",
+    }
     core = Path(__file__).resolve().parents[2] / "scoring" / "core"
     for path in core.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"

@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench doctor clean help
+.PHONY: setup demo demo-triton test test-fast lint bench doctor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -23,6 +23,9 @@ setup: $(STAMP)  ## create .venv and install the pinned stack (skipped when noth
 
 demo: setup  ## create a demo lake + model + registry under .demo/ and run conf/jobs/demo.yaml
 	$(BIN)/scoring demo
+
+demo-triton: setup  ## the demo scored through a local Triton sidecar (conf/jobs/demo-triton.yaml)
+	$(BIN)/scoring demo --config conf/jobs/demo-triton.yaml
 
 test: setup  ## the whole suite (real Spark, Delta, MLflow); .ci/run calls this
 	$(BIN)/python -m pytest -q
@@ -40,4 +43,4 @@ doctor: setup  ## check Java, Spark, the Delta jars and the registry
 	$(BIN)/scoring doctor
 
 clean:  ## remove the demo lake and caches (keeps .venv)
-	rm -rf .demo spark-warehouse metastore_db derby.log bench-results.json
+	rm -rf .demo .bench .scoring spark-warehouse metastore_db derby.log bench-results.json

@@ -193,12 +193,6 @@ def export(
     out.print(f"{ref.uri} -> {result.path}/{result.version} as {result.model_name} ({result.target}): {state}")
 
 
-def _sidecar_state() -> Path:
-    from scoring.adapters import triton_server
-
-    return Path(os.environ.get("SCORING_SIDECAR_STATE") or triton_server.DEFAULT_STATE_FILE)
-
-
 sidecar_app = typer.Typer(
     help="A local Triton Inference Server (the sidecar) serving a model repository.", no_args_is_help=True
 )
@@ -220,7 +214,7 @@ def sidecar_start(
     """Start tritonserver on loopback, wait until it and its models are ready, print the endpoints, and return."""
     from scoring.adapters import triton_server
 
-    state = _sidecar_state()
+    state = triton_server.default_state_file()
     running = triton_server.load_state(state)
     if running is not None and triton_server.is_alive(running):
         _fail(
@@ -252,7 +246,7 @@ def sidecar_status() -> None:
     """Show whether the sidecar started by `scoring sidecar start` is alive and ready. Exit 1 if not."""
     from scoring.adapters import triton_server
 
-    handle = triton_server.load_state(_sidecar_state())
+    handle = triton_server.load_state(triton_server.default_state_file())
     if handle is None or not triton_server.is_alive(handle):
         out.print("no sidecar running")
         raise typer.Exit(1)
@@ -266,13 +260,13 @@ def sidecar_stop() -> None:
     """Stop the sidecar started by `scoring sidecar start` (SIGTERM, then SIGKILL after a timeout)."""
     from scoring.adapters import triton_server
 
-    state = _sidecar_state()
+    state = triton_server.default_state_file()
     handle = triton_server.load_state(state)
     if handle is None:
         out.print("no sidecar running")
         return
     triton_server.stop_server(handle)
-    state.unlink(missing_ok=True)
+    triton_server.clear_state(state)
     out.print(f"stopped (pid {handle.pid})")
 
 

@@ -233,7 +233,7 @@ class TritonPredictor:
                     ) from e
                 if attempt >= self.spec.max_retries:
                     raise BackendUnavailableError(
-                        f"{self._where()} failed {attempt + 1} times on a request of {len(chunk)} rows; last: {e}",
+                        f"{self._where()} gave up after {attempt + 1} attempt(s) on a request of {len(chunk)} rows; last error: {e}",
                         hint="check the server's health and load; raise runtime.triton.max_retries or timeout_s",
                     ) from e
                 delay = min(8.0, 0.1 * 2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter, not crypto

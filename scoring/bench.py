@@ -356,4 +356,4 @@ def _print(console, report: dict) -> None:
             vs(f"{key}/spark_udf"),
             vs(f"{key}/onnxruntime"),
         )
-    console.print(table)
+    console.print(table, width=max(console.width, 150))

@@ -77,7 +77,7 @@ def train_regressor(table: pa.Table, features: Sequence[str], sample: int = 5000
     sub = table.slice(0, min(sample, table.num_rows))
     x = np.column_stack([sub.column(f).to_numpy() for f in features])
     y = x @ np.linspace(-1.0, 1.0, len(features))
-    model = MLPRegressor(hidden, max_iter=50, random_state=0) if hidden else LinearRegression()
+    model = MLPRegressor(hidden_layer_sizes=hidden, max_iter=50, random_state=0) if hidden else LinearRegression()
     return model.fit(x, y)
 
 

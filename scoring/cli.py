@@ -71,8 +71,14 @@ def print_summary(summary) -> None:
         ("output", f"{summary.output_table} @ version {summary.output_version} (was {summary.output_version_before})"),
         ("rows read", f"{summary.rows_read:,}"),
         ("rows written", f"{summary.rows_written:,}"),
-        ("rows rejected", f"{summary.rows_rejected:,}"),
+        ("rows rejected", f"{summary.rows_rejected:,} (null or NaN features)"),
+        ("rows quarantined", f"{summary.rows_quarantined:,} (failed expectations)"),
         ("predictions", ", ".join(summary.prediction_columns)),
+        *([("set aside in", summary.quarantine_table)] if summary.quarantine_table else []),
+        *[
+            (f"{which} gate", f"{'passed' if r['success'] else 'failed'}: {len(r['results'])} expectation(s)")
+            for which, r in summary.quality.items()
+        ],
         (
             "elapsed",
             f"{summary.elapsed_s:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings_s.items()) + ")",

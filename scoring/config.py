@@ -9,6 +9,7 @@ to read the environment.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scoring.errors import ConfigError
 
@@ -140,6 +141,103 @@ class OutputConfig(_Strict):
     _listify = field_validator("partition_by", mode="before")(_as_list)
 
 
+class ExpectationConfig(_Strict):
+    """One data-quality expectation, run with Great Expectations on the Spark DataFrame (nothing is collected).
+
+    Row-level types (``not_null``, ``between``, ``in_set``) can quarantine the rows that fail them; table-level types
+    (``unique``, ``row_count_between``, ``mean_between``) pass or fail the whole gate.
+    """
+
+    type: Literal["not_null", "between", "in_set", "unique", "row_count_between", "mean_between"]
+    """What to expect: ``not_null``, ``between`` (min/max, inclusive), ``in_set`` (values), ``unique``,
+    ``row_count_between`` (min/max rows), ``mean_between`` (min/max of the column's mean)."""
+    column: str | None = None
+    """The column (every type but ``row_count_between``)."""
+    min: float | None = None
+    """Lower bound, inclusive (``between``, ``row_count_between``, ``mean_between``)."""
+    max: float | None = None
+    """Upper bound, inclusive (``between``, ``row_count_between``, ``mean_between``)."""
+    values: list[str | int | float] | None = None
+    """Allowed values (``in_set``)."""
+
+    @model_validator(mode="after")
+    def _arguments(self) -> ExpectationConfig:
+        if self.type != "row_count_between" and not self.column:
+            raise ValueError(f"expectation {self.type} needs a column")
+        if self.type in ("between", "row_count_between", "mean_between") and self.min is None and self.max is None:
+            raise ValueError(f"expectation {self.type} needs min, max or both")
+        if self.type == "in_set" and not self.values:
+            raise ValueError("expectation in_set needs values")
+        return self
+
+    @property
+    def row_level(self) -> bool:
+        return self.type in ("not_null", "between", "in_set")
+
+    def describe(self) -> str:
+        args = [f"column={self.column}"] if self.column else []
+        args += [f"min={self.min:g}"] if self.min is not None else []
+        args += [f"max={self.max:g}"] if self.max is not None else []
+        args += [f"values={self.values}"] if self.values else []
+        return f"{self.type}({', '.join(args)})"
+
+
+class GateConfig(_Strict):
+    """A data-quality gate: expectations and what to do when rows fail them."""
+
+    expectations: list[ExpectationConfig] = []
+    policy: Literal["fail", "quarantine"] = "fail"
+    """``fail``: any failed expectation fails the run (nothing is written). ``quarantine``: rows failing row-level
+    expectations go to the quarantine table and the rest is scored, as long as their fraction is at most
+    ``max_bad_fraction``; table-level expectations still fail the run."""
+    max_bad_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """With ``quarantine``: the largest fraction of rows that may be quarantined; above it the run fails."""
+
+
+class QualityConfig(_Strict):
+    input: GateConfig = GateConfig()
+    """Checked on the selected input rows before scoring."""
+    output: GateConfig = GateConfig()
+    """Checked on the scored rows before they are committed."""
+    quarantine_table: str | None = None
+    """Delta table for quarantined rows (reason, run id, the original row). Default: ``<output.table>_quarantine``."""
+
+
+class ScheduleConfig(_Strict):
+    """Present in a job config, it turns the job into an Airflow DAG (``dags/`` builds one per config)."""
+
+    cron: str = "@daily"
+    """Airflow schedule: a cron expression or a preset such as ``@daily``."""
+    start_date: dt.date
+    """First data interval."""
+    end_date: dt.date | None = None
+    """Last data interval (none: open-ended)."""
+    catchup: bool = False
+    """Whether Airflow schedules the intervals missed since ``start_date``."""
+    partition_column: str = "ds"
+    """Input (and output) column holding the data interval's date, ``YYYY-MM-DD``: each DAG run scores
+    ``<partition_column> = '<data interval start>'``."""
+    retries: int = Field(default=2, ge=0)
+    """Retries of the scoring task."""
+    retry_delay_s: float = Field(default=300.0, ge=0)
+    """Delay before the first retry; doubled on each retry (exponential backoff)."""
+    sensor_poke_interval_s: float = Field(default=60.0, gt=0)
+    """How often the input sensor looks for the interval's partition."""
+    sensor_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+    """How long the input sensor waits before the run fails."""
+    deploy: Literal["local", "kubernetes"] = "local"
+    """``local``: score with ``SparkSubmitOperator`` (connection ``spark_conn_id``); ``kubernetes``:
+    ``SparkKubernetesOperator`` with the manifest the project renders."""
+    spark_conn_id: str = "spark_default"
+    """Airflow connection of the Spark master for ``deploy: local``."""
+    kubernetes_conn_id: str = "kubernetes_default"
+    """Airflow connection of the cluster for ``deploy: kubernetes``."""
+    namespace: str = "default"
+    """Kubernetes namespace for ``deploy: kubernetes``."""
+    tags: list[str] = []
+    """Extra DAG tags."""
+
+
 class SparkConfig(_Strict):
     master: str | None = None
     """Spark master. Default: ``local[*]``, or whatever ``spark-submit`` was given."""
@@ -158,6 +256,13 @@ class JobConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig
     spark: SparkConfig = SparkConfig()
+    quality: QualityConfig = QualityConfig()
+    schedule: ScheduleConfig | None = None
+    """When present, ``dags/`` builds an Airflow DAG for this job."""
+
+    @property
+    def quarantine_table(self) -> str:
+        return self.quality.quarantine_table or f"{self.output.table.rstrip('/')}_quarantine"
 
 
 _ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")

@@ -65,6 +65,10 @@ class OutputError(ScoringError, Terminal):
     """The output table cannot be written as configured (e.g. a schema or partitioning clash)."""
 
 
+class QualityError(ScoringError, Terminal):
+    """A data-quality gate failed: an expectation on the input or the output did not hold."""
+
+
 class BackendUnavailableError(ScoringError, Transient):
     """A model server did not answer in time; trying again may succeed."""
 

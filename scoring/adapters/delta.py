@@ -22,12 +22,13 @@ def latest_version(spark, path: str) -> int | None:
     return int(DeltaTable.forPath(spark, path).history(1).select("version").head()[0])
 
 
-def read_snapshot(spark, path: str, version: int | None):
-    """(DataFrame, version) of the table at `path`, pinned to `version` (default: the latest, looked up now)."""
+def read_snapshot(spark, path: str, version: int | None, *, key: str = "input.table"):
+    """(DataFrame, version) of the table at `path`, pinned to `version` (default: the latest, looked up now).
+    `key` is the config key named in errors."""
     latest = latest_version(spark, path)
     if latest is None:
         raise InputError(
-            f"input.table: no Delta table at {path}",
+            f"{key}: no Delta table at {path}",
             hint="check the path (relative paths are resolved from the current directory), or create the table first",
         )
     if version is None:
@@ -103,17 +104,8 @@ def write_predictions(
     return WriteResult(before, after, written, committed=True)
 
 
-def committed_by(spark, path: str, run_id: str) -> bool:
-    """Whether the table records a commit by `run_id` (its txnAppId)."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
-        return False
-    metadata = DeltaTable.forPath(spark, path).history().select("userMetadata").collect()
-    for row in metadata:
-        try:
-            if row[0] and json.loads(row[0]).get("scoring_run_id") == run_id:
-                return True
-        except json.JSONDecodeError:
-            continue
-    return False
+def append_once(df, path: str, *, app_id: str) -> None:
+    """Append `df` to the Delta table at `path` (created if missing) at most once per `app_id`."""
+    df.write.format("delta").mode("append").option("mergeSchema", "true").option("txnAppId", app_id).option(
+        "txnVersion", 0
+    ).save(path)

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from scoring import columns
+from scoring import columns, quality
 from scoring.adapters import delta, registry
 from scoring.adapters.embedded import EmbeddedSpec
 from scoring.config import JobConfig
@@ -29,7 +29,7 @@ PROBE_ROWS = 16
 
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
-    """What a run did. ``rows_read == rows_written + rows_rejected`` for every committed run."""
+    """What a run did. ``rows_read == rows_written + rows_rejected + rows_quarantined`` for every committed run."""
 
     job: str
     run_id: str
@@ -45,12 +45,18 @@ class RunSummary:
     rows_read: int
     rows_written: int
     rows_rejected: int
+    rows_quarantined: int
     committed: bool
     elapsed_s: float
     backend: str
     prediction_columns: tuple[str, ...]
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Seconds per phase: resolve (model), plan (snapshot, checks, count, probe), score_write (the Spark job)."""
+    """Seconds per phase: resolve (model), plan (snapshot, checks, count, input gate), runtime (sidecar start-up),
+    score_write (probe, scoring, output gate, the commit)."""
+    quality: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Gate reports by gate (``input``, ``output``): success, per-expectation statistics, rows quarantined."""
+    quarantine_table: str | None = None
+    """Where rejected and quarantined rows went (None when there were none)."""
 
     @property
     def rows_per_s(self) -> float:
@@ -141,6 +147,10 @@ class _Plan:
     input_version: int
     rows_read: int
     rows_rejected: int
+    rows_quarantined: int
+    set_aside: tuple[Any, ...]
+    """Quarantine-table frames of the input rows not scored (null/NaN features, failed input expectations)."""
+    input_report: Any
     run_id: str
     scored_at: dt.datetime
 
@@ -184,14 +194,17 @@ def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> R
     try:
         with _runtime(config, model, plan.features, reporter) as predictor_spec:
             clock.lap("runtime")
-            result, prediction_columns = _score_and_write(plan, spark, predictor_spec, reporter)
+            written = _score_and_write(plan, spark, predictor_spec, reporter)
             clock.lap("score_write")
     finally:
         reporter.close()
+    result = written.result
     rows_written = result.rows_written if result.committed else 0
-    if result.committed and rows_written + plan.rows_rejected != plan.rows_read:
+    rows_quarantined = plan.rows_quarantined + written.rows_quarantined
+    if result.committed and rows_written + plan.rows_rejected + rows_quarantined != plan.rows_read:
         raise OutputError(
-            f"run {run_id} read {plan.rows_read} rows but wrote {rows_written} and rejected {plan.rows_rejected}",
+            f"run {run_id} read {plan.rows_read} rows but wrote {rows_written}, rejected {plan.rows_rejected} "
+            f"and quarantined {rows_quarantined}",
             hint="this is a bug in scoring: please report it with the job config; "
             f"the output commit is version {result.version} of {config.output.table}",
         )
@@ -210,11 +223,14 @@ def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> R
         rows_read=plan.rows_read,
         rows_written=rows_written,
         rows_rejected=plan.rows_rejected,
+        rows_quarantined=rows_quarantined,
         committed=result.committed,
         elapsed_s=clock.elapsed_s,
         backend=config.runtime.backend,
-        prediction_columns=prediction_columns,
+        prediction_columns=written.prediction_columns,
         timings_s=clock.laps,
+        quality={r.which: r.to_dict() for r in (plan.input_report, written.output_report) if r is not None},
+        quarantine_table=written.quarantine_table,
     )
 
 
@@ -237,40 +253,88 @@ def _plan(config: JobConfig, spark, model: registry.ModelRef, run_id: str, score
             ) from None
 
     passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
-    selected = source.select(*dict.fromkeys([*passthrough, *features]))
-    rows_read = selected.count()
+    rows_read = source.count()
     if rows_read == 0:
         raise InputError(
             f"input: nothing to score in {config.input.table} at version {input_version}"
             + (f" where {config.input.where}" if config.input.where else ""),
             hint="check input.where (e.g. the partition date) and input.version; the output table was not touched",
         )
+    set_aside = []
     rows_rejected = 0
     if config.input.on_invalid_rows == "skip":
         valid = None
         for name in features:
             ok = F.col(name).isNotNull()
-            if type(selected.schema[name].dataType).__name__ in ("FloatType", "DoubleType"):
+            if type(source.schema[name].dataType).__name__ in ("FloatType", "DoubleType"):
                 ok = ok & ~F.isnan(F.col(name))
             valid = ok if valid is None else (valid & ok)
-        rows_rejected = selected.where(~valid).count()
-        selected = selected.where(valid)
-        if rows_rejected:
-            reporter.step(f"skipping {rows_rejected} row(s) with null or NaN features (input.on_invalid_rows: skip)")
+        rows_rejected = source.where(~valid).count()
         if rows_rejected == rows_read:
             raise InputError(
                 f"input: all {rows_read} selected rows have null or NaN features",
                 hint="clean the input; nothing was written",
             )
+        if rows_rejected:
+            reporter.step(f"skipping {rows_rejected} row(s) with null or NaN features (input.on_invalid_rows: skip)")
+            set_aside.append(
+                quality.quarantine_frame(
+                    source.where(~valid), F.lit("null or NaN feature"), "input", config.input.key, run_id, scored_at
+                )
+            )
+        source = source.where(valid)
+    input_report = None
+    rows_quarantined = 0
+    gate = config.quality.input
+    if gate.expectations:
+        reporter.step(f"input gate: {len(gate.expectations)} expectation(s)")
+        input_report = quality.evaluate(source, gate, "input", source=f"{config.input.table}@{input_version}")
+        if input_report.quarantined:
+            bad = quality.bad_row_condition(gate.expectations)
+            rows_quarantined = input_report.quarantined
+            reporter.step(f"quarantining {rows_quarantined} input row(s) that fail expectations")
+            set_aside.append(
+                quality.quarantine_frame(
+                    source.where(bad),
+                    quality.reason_column(gate.expectations),
+                    "input",
+                    config.input.key,
+                    run_id,
+                    scored_at,
+                )
+            )
+            source = source.where(~bad)
+    selected = source.select(*dict.fromkeys([*passthrough, *features]))
     return _Plan(
-        config, model, features, passthrough, selected, input_version, rows_read, rows_rejected, run_id, scored_at
+        config,
+        model,
+        features,
+        passthrough,
+        selected,
+        input_version,
+        rows_read,
+        rows_rejected,
+        rows_quarantined,
+        tuple(set_aside),
+        input_report,
+        run_id,
+        scored_at,
     )
 
 
-def _score_and_write(
-    plan: _Plan, spark, predictor_spec, reporter: Reporter
-) -> tuple[delta.WriteResult, tuple[str, ...]]:
-    """Probe the model on a few rows, then score everything and write it in one commit."""
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    result: delta.WriteResult
+    prediction_columns: tuple[str, ...]
+    rows_quarantined: int
+    """Scored rows set aside by the output gate."""
+    output_report: Any
+    quarantine_table: str | None
+
+
+def _score_and_write(plan: _Plan, spark, predictor_spec, reporter: Reporter) -> _Written:
+    """Probe the model on a few rows, score everything, run the output gate, write it in one commit, then set
+    aside the quarantined rows."""
     from scoring.adapters import spark as spark_glue
 
     config, model = plan.config, plan.model
@@ -298,31 +362,81 @@ def _score_and_write(
     )
     scored = spark_glue.score_dataframe(plan.selected, spec, predictor_spec, lineage)
     _check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
-    metadata = {
-        **lineage.as_json_dict(),
-        "job": config.name,
-        "backend": config.runtime.backend,
-        "requested_model_uri": model.requested_uri,
-        "input_table": config.input.table,
-        "input_where": config.input.where,
-        "rows_read": plan.rows_read,
-        "rows_rejected": plan.rows_rejected,
-    }
-    reporter.step(f"scoring {plan.rows_read} rows into {config.output.table} (run {plan.run_id})")
+    set_aside = list(plan.set_aside)
+    gate = config.quality.output
+    output_report, rows_quarantined, cached = None, 0, None
     try:
-        with watch_spark(spark, reporter, "scoring"):
-            result = delta.write_predictions(
-                scored,
-                config.output.table,
-                partition_by=config.output.partition_by,
-                run_id=plan.run_id,
-                metadata=metadata,
+        if gate.expectations:
+            # The gate needs the scores before the commit: score once, keep them, check them, then write them.
+            cached = scored = scored.persist()
+            reporter.step(
+                f"scoring {plan.rows_read} rows, then the output gate ({len(gate.expectations)} expectations)"
             )
-    except ScoringError:
-        raise
-    except Exception as e:
-        raise _translate(e) from None
-    return result, tuple(output_schema.names)
+            try:
+                output_report = quality.evaluate(scored, gate, "output", source=f"run {plan.run_id}")
+            except ScoringError:
+                raise
+            except Exception as e:
+                raise _translate(e) from None
+            if output_report.quarantined:
+                bad = quality.bad_row_condition(gate.expectations)
+                rows_quarantined = output_report.quarantined
+                set_aside.append(
+                    quality.quarantine_frame(
+                        scored.where(bad),
+                        quality.reason_column(gate.expectations),
+                        "output",
+                        config.input.key,
+                        plan.run_id,
+                        plan.scored_at,
+                    )
+                )
+                scored = scored.where(~bad)
+        metadata = {
+            **lineage.as_json_dict(),
+            "job": config.name,
+            "backend": config.runtime.backend,
+            "requested_model_uri": model.requested_uri,
+            "input_table": config.input.table,
+            "input_where": config.input.where,
+            "rows_read": plan.rows_read,
+            "rows_rejected": plan.rows_rejected,
+            "rows_quarantined": plan.rows_quarantined + rows_quarantined,
+            "quality": {
+                r.which: {"success": r.success, "quarantined": r.quarantined}
+                for r in (plan.input_report, output_report)
+                if r is not None
+            },
+        }
+        reporter.step(f"writing {config.output.table} (run {plan.run_id})")
+        try:
+            with watch_spark(spark, reporter, "scoring"):
+                result = delta.write_predictions(
+                    scored,
+                    config.output.table,
+                    partition_by=config.output.partition_by,
+                    run_id=plan.run_id,
+                    metadata=metadata,
+                )
+                if set_aside and result.committed:
+                    quarantined = set_aside[0]
+                    for frame in set_aside[1:]:
+                        quarantined = quarantined.unionByName(frame, allowMissingColumns=True)
+                    delta.append_once(quarantined, config.quarantine_table, app_id=f"scoring-quarantine:{plan.run_id}")
+        except ScoringError:
+            raise
+        except Exception as e:
+            raise _translate(e) from None
+    finally:
+        if cached is not None:
+            cached.unpersist()
+    return _Written(
+        result,
+        tuple(output_schema.names),
+        rows_quarantined,
+        output_report,
+        config.quarantine_table if set_aside else None,
+    )
 
 
 @contextlib.contextmanager

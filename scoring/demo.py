@@ -81,14 +81,6 @@ def train_regressor(table: pa.Table, features: Sequence[str], sample: int = 5000
     return model.fit(x, y)
 
 
-def to_onnx(model, n_features: int, dtype=np.float32):
-    """An sklearn model as ONNX with one 2-D float input and plain tensor outputs (no ZipMap)."""
-    from skl2onnx import to_onnx as convert
-
-    options = {"zipmap": False} if hasattr(model, "predict_proba") else None
-    return convert(model, np.zeros((1, n_features), dtype=dtype), options=options, target_opset=17)
-
-
 def _signature(table: pa.Table, features: Sequence[str], model):
     import pandas as pd
     from mlflow.models import infer_signature
@@ -117,8 +109,10 @@ def register(
     signature = _signature(table, features, model)
     with mlflow.start_run(run_name=f"train-{name}"):
         if flavor == "onnx":
+            from scoring.adapters.onnx import sklearn_to_onnx
+
             info = mlflow.onnx.log_model(
-                to_onnx(model, len(features)), name="model", registered_model_name=name, signature=signature
+                sklearn_to_onnx(model, len(features)), name="model", registered_model_name=name, signature=signature
             )
         elif flavor == "sklearn":
             info = mlflow.sklearn.log_model(

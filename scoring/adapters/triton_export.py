@@ -60,7 +60,7 @@ def _onnx_bytes(ref: ModelRef, n_features: int | None) -> bytes:
     if "sklearn" in ref.flavors:
         import mlflow.sklearn
 
-        from scoring.demo import to_onnx
+        from scoring.adapters.onnx import sklearn_to_onnx
 
         if not n_features:
             raise ModelError(
@@ -69,7 +69,7 @@ def _onnx_bytes(ref: ModelRef, n_features: int | None) -> bytes:
             )
         model = mlflow.sklearn.load_model(str(local))
         try:
-            return to_onnx(model, n_features).SerializeToString()
+            return sklearn_to_onnx(model, n_features).SerializeToString()
         except Exception as e:  # skl2onnx raises many kinds for unsupported estimators
             raise ModelError(
                 f"cannot convert {ref.uri} ({type(model).__name__}) to ONNX with skl2onnx: {e}",

@@ -1,0 +1,14 @@
+"""scikit-learn -> ONNX (skl2onnx), one way for the whole project: the demo's models and Triton export."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sklearn_to_onnx(model, n_features: int, dtype=np.float32):
+    """`model` as an ``onnx.ModelProto`` with one 2-D input ``X`` of `n_features` columns and plain tensor outputs
+    (classifiers without ZipMap, so probabilities are a ``(rows, classes)`` tensor)."""
+    from skl2onnx import to_onnx
+
+    options = {"zipmap": False} if hasattr(model, "predict_proba") else None
+    return to_onnx(model, np.zeros((1, n_features), dtype=dtype), options=options, target_opset=17)

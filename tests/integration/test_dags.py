@@ -1,0 +1,356 @@
+"""The Airflow DAGs built from job configs: parsed by a real DagBag, run end to end with ``dag.test()`` against a real
+metadata database (SQLite), real spark-submit, real Delta tables and a real MLflow registry.
+
+Airflow reads its configuration when it is first imported, so the ``airflow_home`` fixture sets the environment first
+and every Airflow import in this file happens after it (no module-level Airflow import).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import DAYS, delta_version, read_delta
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "dags"
+
+pytestmark = [
+    # dag.test() starts Airflow's in-process execution API, whose svcs -> fastapi -> starlette.testclient import warns
+    # (starlette wants its httpx2 package; Airflow 3.3 pins httpx).
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated:UserWarning"),
+]
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory):
+    """A throw-away Airflow: AIRFLOW_HOME in a temporary folder, a SQLite metadata DB created from the ORM, the Spark
+    connection from an environment variable (master local[2]), and spark-submit on PATH."""
+    if "airflow" in sys.modules:
+        pytest.fail("airflow was imported before the airflow_home fixture set AIRFLOW_HOME; it must be imported after")
+    home = tmp_path_factory.mktemp("airflow")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        # host = the master: a "spark" connection with a host and no port is used as `--master <host>`
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "SCORING_RUNS_DIR": str(home / "scoring-runs"),
+        # spark-submit (the operator runs it by name) and the python it starts come from this environment
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        from airflow.utils import db
+
+        db.initdb()
+        yield home
+    # Airflow configured the root logger (INFO, to this session's captured output); give it back.
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
+@pytest.fixture
+def conf_dir(airflow_home, tmp_path, monkeypatch):
+    """An empty folder of job configs that the DAG factory reads (SCORING_CONF_DIR)."""
+    directory = tmp_path / "jobs"
+    directory.mkdir()
+    monkeypatch.setenv("SCORING_CONF_DIR", str(directory))
+    return directory
+
+
+def _write(directory: Path, name: str, tree: dict) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **tree}, sort_keys=False))
+    return path
+
+
+def _dagbag():
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag
+
+
+def _scheduled_job(lake, name: str, *, input_expectations=(), model="models:/onnx_clf@champion") -> dict:
+    tree = lake.job(
+        name,
+        model={"uri": model},
+        quality={
+            "input": {"expectations": list(input_expectations)},
+            "output": {"expectations": [{"type": "between", "column": "label", "min": 0, "max": 1}]},
+        },
+        schedule={"start_date": DAYS[0], "partition_column": "ds", "retries": 0, "sensor_poke_interval_s": 1},
+    )
+    tree.pop("name")
+    tree.pop("spark")  # under spark-submit the connection's master decides
+    return tree
+
+
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+class _FakeTI:
+    """What templates see of a task instance: its try number and the sensor's XCom."""
+
+    def __init__(self, found, try_number=3):
+        self.found, self.try_number = found, try_number
+
+    def xcom_pull(self, task_ids):
+        assert task_ids == "wait_for_input"
+        return self.found
+
+
+RUN_ID = "scheduled__2026-11-02T00:00:00+00:00"
+FOUND = {"day": "2026-11-02", "where": "ds = '2026-11-02'", "input_version": 0, "rows": 1000}
+
+
+def _midnight(day: str) -> dt.datetime:
+    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), tzinfo=dt.UTC)
+
+
+def _logical_date_for(day: str) -> dt.datetime:
+    """A manual run at midnight after `day` covers `day` (the data interval that just ended)."""
+    return _midnight(day) + dt.timedelta(days=1)
+
+
+def test_one_dag_per_scheduled_config_and_none_for_the_others(conf_dir):
+    shutil.copy(ROOT / "conf" / "jobs" / "nightly.yaml", conf_dir)
+    shutil.copy(ROOT / "conf" / "jobs" / "demo.yaml", conf_dir)  # no schedule: section
+    bag = _dagbag()
+    assert sorted(bag.dag_ids) == ["scoring__nightly"]
+
+
+def test_the_dag_waits_validates_scores_validates_and_publishes_in_that_order(conf_dir, airflow_home):
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    shutil.copy(ROOT / "conf" / "jobs" / "nightly.yaml", conf_dir)
+    dag = _dagbag().dags["scoring__nightly"]
+    order = ["wait_for_input", "validate_input", "score", "validate_output", "publish"]
+    assert sorted(dag.task_ids) == sorted(order)
+    for before, after in zip(order, order[1:], strict=False):
+        assert dag.get_task(after).upstream_task_ids == {before}
+    assert dag.get_task("publish").downstream_task_ids == set()
+
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable" and dag.timetable.expression == "0 0 * * *"
+    assert dag.start_date == dt.datetime(2026, 11, 1, tzinfo=dt.UTC) and dag.end_date is None
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert set(dag.tags) == {"scoring", "demo"}
+
+    sensor = dag.get_task("wait_for_input")
+    assert sensor.mode == "reschedule" and sensor.poke_interval == 60 and sensor.timeout == 21600
+    score = dag.get_task("score")
+    assert isinstance(score, SparkSubmitOperator)
+    assert score.retries == 2 and score.retry_exponential_backoff == 2.0
+    assert score.retry_delay == dt.timedelta(seconds=300)
+    assert score.application.endswith("scoring/spark_entry.py") and Path(score.application).is_file()
+    assert score.packages.startswith("io.delta:delta-spark_")
+    assert score.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert score._conn_id == "spark_default"
+    args = score.application_args
+    assert args[0] == str(conf_dir.resolve() / "nightly.yaml")
+    assert "run_id=scoring__nightly__{{ run_id }}__try{{ ti.try_number }}" in args
+    assert args[args.index("--summary-json") + 1].endswith("/scoring__nightly/{{ run_id }}/summary.json")
+    assert all(dag.get_task(t).retries == 0 for t in order if t != "score")
+
+    # What spark-submit gets, rendered as a worker renders it.
+    score.render_template_fields({"run_id": RUN_ID, "ti": _FakeTI(FOUND)})
+    assert score.application_args[1:5] == [
+        "--set",
+        "input.where=ds = '2026-11-02'",
+        "--set",
+        f"run_id=scoring__nightly__{RUN_ID}__try3",
+    ]
+    assert score.application_args[6] == str(
+        airflow_home / "scoring-runs" / "scoring__nightly" / RUN_ID / "summary.json"
+    )
+
+
+def test_the_score_task_refuses_to_render_without_the_sensors_partition(conf_dir):
+    from jinja2 import UndefinedError
+
+    shutil.copy(ROOT / "conf" / "jobs" / "nightly.yaml", conf_dir)
+    score = _dagbag().dags["scoring__nightly"].get_task("score")
+    with pytest.raises(UndefinedError):  # never the whole table by accident
+        score.render_template_fields({"run_id": RUN_ID, "ti": _FakeTI(None)})
+
+
+def test_a_backfill_gets_one_run_per_day_each_scoring_its_own_partition(conf_dir):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    shutil.copy(ROOT / "conf" / "jobs" / "nightly.yaml", conf_dir)
+    dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(_dagbag().dags["scoring__nightly"]))
+    infos = list(
+        dag.iter_dagrun_infos_between(_midnight(DAYS[0]), _midnight(DAYS[-1]))  # what `airflow backfill create` runs
+    )
+    assert [info.data_interval.start.date().isoformat() for info in infos] == list(DAYS)
+    assert all(info.data_interval.end - info.data_interval.start == dt.timedelta(days=1) for info in infos)
+
+
+def test_a_kubernetes_job_gets_a_spark_application_that_renders(conf_dir):
+    from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
+
+    tree = yaml.safe_load((ROOT / "conf" / "jobs" / "nightly.yaml").read_text())
+    tree["schedule"] |= {"deploy": "kubernetes", "namespace": "scoring"}
+    tree["runtime"] = {"backend": "triton", "triton": {"url": "127.0.0.1:8001"}}
+    _write(conf_dir, "nightly_k8s", tree)
+    score = _dagbag().dags["scoring__nightly_k8s"].get_task("score")
+    assert isinstance(score, SparkKubernetesOperator)
+    assert score.namespace == "scoring" and score.retries == 2
+
+    # No cluster here: render the templates the way a worker does, with the values a run would have.
+    score.render_template_fields({"run_id": RUN_ID, "ti": _FakeTI(FOUND)})
+    spec = score.template_spec["spec"]
+    assert spec["arguments"] == [
+        "/opt/scoring/conf/jobs/nightly_k8s.yaml",
+        "--set",
+        "input.where=ds = '2026-11-02'",
+        "--set",
+        f"run_id=scoring__nightly_k8s__{RUN_ID}__try3",
+    ]
+    assert spec["sparkConf"]["spark.kubernetes.executor.podTemplateFile"].endswith("executor-pod-template.yaml")
+    assert score.template_body["spark"]["kind"] == "SparkApplication"
+
+
+def test_the_sensor_reads_the_days_partition_from_the_delta_log(lake, tmp_path):
+    import pyarrow as pa
+
+    from scoring import build_job_config, demo
+    from scoring.errors import ScoringError
+    from scoring.scheduling import check_input
+
+    def job(table, column="ds"):
+        schedule = {"start_date": DAYS[0], "partition_column": column}
+        return build_job_config(lake.job("unused", input={"table": str(table)}, schedule=schedule))
+
+    found = check_input(job(lake.input_table), DAYS[1])
+    assert found.ready and found.where == f"ds = '{DAYS[1]}'" and found.rows == 1000 and found.input_version == 0
+    assert not check_input(job(lake.input_table), "2026-11-04").ready  # not landed yet
+    assert not check_input(job(tmp_path / "absent"), DAYS[0]).ready  # no table yet
+    with pytest.raises(ScoringError, match="no data interval day"):
+        check_input(job(lake.input_table), "None")  # a run without a logical date
+
+    dated = lake.table.set_column(
+        1, "ds", pa.array([dt.date.fromisoformat(d) for d in lake.table.column("ds").to_pylist()])
+    )
+    demo.write_delta(tmp_path / "dated", dated)  # a date-typed partition column
+    assert check_input(job(tmp_path / "dated"), DAYS[2]).rows == 1000
+    demo.write_delta(tmp_path / "flat", lake.table, partition_by=())  # ds is a plain column: a scan, first row only
+    flat = check_input(job(tmp_path / "flat"), DAYS[0])
+    assert flat.ready and flat.where == f"ds = '{DAYS[0]}'"
+    assert not check_input(job(tmp_path / "flat"), "2026-11-04").ready
+    whole = check_input(job(lake.input_table, column="day"), DAYS[0])  # no such column: the whole table, any version
+    assert whole.ready and whole.where is None and whole.input_version == 0
+
+
+@pytest.mark.spark_submit
+def test_a_run_scores_its_day_once_publishes_it_and_a_rerun_replaces_the_partition(conf_dir, lake, spark):
+    from scoring import scheduling
+    from scoring.config import load_job_config
+
+    expectations = [
+        {"type": "not_null", "column": "f00"},
+        {"type": "between", "column": "f01", "min": -10, "max": 10},
+    ]
+    config_path = _write(conf_dir, "dag_e2e", _scheduled_job(lake, "dag_e2e", input_expectations=expectations))
+    dag = _dagbag().dags["scoring__dag_e2e"]
+    output, runs = lake.root / "dag_e2e", lake.root / "dag_e2e_runs"
+    day = DAYS[1]
+
+    first = dag.test(logical_date=_logical_date_for(day))
+    assert str(first.state) == "success", _states(first)
+    assert first.data_interval_start.date().isoformat() == day
+    written = read_delta(output)
+    assert written.num_rows == lake.table.num_rows // len(DAYS)
+    assert set(written.column("ds").to_pylist()) == {day}
+    first_run_id = f"scoring__dag_e2e__{first.run_id}__try1"
+    assert set(written.column("scoring_run_id").to_pylist()) == {first_run_id}
+    rows = read_delta(runs).to_pylist()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["dag_id"] == "scoring__dag_e2e" and row["run_id"] == first_run_id
+    assert row["data_interval"] == dt.date.fromisoformat(day) and row["committed"] is True
+    assert row["rows_read"] == row["rows_written"] == written.num_rows
+    assert row["rows_rejected"] == row["rows_quarantined"] == 0
+    assert row["model_name"] == "onnx_clf" and row["model_uri"] == f"models:/onnx_clf/{row['model_version']}"
+    assert row["input_version"] == delta_version(lake.input_table) and row["output_version"] == delta_version(output)
+    quality = json.loads(row["quality"])
+    assert quality["input"]["success"] and len(quality["input"]["results"]) == 2
+    assert quality["output"]["success"] and len(quality["output"]["results"]) == 1
+    summary = first.get_task_instance("publish").xcom_pull(task_ids="publish")
+    assert summary["run_id"] == first_run_id and summary["committed"]
+
+    # Without the summary file (another worker's disk, a Kubernetes driver) the run is read from the output's commit.
+    scheduling.summary_path("scoring__dag_e2e", first.run_id).unlink()
+    rebuilt = scheduling.committed_summary(
+        load_job_config(config_path), dag_id="scoring__dag_e2e", airflow_run_id=first.run_id
+    )
+    for key in ("run_id", "model_uri", "input_version", "output_version", "rows_read", "rows_written", "committed"):
+        assert rebuilt[key] == summary[key], key
+
+    # The same interval again: a new DAG run scores the day again and replaces its partition, nothing more.
+    second = dag.test(logical_date=_logical_date_for(day))
+    assert str(second.state) == "success", _states(second)
+    rewritten = read_delta(output)
+    assert rewritten.num_rows == written.num_rows
+    assert set(rewritten.column("ds").to_pylist()) == {day}
+    assert set(rewritten.column("scoring_run_id").to_pylist()) == {f"scoring__dag_e2e__{second.run_id}__try1"}
+    assert read_delta(runs).num_rows == 2
+
+    # publish cleared and run again: the run is already in the runs table, nothing is appended
+    scheduling.publish(
+        load_job_config(config_path),
+        second.get_task_instance("wait_for_input").xcom_pull(task_ids="wait_for_input"),
+        dag_id="scoring__dag_e2e",
+        airflow_run_id=second.run_id,
+        quality={},
+    )
+    assert read_delta(runs).num_rows == 2
+
+
+def test_a_day_failing_the_input_gate_is_not_scored_and_nothing_is_published(conf_dir, lake, spark):
+    from scoring import demo
+
+    impossible = [{"type": "between", "column": "f01", "min": -100, "max": -99}]
+    _write(conf_dir, "dag_gated", _scheduled_job(lake, "dag_gated", input_expectations=impossible))
+    dag = _dagbag().dags["scoring__dag_gated"]
+    output = lake.root / "dag_gated"
+    demo.write_delta(output, lake.table.slice(0, 10))  # an output table with earlier rows, to be left alone
+
+    run = dag.test(logical_date=_logical_date_for(DAYS[0]))
+    assert str(run.state) == "failed"
+    states = _states(run)
+    assert states["wait_for_input"] == "success" and states["validate_input"] == "failed"
+    assert states["score"] == states["validate_output"] == states["publish"] == "upstream_failed"
+    assert delta_version(output) == 0 and read_delta(output).num_rows == 10
+    assert delta_version(lake.root / "dag_gated_runs") is None
+
+
+@pytest.mark.spark_submit
+def test_a_failed_scoring_run_shows_the_scoring_error_in_the_task_log(conf_dir, lake, airflow_home, capfd):
+    _write(conf_dir, "dag_no_model", _scheduled_job(lake, "dag_no_model", model="models:/no_such_model@champion"))
+    dag = _dagbag().dags["scoring__dag_no_model"]
+
+    run = dag.test(logical_date=_logical_date_for(DAYS[2]))
+    assert str(run.state) == "failed"
+    states = _states(run)
+    assert states["validate_input"] == "success" and states["score"] == "failed"
+    assert states["publish"] == "upstream_failed"
+    log = "".join(capfd.readouterr())  # dag.test() runs the tasks in this process; their log goes to its output
+    assert "scoring error: cannot resolve models:/no_such_model@champion" in log
+    assert "Last spark-submit output:" in log  # the task's exception ends with spark-submit's last lines
+    assert delta_version(lake.root / "dag_no_model") is None

@@ -13,6 +13,8 @@ regression) and ``heavy`` (an MLP with two hidden layers of 256), both registere
   (Python backend running onnxruntime, 2 instances), default request size and two requests in flight.
 - ``triton-grpc-b<rows>-i<inflight>``: the sweep of request size and requests in flight.
 - ``run``: ``scoring.run`` end to end (resolve, pin, count, probe, score, write), tiny model.
+- ``run+gates``: the same with an input gate (not_null, between) and an output gate (not_null, mean_between):
+  the cost of Great Expectations validation on the Spark DataFrame.
 
 Each path runs once to warm up (not counted), then `repeat` times, interleaved; medians are reported.
 """
@@ -212,6 +214,32 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
             }
         )
         paths["run"] = lambda: run(config, spark=spark)
+    if want("run+gates") and "tiny" in bench.models:
+        ref = bench.models["tiny"]
+        gated = build_job_config(
+            {
+                "name": "bench-gates",
+                "input": {"table": bench.input_table, "key": "customer_id"},
+                "model": {"uri": ref.uri, "tracking_uri": bench.tracking_uri},
+                "output": {"table": str(out / "run-gates"), "partition_by": ["ds"]},
+                "runtime": {"batch_rows": BATCH_ROWS},
+                "quality": {  # a typical pair of gates: two row-level input checks, two output checks
+                    "input": {
+                        "expectations": [
+                            {"type": "not_null", "column": "f00"},
+                            {"type": "between", "column": "f01", "min": -10, "max": 10},
+                        ]
+                    },
+                    "output": {
+                        "expectations": [
+                            {"type": "not_null", "column": columns.PREDICTION},
+                            {"type": "mean_between", "column": columns.PREDICTION, "min": -1, "max": 1},
+                        ]
+                    },
+                },
+            }
+        )
+        paths["run+gates"] = lambda: run(gated, spark=spark)
     return paths
 
 
@@ -318,6 +346,8 @@ def _ratios(results: dict) -> dict[str, float]:
         return results[name]["rows_per_s"] if name in results else None
 
     ratios = {}
+    if "run" in results and "run+gates" in results:
+        ratios["run+gates / run"] = round(results["run+gates"]["rows_per_s"] / results["run"]["rows_per_s"], 3)
     for name in results:
         key, _, path = name.rpartition("/")
         bases = {

@@ -108,7 +108,8 @@ def run(
     """Score a Delta table with an MLflow model and write version-stamped predictions to Delta.
 
     Config keys: input.table, input.key, input.features, input.where, input.version, input.on_invalid_rows;
-    model.uri, model.tracking_uri, model.registry_uri; runtime.backend, runtime.batch_rows, runtime.embedded.threads;
+    model.uri, model.tracking_uri, model.registry_uri; runtime.backend, runtime.batch_rows, runtime.embedded.threads,
+    runtime.triton.*; quality.input, quality.output, quality.quarantine_table; schedule.*;
     output.table, output.partition_by; spark.master, spark.conf; name, run_id. See the README for each.
 
     Exit status: 0 on success, 1 on bad input or a failed run (the output table is left as it was), 2 on a bad config.

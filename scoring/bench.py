@@ -386,4 +386,8 @@ def _print(console, report: dict) -> None:
             vs(f"{key}/spark_udf"),
             vs(f"{key}/onnxruntime"),
         )
-    console.print(table, width=max(console.width, 150))
+    if not console.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
+        from rich.console import Console
+
+        console = Console(file=console.file, width=160)
+    console.print(table)

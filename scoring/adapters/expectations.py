@@ -52,7 +52,11 @@ def _context():
 
     with _LOCK:
         if _CONTEXT is None:
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
             _CONTEXT = gx.get_context(mode="ephemeral")
+            # Progress goes through scoring's reporter; GE's own tqdm bars would flood Airflow logs.
+            _CONTEXT.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         return _CONTEXT
 
 

@@ -354,3 +354,26 @@ def test_a_failed_scoring_run_shows_the_scoring_error_in_the_task_log(conf_dir, 
     assert "scoring error: cannot resolve models:/no_such_model@champion" in log
     assert "Last spark-submit output:" in log  # the task's exception ends with spark-submit's last lines
     assert delta_version(lake.root / "dag_no_model") is None
+
+
+@pytest.mark.spark_submit
+def test_a_backfill_in_any_order_writes_exactly_one_partition_per_day(conf_dir, lake, spark):
+    """The DAG runs a backfill creates, executed out of order: each day's partition is written once, by its own run."""
+    import pyarrow.compute as pc
+
+    _write(conf_dir, "dag_backfill", _scheduled_job(lake, "dag_backfill"))
+    dag = _dagbag().dags["scoring__dag_backfill"]
+    output = lake.root / "dag_backfill"
+    run_ids = {}
+    for day in (DAYS[2], DAYS[0], DAYS[1]):
+        dag_run = dag.test(logical_date=_logical_date_for(day))
+        assert str(dag_run.state) == "success", _states(dag_run)
+        run_ids[day] = f"scoring__dag_backfill__{dag_run.run_id}__try1"
+    written = read_delta(output)
+    assert written.num_rows == lake.table.num_rows
+    assert len(set(written.column("customer_id").to_pylist())) == written.num_rows  # no duplicates
+    for day in DAYS:
+        rows = written.filter(pc.equal(written.column("ds"), day))
+        assert rows.num_rows == lake.table.num_rows // len(DAYS)
+        assert set(rows.column("scoring_run_id").to_pylist()) == {run_ids[day]}
+    assert read_delta(lake.root / "dag_backfill_runs").num_rows == len(DAYS)

@@ -111,8 +111,9 @@ class TritonConfig(_Strict):
     max_inflight: int = Field(default=2, ge=1)
     """Requests in flight per Python worker, so the server's dynamic batcher has work to merge."""
     launch: Literal["external", "auto"] = "external"
-    """``external``: a server is already serving the model at ``url``. ``auto``: the run exports the model to
-    ``repository``, starts a local sidecar on free loopback ports, waits for it to be ready, and stops it at the end."""
+    """``external``: a server is already serving the model at ``url``. ``auto``: if a server at ``url`` (when given)
+    already serves the resolved version, use it; otherwise export the model to ``repository``, start a local sidecar
+    on free loopback ports, wait for it to be ready, and stop it at the end of the run."""
     repository: str | None = None
     """Model repository for ``launch: auto`` (default: a temporary folder removed after the run)."""
     target: Literal["python", "onnxruntime"] = "python"

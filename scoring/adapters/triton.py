@@ -343,6 +343,20 @@ class TritonPredictor:
             pool.shutdown(wait=False)
 
 
+def serves(url: str, protocol: str, model_name: str, model_version: str, timeout_s: float = 2.0) -> bool:
+    """Whether a server answers at `url` and has `model_name` version `model_version` ready (no retries, no errors)."""
+    try:
+        client = _Client(TritonSpec("", model_name, model_version, (), url, protocol, timeout_s=timeout_s))
+    except Exception:  # a malformed URL is not a serving server
+        return False
+    try:
+        return bool(client.call("is_server_ready") and client.call("is_model_ready", model_name, model_version))
+    except Exception:  # nothing there, or not that model
+        return False
+    finally:
+        client.close()
+
+
 def _grpc_meta(meta) -> dict:
     return {
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs],

@@ -474,6 +474,13 @@ def _runtime(config: JobConfig, model: registry.ModelRef, features: tuple[str, .
         yield spec(url=triton.url or ("127.0.0.1:8001" if triton.protocol == "grpc" else "127.0.0.1:8000"))
         return
     from scoring.adapters import triton_server
+    from scoring.adapters.triton import serves
+
+    name = triton_export.triton_model_name(model)
+    if triton.url and serves(triton.url, triton.protocol, name, model.version):
+        reporter.step(f"a Triton server at {triton.url} already serves {name} version {model.version}; using it")
+        yield spec(url=triton.url)
+        return
 
     with contextlib.ExitStack() as stack:
         repository = triton.repository or stack.enter_context(tempfile.TemporaryDirectory(prefix="scoring-repo-"))

@@ -190,6 +190,16 @@ def test_launch_auto_starts_and_stops_its_own_sidecar(spark, lake, champion, tmp
     np.testing.assert_array_equal(out.column("label").to_numpy(), label)
 
 
+def test_launch_auto_uses_a_server_that_already_serves_the_version(spark, lake, server, champion, tmp_path):
+    repo = tmp_path / "not-needed"
+    triton = {"launch": "auto", "url": server.grpc_url, "repository": str(repo)}
+    summary = run(
+        build_job_config(lake.job("auto_reuse_out", runtime={"backend": "triton", "triton": triton})), spark=spark
+    )
+    assert summary.rows_written == lake.table.num_rows
+    assert not repo.exists()  # nothing exported, no sidecar started: the running server served it
+
+
 @pytest.fixture()
 def slow_server(tmp_path, champion):
     """The champion model, but each execution sleeps 50 ms and the queue holds one request: easy to overload."""
@@ -246,7 +256,9 @@ def test_an_overloaded_server_without_retries_gives_a_typed_error_not_a_hang(lak
     predictor = TritonPredictor(spec)
     started = time.monotonic()
     try:
-        with pytest.raises(BackendUnavailableError, match=r"onnx_clf.*gave up after 1 attempt.*Exceeds maximum queue size"):
+        with pytest.raises(
+            BackendUnavailableError, match=r"onnx_clf.*gave up after 1 attempt.*Exceeds maximum queue size"
+        ):
             predictor.predict(_batch(lake, 768))
     finally:
         predictor.close()

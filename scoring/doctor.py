@@ -107,7 +107,29 @@ def _registry() -> Check:
     return Check("mlflow registry", True, f"{uri}: {len(names)} registered model(s) {names}")
 
 
-CHECKS: list[Callable[[], Check]] = [_packages, _java, _spark_and_delta, _registry]
+def _triton() -> Check:
+    from scoring.adapters import triton_server
+
+    try:
+        binary = triton_server.find_tritonserver()
+    except Exception as e:  # a ScoringError with its own hint
+        return Check(
+            "triton", False, str(e).splitlines()[0], "run `make setup` (nvidia-pytriton ships the local server)"
+        )
+    handle = triton_server.load_state()
+    if handle is None:
+        return Check("triton", True, f"local server binary {binary}; no sidecar running (scoring sidecar start)")
+    if not triton_server.is_alive(handle) or not triton_server.server_ready(handle):
+        return Check(
+            "triton",
+            False,
+            f"the sidecar recorded in {triton_server.default_state_file()} (pid {handle.pid}) is not ready",
+            "scoring sidecar stop, then scoring sidecar start",
+        )
+    return Check("triton", True, f"sidecar ready at grpc {handle.grpc_url}, http {handle.http_url}")
+
+
+CHECKS: list[Callable[[], Check]] = [_packages, _java, _spark_and_delta, _registry, _triton]
 
 
 def run_checks(console) -> bool:

@@ -80,3 +80,10 @@ def test_spark_submit_runs_the_same_job(lake, tmp_path):
     summary = json.loads(line.removeprefix("SCORING_SUMMARY "))
     assert summary["rows_written"] == 1000 and summary["committed"]
     assert read_delta(lake.root / "submit_out").num_rows == 1000
+
+
+def test_doctor_checks_java_spark_delta_the_registry_and_triton():
+    done = _scoring("doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("python packages", "java", "spark + delta", "mlflow registry", "triton"):
+        assert f"ok   {name}" in done.stdout

@@ -5,7 +5,10 @@ same output shape (key, ds, prediction, lineage columns) with the same Delta wri
 regression) and ``heavy`` (an MLP with two hidden layers of 256), both registered as ONNX.
 
 - ``jvm-copy``: no Python at all; the prediction is a copy of one feature. The ceiling of a Spark job.
-- ``floor``: the no-model floor: the engine's mapInArrow round trip through Python workers with an identity "model".
+- ``floor``: the no-model floor: the engine's exact path (key and features to Python workers in an Arrow UDF, a struct
+  of predictions back) with a "model" that returns its first feature.
+- ``floor-mapInArrow``: whole rows (key, ds, features) through ``mapInArrow`` and back, no model: the other way to
+  reach Python, for comparison.
 - ``onnxruntime``: the model alone, no Spark: onnxruntime on the same 10,000-row batches from memory, two threads.
 - ``embedded``: the engine with the model in each Python worker.
 - ``spark_udf``: ``mlflow.pyfunc.spark_udf(env_manager="local")`` on the same registered model.
@@ -45,8 +48,25 @@ MODELS = {"tiny": (), "heavy": (256, 256)}
 SWEEP = [(b, i) for b in (2_048, 10_000) for i in (1, 2, 4)]
 
 
+class _FirstFeature:
+    """The floor's "model": returns the first feature as the prediction, no computation."""
+
+    def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([features.column(0)], names=[columns.PREDICTION])
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentitySpec:
+    """A runtime spec for the no-model floor: the engine's exact path with a model that does nothing."""
+
+    model_uri: str = "identity"
+
+    def create(self) -> _FirstFeature:
+        return _FirstFeature()
+
+
 def _identity_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The no-model floor's Python step: same columns in and out as the engine, no model."""
+    """The whole-row mapInArrow floor's Python step: key, ds and one feature back, no model."""
     for batch in batches:
         yield pa.RecordBatch.from_arrays(
             [batch.column("customer_id"), batch.column("ds"), batch.column("f00")],
@@ -149,10 +169,20 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
             StructField(columns.PREDICTION, FloatType()),
         ]
     )
-    if want("floor"):
-        paths["floor"] = lambda: _write(
-            stamped(read().mapInArrow(_identity_partition, floor_schema), first)[0], out / "floor"
+    if want("floor-mapInArrow"):
+        paths["floor-mapInArrow"] = lambda: _write(
+            stamped(read().mapInArrow(_identity_partition, floor_schema), first)[0], out / "floor-mapInArrow"
         )
+    if want("floor"):
+        identity = ScoringSpec(
+            tuple(features),
+            ("customer_id", "ds"),
+            ("customer_id",),
+            "identity",
+            pa.schema([(columns.PREDICTION, pa.float32())]),
+        )
+        floor_lineage = stamped(read(), first)[1]
+        paths["floor"] = lambda: _write(score_dataframe(read(), identity, IdentitySpec(), floor_lineage), out / "floor")
 
     for key, ref in bench.models.items():
         spec = ScoringSpec(tuple(features), ("customer_id", "ds"), ("customer_id",), ref.uri)

@@ -50,6 +50,14 @@ class WriteResult:
     """False when the table already had this run's commit (a retried write): nothing was written again."""
 
 
+def _message(error: Exception) -> str:
+    """A Spark error's message; Spark's own lookup can fail for error classes it does not know (Delta's)."""
+    try:
+        return error.getMessage()
+    except Exception:  # noqa: BLE001 - fall back to the text we have
+        return str(error).splitlines()[0]
+
+
 def _txn_app_id(run_id: str) -> str:
     return f"scoring:{run_id}"
 
@@ -91,7 +99,7 @@ def write_predictions(
         writer.save(path)
     except AnalysisException as e:
         raise OutputError(
-            f"output.table: cannot write to {path}: {e.getMessage() if hasattr(e, 'getMessage') else e}",
+            f"output.table: cannot write to {path}: {_message(e)}",
             hint="the output table's schema or partitioning differs from this job's; write to a new output.table "
             "or make output.partition_by and the model's outputs match the existing table",
         ) from None

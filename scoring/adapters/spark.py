@@ -1,4 +1,4 @@
-"""Spark glue: the session (with Delta), and the mapInArrow step that runs the pure core in Python workers."""
+"""Spark glue: the session (with Delta), and the Arrow UDF that runs the pure core in Python workers."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -232,44 +233,39 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
                         inflight,
                     )
                     paths[f"{key}/{name}"] = engine(triton_spec, out / f"{key}-{name}")
-    if want("run") and "tiny" in bench.models:
+    if "tiny" in bench.models:
         ref = bench.models["tiny"]
-        config = build_job_config(
-            {
-                "name": "bench",
-                "input": {"table": bench.input_table, "key": "customer_id"},
-                "model": {"uri": ref.uri, "tracking_uri": bench.tracking_uri},
-                "output": {"table": str(out / "run"), "partition_by": ["ds"]},
-                "runtime": {"batch_rows": BATCH_ROWS},
-            }
-        )
-        paths["run"] = lambda: run(config, spark=spark)
-    if want("run+gates") and "tiny" in bench.models:
-        ref = bench.models["tiny"]
-        gated = build_job_config(
-            {
-                "name": "bench-gates",
-                "input": {"table": bench.input_table, "key": "customer_id"},
-                "model": {"uri": ref.uri, "tracking_uri": bench.tracking_uri},
-                "output": {"table": str(out / "run-gates"), "partition_by": ["ds"]},
-                "runtime": {"batch_rows": BATCH_ROWS},
-                "quality": {  # a typical pair of gates: two row-level input checks, two output checks
-                    "input": {
-                        "expectations": [
-                            {"type": "not_null", "column": "f00"},
-                            {"type": "between", "column": "f01", "min": -10, "max": 10},
-                        ]
-                    },
-                    "output": {
-                        "expectations": [
-                            {"type": "not_null", "column": columns.PREDICTION},
-                            {"type": "mean_between", "column": columns.PREDICTION, "min": -1, "max": 1},
-                        ]
-                    },
-                },
-            }
-        )
-        paths["run+gates"] = lambda: run(gated, spark=spark)
+
+        def job(name: str, **sections):
+            return build_job_config(
+                {
+                    "name": name,
+                    "input": {"table": bench.input_table, "key": "customer_id"},
+                    "model": {"uri": ref.uri, "tracking_uri": bench.tracking_uri},
+                    "output": {"table": str(out / name), "partition_by": ["ds"]},
+                    "runtime": {"batch_rows": BATCH_ROWS},
+                    **sections,
+                }
+            )
+
+        # a typical pair of gates: two row-level input checks, two output checks
+        gates = {
+            "input": {
+                "expectations": [
+                    {"type": "not_null", "column": "f00"},
+                    {"type": "between", "column": "f01", "min": -10, "max": 10},
+                ]
+            },
+            "output": {
+                "expectations": [
+                    {"type": "not_null", "column": columns.PREDICTION},
+                    {"type": "mean_between", "column": columns.PREDICTION, "min": -1, "max": 1},
+                ]
+            },
+        }
+        for name, config in (("run", job("run")), ("run+gates", job("run-gates", quality=gates))):
+            if want(name):
+                paths[name] = functools.partial(run, config, spark=spark)
     return paths
 
 

@@ -220,19 +220,24 @@ def _batch(lake, rows):
     return pa.RecordBatch.from_pandas(lake.table.slice(0, rows).select(FEATURES).to_pandas(), preserve_index=False)
 
 
-def test_an_overloaded_server_is_retried_with_backoff_until_it_answers(lake, champion, slow_server):
+def _overloading_predictor(champion, server, max_retries: int) -> TritonPredictor:
+    """Six 64-row requests in flight against a queue of one: most are rejected as overloaded at first."""
     spec = TritonSpec(
         champion.uri,
         "onnx_clf",
         champion.version,
         tuple(FEATURES),
-        slow_server.grpc_url,
+        server.grpc_url,
         batch_rows=64,
         max_inflight=6,
-        max_retries=30,
+        max_retries=max_retries,
         timeout_s=20,
     )
-    predictor = TritonPredictor(spec)
+    return TritonPredictor(spec)
+
+
+def test_an_overloaded_server_is_retried_with_backoff_until_it_answers(lake, champion, slow_server):
+    predictor = _overloading_predictor(champion, slow_server, max_retries=30)
     try:
         out = predictor.predict(_batch(lake, 768))
     finally:
@@ -242,18 +247,7 @@ def test_an_overloaded_server_is_retried_with_backoff_until_it_answers(lake, cha
 
 
 def test_an_overloaded_server_without_retries_gives_a_typed_error_not_a_hang(lake, champion, slow_server):
-    spec = TritonSpec(
-        champion.uri,
-        "onnx_clf",
-        champion.version,
-        tuple(FEATURES),
-        slow_server.grpc_url,
-        batch_rows=64,
-        max_inflight=6,
-        max_retries=0,
-        timeout_s=20,
-    )
-    predictor = TritonPredictor(spec)
+    predictor = _overloading_predictor(champion, slow_server, max_retries=0)
     started = time.monotonic()
     try:
         with pytest.raises(

@@ -5,7 +5,21 @@ the driver) and must survive the trip through Spark's own exception wrapping, wh
 traceback: :func:`from_spark_exception` finds our error in that text and rebuilds it on the driver.
 
 `Transient` and `Terminal` are mixins that retry loops look at: a transient error may succeed when tried again
-(a server restarting, a timeout); a terminal one never will (a missing column, an unknown model).
+(a server restarting, a timeout, a lost race for a commit); a terminal one never will (a missing column, an unknown
+model). The type decides the exit code, in one place (:func:`exit_code_for`), so a scheduler can tell whether a retry
+can help:
+
+==========  =================================================================================================
+exit code   meaning
+==========  =================================================================================================
+0           success (the run committed, or had already committed under the same run id)
+1           terminal failure: bad input, model or output; retrying the same run will fail the same way
+2           config error: the job config or a ``--set`` is wrong (nothing was read or written)
+75          transient failure (``EX_TEMPFAIL``): a server did not answer, a concurrent writer won the commit;
+            retrying the same run may succeed
+==========  =================================================================================================
+
+Every failure leaves the output and quarantine tables as they were.
 """
 
 from __future__ import annotations
@@ -13,10 +27,17 @@ from __future__ import annotations
 import re
 
 
+EXIT_OK = 0
+EXIT_TERMINAL = 1
+EXIT_CONFIG = 2
+EXIT_TRANSIENT = 75
+"""``EX_TEMPFAIL`` from sysexits.h: the conventional "try again later"."""
+
+
 class ScoringError(Exception):
     """Root of every error `scoring` raises on purpose. The message is meant for the user, as is."""
 
-    exit_code = 1
+    exit_code = EXIT_TERMINAL
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -32,17 +53,33 @@ def _rebuild(cls: type[ScoringError], message: str, hint: str | None) -> Scoring
 
 
 class Transient:
-    """Mixin: trying again may succeed."""
+    """Mixin: trying again may succeed. Retry loops (the Triton client, the Airflow ``score`` task) retry these only."""
+
+    exit_code = EXIT_TRANSIENT
 
 
 class Terminal:
     """Mixin: trying again will fail the same way."""
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether trying again may help: the error's type says so (never its text)."""
+    return isinstance(error, Transient)
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The process exit code for `error` (see the table in this module's docstring)."""
+    if isinstance(error, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(error, Transient):
+        return EXIT_TRANSIENT
+    return EXIT_TERMINAL
+
+
 class ConfigError(ScoringError, Terminal):
     """The job config (a YAML file or a --set override) is wrong: unknown key, wrong type, missing key."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIG
 
 
 class InputError(ScoringError, Terminal):
@@ -69,8 +106,13 @@ class QualityError(ScoringError, Terminal):
     """A data-quality gate failed: an expectation on the input or the output did not hold."""
 
 
-class BackendUnavailableError(ScoringError, Transient):
+class BackendUnavailableError(Transient, ScoringError):
     """A model server did not answer in time; trying again may succeed."""
+
+
+class ConflictError(Transient, OutputError):
+    """Another writer committed to the same table first (a concurrent run, two first runs creating the table).
+    Nothing of this run was committed; running it again scores against the winner's table."""
 
 
 _ALL: dict[str, type[ScoringError]] = {}

@@ -1,30 +1,145 @@
 """The job config: one frozen, strict tree, loaded from YAML and validated once, at the edge.
 
 A job config names an input Delta table, an MLflow model and an output Delta table (see ``conf/jobs/demo.yaml``).
-Unknown keys, wrong types and missing keys are :class:`~scoring.errors.ConfigError`s that name the file and the dotted
-key, with a "did you mean" hint. Any key can be overridden with ``key.path=value`` strings (the CLI's ``--set``), whose
-values are parsed as YAML (``3`` is an int, ``[a, b]`` a list). String values may use ``${VAR}`` or ``${VAR:-default}``
-to read the environment.
+Every refusal is a :class:`~scoring.errors.ConfigError` (exit code 2) that names the file (or the ``--set``), the dotted
+key, and, when it helps, the line and how to fix it. Refused:
+
+- unknown keys (with a "did you mean" hint), wrong types, missing keys, values out of range;
+- a key given twice in one mapping (YAML alone would silently keep the last one);
+- keys that are not plain text (``1:``, ``null:``, ``yes:``, ``[a]:``, ``? {a: 1}``): quote them if they are names;
+- a value YAML reads as something other than the text it looks like, where text is expected (``table: 2026-11-24``
+  is a date, ``where: yes`` a boolean): quote it; likewise a boolean where a number is expected;
+- numbers that are not finite (``.inf``, ``.nan``, ``1e999``): every number in a job config is finite;
+- tags other than plain YAML's (``!!binary``, ``!!set``, ``!!python/...``, ``!custom``);
+- nesting deeper than :data:`MAX_DEPTH` levels, recursive aliases, and aliases that repeat more than
+  :data:`MAX_ALIAS_VALUES` values in all (a "billion laughs" document); files over :data:`MAX_FILE_BYTES`, or not
+  UTF-8 text.
+
+Anchors, aliases and merge keys (``<<: *defaults``) are allowed within those limits; a key of the mapping itself
+overrides a merged one, as YAML says.
+
+Any key can be overridden with ``key.path=value`` strings (the CLI's ``--set``), whose values are parsed as YAML
+(``3`` is an int, ``[a, b]`` a list); a value that is not valid YAML is refused (quote it to pass it as text). A path
+may index an existing list (``quality.input.expectations.0.min=3``); under ``spark.conf`` the rest of the path is one
+Spark key (``spark.conf.spark.driver.memory=4g``); a section set to null in the file can be filled by ``--set``.
+
+String values (not keys) may use ``${VAR}`` or ``${VAR:-default}`` to read the environment, once (a variable's value
+is not expanded again, and defaults do not nest); ``$${`` is a literal ``${``, and any other ``${`` is refused.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 import os
 import re
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from scoring.errors import ConfigError
 
+MAX_BATCH_ROWS = 2**24
+"""Most rows in one Arrow batch (``runtime.batch_rows``) or one Triton request (``runtime.triton.batch_rows``):
+16,777,216. Arrow record batches and Spark's ``spark.sql.execution.arrow.maxRecordsPerBatch`` are indexed with 32-bit
+ints, and a batch this long of 20 float features is already over 1 GiB per copy; anything larger is a typo."""
+
+MAX_SECONDS = 366 * 86_400
+"""Longest duration a job config accepts (``*_s``, ``*_us`` keys): a year. Longer is a typo, and Airflow's and
+gRPC's time arithmetic overflows long before infinity."""
+
+MAX_RETRIES = 1_000
+"""Most retries a job config accepts (``runtime.triton.max_retries``, ``schedule.retries``)."""
+
+MAX_THREADS = 1_024
+"""Most threads, requests in flight or model instances a job config accepts: more than any machine has cores."""
+
+MAX_DEPTH = 32
+"""Deepest nesting a job config may have (a real one is about 6 levels deep: ``quality.input.expectations.0.values.0``)."""
+
+MAX_ALIAS_VALUES = 100_000
+"""Most values that YAML aliases (``*name``) may repeat in one document, in all; this refuses "billion laughs"
+documents, whose few lines expand to billions of values."""
+
+MAX_FILE_BYTES = 1 << 20
+"""Largest job config file read: 1 MiB (a real one is a few KiB)."""
+
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+
+
+def _show(value: Any, width: int = 60) -> str:
+    """`value`'s repr, cut to `width` characters (and never failing, even on an int with 5,000 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too large for str(): sys.get_int_max_str_digits()
+        text = f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def _kind(value: Any) -> str:
+    """``3`` -> ``an integer``, ``{}`` -> ``a mapping``: what a value is, in words."""
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping", list: "list"}
+    names |= {dt.date: "date", dt.datetime: "timestamp", bytes: "binary value", type(None): "null"}
+    return _a(names.get(type(value), type(value).__name__))
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in tuple('aeiou') else 'a'} {word}"
+
+
+_TAG_KINDS = {"int": "integer", "float": "number", "bool": "boolean", "timestamp": "date", "null": "null"}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(
+            f"expected a number, got {str(value).lower()} (YAML reads true/false/yes/no/on/off as booleans)"
+        )
+    return value
+
+
+def _at_most(limit: int, why: str) -> AfterValidator:
+    def check(value: Any) -> Any:
+        if value is not None and value > limit:
+            raise ValueError(f"{_show(value)} is too large: at most {limit:,}; {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+_Int = Annotated[int, BeforeValidator(_number)]
+_Float = Annotated[float, BeforeValidator(_number)]
+_Seconds = Annotated[_Float, _at_most(MAX_SECONDS, "a duration longer than a year (31,622,400 s) is a typo")]
+_Micros = Annotated[_Int, _at_most(MAX_SECONDS * 1_000_000, "a duration longer than a year is a typo")]
+_BatchRows = Annotated[
+    _Int,
+    Field(ge=1),
+    _at_most(
+        MAX_BATCH_ROWS,
+        "Arrow batches are indexed with 32-bit ints and 2**24 rows of 20 float features is already over 1 GiB",
+    ),
+]
+_Threads = Annotated[_Int, Field(ge=1), _at_most(MAX_THREADS, "more than any machine has cores")]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 def _as_list(value: Any) -> Any:
@@ -39,14 +154,26 @@ class InputConfig(_Strict):
     features: list[str] | None = None
     """Feature columns, in the order the model takes them. When omitted, taken from the model's MLflow signature."""
     where: str | None = None
-    """Optional Spark SQL filter on the input, e.g. ``ds = '2026-11-24'``."""
-    version: int | None = Field(default=None, ge=0)
+    """Optional Spark SQL filter on the input, e.g. ``ds = '2026-11-24'``. Absent or null: every row. An empty or
+    blank string is refused (it would mean "every row" by accident); write ``true`` to say so explicitly, e.g.
+    ``where: ${FILTER:-true}``."""
+    version: Annotated[_Int, _at_most(_INT64_MAX, "Delta versions are 64-bit")] | None = Field(default=None, ge=0)
     """Delta version to read. By default the latest version at the start of the run, which is then recorded."""
     on_invalid_rows: Literal["fail", "skip"] = "fail"
     """Rows with a null or NaN feature: ``fail`` the run (nothing is written), or ``skip`` them (they are counted as
     rejected in the summary, and the rest is scored)."""
 
     _listify = field_validator("key", "features", mode="before")(_as_list)
+
+    @field_validator("where")
+    @classmethod
+    def _a_real_filter(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                f"{value!r} is an empty filter; leave input.where out (or --set input.where=null) to score every "
+                "row, write a filter such as ds = '2026-11-24', or write true to mean every row explicitly"
+            )
+        return value
 
 
 class ModelConfig(_Strict):
@@ -62,34 +189,46 @@ class ModelConfig(_Strict):
     def _registry_uri(cls, value: str) -> str:
         if not re.fullmatch(r"models:/[^/@]+(/\d+|@[^/@]+)", value):
             raise ValueError(
-                f"{value!r} is not a registry model URI; use models:/<name>@<alias> or models:/<name>/<version>"
+                f"{_show(value)} is not a registry model URI; use models:/<name>@<alias> or models:/<name>/<version>"
             )
         return value
 
 
 class EmbeddedConfig(_Strict):
-    threads: int = Field(default=1, ge=1)
-    """Threads per model session in each Python worker (onnxruntime ``intra_op_num_threads``). One is fastest when
-    Spark already runs one worker per core."""
+    threads: _Threads = 1
+    """Threads per model session in each Python worker (onnxruntime ``intra_op_num_threads``), 1 to 1,024. One is
+    fastest when Spark already runs one worker per core."""
 
 
 class TritonModelConfig(_Strict):
     """What goes into the exported model's ``config.pbtxt`` (Triton's model configuration)."""
 
-    max_batch_size: int = Field(default=65_536, ge=1)
-    """Largest batch the server hands the model at once (requests are merged up to this many rows)."""
-    preferred_batch_sizes: list[int] = []
-    """Batch sizes the dynamic batcher aims for; empty lets it merge up to ``max_batch_size``."""
-    max_queue_delay_us: int = Field(default=500, ge=0)
-    """How long the dynamic batcher waits for more requests to merge, in microseconds."""
-    max_queue_size: int = Field(default=0, ge=0)
+    max_batch_size: Annotated[_Int, Field(ge=1), _at_most(_INT32_MAX, "config.pbtxt holds a 32-bit int")] = 65_536
+    """Largest batch the server hands the model at once (requests are merged up to this many rows); at most
+    2,147,483,647 (a 32-bit int in ``config.pbtxt``)."""
+    preferred_batch_sizes: list[Annotated[_Int, Field(ge=1)]] = []
+    """Batch sizes the dynamic batcher aims for, each at most ``max_batch_size`` (Triton refuses larger ones); empty
+    lets it merge up to ``max_batch_size``."""
+    max_queue_delay_us: Annotated[_Micros, Field(ge=0)] = 500
+    """How long the dynamic batcher waits for more requests to merge, in microseconds (at most a year)."""
+    max_queue_size: Annotated[_Int, Field(ge=0), _at_most(_INT32_MAX, "config.pbtxt holds a 32-bit int")] = 0
     """Requests the server queues per model before it rejects new ones as overloaded (0: unbounded)."""
-    queue_timeout_us: int = Field(default=0, ge=0)
-    """A queued request older than this is rejected (0: never)."""
-    instance_count: int = Field(default=1, ge=1)
-    """Model instances the server runs (concurrent executions)."""
+    queue_timeout_us: Annotated[_Micros, Field(ge=0)] = 0
+    """A queued request older than this is rejected (0: never; at most a year)."""
+    instance_count: _Threads = 1
+    """Model instances the server runs (concurrent executions), 1 to 1,024."""
     instance_kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_CPU"
     """Where instances run: ``KIND_GPU`` on a GPU node."""
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> TritonModelConfig:
+        too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size]
+        if too_big:
+            raise ValueError(
+                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}; Triton refuses such "
+                "a model config: lower them or raise max_batch_size"
+            )
+        return self
 
 
 class TritonConfig(_Strict):
@@ -101,15 +240,17 @@ class TritonConfig(_Strict):
     shared_memory: Literal["none", "system"] = "none"
     """``system``: tensors travel through a POSIX shared-memory region (``/dev/shm``) registered once per worker
     instead of over the socket; the server must run on the same host (a sidecar does)."""
-    timeout_s: float = Field(default=30.0, gt=0)
-    """Deadline of each request, in seconds, and the longest wait for the server to be ready."""
-    max_retries: int = Field(default=3, ge=0)
+    timeout_s: Annotated[_Seconds, Field(gt=0)] = 30.0
+    """Deadline of each request, in seconds, and the longest wait for the server to be ready; finite, at most a
+    year."""
+    max_retries: Annotated[_Int, Field(ge=0), _at_most(MAX_RETRIES, "the backoff between retries overflows")] = 3
     """Retries of a request that failed transiently (unavailable, deadline exceeded, overloaded), with exponential
-    backoff and jitter. Permanent failures (unknown model, bad shape) fail at once."""
-    batch_rows: int = Field(default=10_000, ge=1)
-    """Rows per request; an Arrow batch larger than this is split."""
-    max_inflight: int = Field(default=2, ge=1)
-    """Requests in flight per Python worker, so the server's dynamic batcher has work to merge."""
+    backoff and jitter, 0 to 1,000. Permanent failures (unknown model, bad shape) fail at once."""
+    batch_rows: _BatchRows = 10_000
+    """Rows per request; an Arrow batch larger than this is split. At most 16,777,216 (2**24, see
+    ``runtime.batch_rows``)."""
+    max_inflight: _Threads = 2
+    """Requests in flight per Python worker, so the server's dynamic batcher has work to merge; 1 to 1,024."""
     launch: Literal["external", "auto"] = "external"
     """``external``: a server is already serving the model at ``url``. ``auto``: if a server at ``url`` (when given)
     already serves the resolved version, use it; otherwise export the model to ``repository``, start a local sidecar
@@ -126,8 +267,10 @@ class RuntimeConfig(_Strict):
     backend: Literal["embedded", "triton"] = "embedded"
     """Where the model runs. ``embedded``: in each Spark Python worker (onnxruntime for ONNX models, MLflow pyfunc
     otherwise). ``triton``: in a Triton Inference Server beside the workers (see ``runtime.triton``)."""
-    batch_rows: int = Field(default=10_000, ge=1)
-    """Rows per Arrow batch sent to the model (Spark's ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
+    batch_rows: _BatchRows = 10_000
+    """Rows per Arrow batch sent to the model (Spark's ``spark.sql.execution.arrow.maxRecordsPerBatch``). At most
+    16,777,216 (2**24): Arrow record batches and Spark's ``maxRecordsPerBatch`` are indexed with 32-bit ints, and a
+    batch that long of 20 float features is already over 1 GiB."""
     embedded: EmbeddedConfig = EmbeddedConfig()
     triton: TritonConfig = TritonConfig()
 
@@ -136,11 +279,8 @@ class OutputConfig(_Strict):
     table: str
     """Path (or URI) of the output Delta table. Created on the first run."""
     partition_by: list[str] = []
-    """Partition columns (input columns copied to the output). A run replaces exactly the (key, partition) rows it
-    selected and keeps every other row; the first run creates the table with this partitioning."""
-    on_invalid_predictions: Literal["fail", "quarantine"] = "fail"
-    """A prediction that is NaN or infinite: ``fail`` the run naming the row's key (nothing is written), or
-    ``quarantine`` the row (it goes to the quarantine table with the reason, and the rest is written)."""
+    """Partition columns (input columns copied to the output). A re-run replaces exactly the partitions it scored;
+    an unpartitioned output is replaced whole by each run."""
 
     _listify = field_validator("partition_by", mode="before")(_as_list)
 
@@ -157,12 +297,27 @@ class ExpectationConfig(_Strict):
     ``row_count_between`` (min/max rows), ``mean_between`` (min/max of the column's mean)."""
     column: str | None = None
     """The column (every type but ``row_count_between``)."""
-    min: float | None = None
-    """Lower bound, inclusive (``between``, ``row_count_between``, ``mean_between``)."""
-    max: float | None = None
-    """Upper bound, inclusive (``between``, ``row_count_between``, ``mean_between``)."""
+    min: _Float | None = None
+    """Lower bound, inclusive (``between``, ``row_count_between``, ``mean_between``). A finite number, at most
+    ``max``; leave it out for no lower bound."""
+    max: _Float | None = None
+    """Upper bound, inclusive (``between``, ``row_count_between``, ``mean_between``). A finite number, at least
+    ``min``; leave it out for no upper bound."""
     values: list[str | int | float] | None = None
-    """Allowed values (``in_set``)."""
+    """Allowed values (``in_set``): strings or finite numbers."""
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _plain_values(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"item {i} is {item}: allowed values are strings or finite numbers")
+                if not isinstance(item, (str, int, float)):
+                    raise ValueError(
+                        f"item {i} is {_kind(item)} ({_show(item)}): allowed values are strings or finite numbers"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _arguments(self) -> ExpectationConfig:
@@ -170,6 +325,8 @@ class ExpectationConfig(_Strict):
             raise ValueError(f"expectation {self.type} needs a column")
         if self.type in ("between", "row_count_between", "mean_between") and self.min is None and self.max is None:
             raise ValueError(f"expectation {self.type} needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"expectation {self.type} has min {self.min:g} above max {self.max:g}: swap them")
         if self.type == "in_set" and not self.values:
             raise ValueError("expectation in_set needs values")
         return self
@@ -194,8 +351,8 @@ class GateConfig(_Strict):
     """``fail``: any failed expectation fails the run (nothing is written). ``quarantine``: rows failing row-level
     expectations go to the quarantine table and the rest is scored, as long as their fraction is at most
     ``max_bad_fraction``; table-level expectations still fail the run."""
-    max_bad_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
-    """With ``quarantine``: the largest fraction of rows that may be quarantined; above it the run fails."""
+    max_bad_fraction: _Float = Field(default=0.0, ge=0.0, le=1.0)
+    """With ``quarantine``: the largest fraction of rows that may be quarantined (0 to 1); above it the run fails."""
 
 
 class QualityConfig(_Strict):
@@ -221,14 +378,14 @@ class ScheduleConfig(_Strict):
     partition_column: str = "ds"
     """Input (and output) column holding the data interval's date, ``YYYY-MM-DD``: each DAG run scores
     ``<partition_column> = '<data interval start>'``."""
-    retries: int = Field(default=2, ge=0)
-    """Retries of the scoring task."""
-    retry_delay_s: float = Field(default=300.0, ge=0)
-    """Delay before the first retry; doubled on each retry (exponential backoff)."""
-    sensor_poke_interval_s: float = Field(default=60.0, gt=0)
-    """How often the input sensor looks for the interval's partition."""
-    sensor_timeout_s: float = Field(default=6 * 3600.0, gt=0)
-    """How long the input sensor waits before the run fails."""
+    retries: Annotated[_Int, Field(ge=0), _at_most(MAX_RETRIES, "more retries than that is a typo")] = 2
+    """Retries of the scoring task, 0 to 1,000."""
+    retry_delay_s: Annotated[_Seconds, Field(ge=0)] = 300.0
+    """Delay before the first retry; doubled on each retry (exponential backoff). Finite, at most a year."""
+    sensor_poke_interval_s: Annotated[_Seconds, Field(gt=0)] = 60.0
+    """How often the input sensor looks for the interval's partition. Finite, at most a year."""
+    sensor_timeout_s: Annotated[_Seconds, Field(gt=0)] = 6 * 3600.0
+    """How long the input sensor waits before the run fails. Finite, at most a year."""
     deploy: Literal["local", "kubernetes"] = "local"
     """``local``: score with ``SparkSubmitOperator`` (connection ``spark_conn_id``); ``kubernetes``:
     ``SparkKubernetesOperator`` with the manifest the project renders."""
@@ -242,11 +399,28 @@ class ScheduleConfig(_Strict):
     """Extra DAG tags."""
 
 
+def _spark_text(value: Any) -> Any:
+    """A YAML scalar as Spark spells it: ``true`` -> ``"true"``, ``8`` -> ``"8"``, ``0.6`` -> ``"0.6"``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else value  # a huge int stays an int, and is refused
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return value
+
+
 class SparkConfig(_Strict):
     master: str | None = None
     """Spark master. Default: ``local[*]``, or whatever ``spark-submit`` was given."""
     conf: dict[str, str] = {}
-    """Extra Spark settings, e.g. ``spark.driver.memory: 4g``."""
+    """Extra Spark settings, e.g. ``spark.driver.memory: 4g``. Numbers and booleans are passed as Spark spells them
+    (``8`` as ``"8"``, ``true`` as ``"true"``); other values must be strings."""
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _spark_spelling(cls, value: Any) -> Any:
+        return {k: _spark_text(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 class JobConfig(_Strict):
@@ -269,108 +443,496 @@ class JobConfig(_Strict):
         return self.quality.quarantine_table or f"{self.output.table.rstrip('/')}_quarantine"
 
 
-_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+# -- where a problem is -------------------------------------------------------------------------------------------
+
+_Path = tuple[Any, ...]
+_SET = "--set"
 
 
-def _expand_env(value: Any, where: str) -> Any:
-    if isinstance(value, str):
+def _dotted(path: Iterable[Any]) -> str:
+    """``("input", "key", 0)`` -> ``input.key.0``; a part that is not a plain name is quoted (``spark.conf.'a.b'``)."""
+    parts = []
+    for part in path:
+        plain = isinstance(part, int) or (isinstance(part, str) and part and "." not in part and part == part.strip())
+        parts.append(str(part) if plain else _show(part, 40))
+    return ".".join(parts) or "(top level)"
 
-        def sub(m: re.Match[str]) -> str:
-            if m["name"] in os.environ:
-                return os.environ[m["name"]]
-            if m["default"] is not None:
-                return m["default"]
+
+def _located(source: str, path: _Path = (), line: int | None = None) -> str:
+    """``conf/x.yaml, line 3: input.table`` or ``--set input.table``."""
+    if source == _SET:
+        return f"{_SET} {_dotted(path)}"
+    where = f"{source}, line {line}" if line else source
+    return f"{where}: {_dotted(path)}" if path else where
+
+
+# -- reading YAML -------------------------------------------------------------------------------------------------
+
+_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS = frozenset(_TAG + t for t in ("null", "bool", "int", "float", "str", "seq", "map", "timestamp"))
+_MERGE, _VALUE, _STR = _TAG + "merge", _TAG + "value", _TAG + "str"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, minus its silent surprises: a duplicate key, a non-text key, an exotic tag, deep nesting,
+    and alias bombs are refused with the dotted key (and, in a file, the line) instead of being read."""
+
+    def __init__(self, text: str, source: str, prefix: _Path) -> None:
+        super().__init__(text)
+        self.name = source  # what PyYAML's own messages call the stream
+        self._source = source
+        self._prefix = prefix
+        self._depth = 0
+        self._paths: dict[int, _Path] = {}
+        self._checked: set[int] = set()
+        self.lines: dict[_Path, int] = {}
+        """Line of each key (and list item) by its dotted path, for messages about the validated tree."""
+
+    def _where(self, node: Node, path: _Path | None = None) -> str:
+        path = self._paths.get(id(node), self._prefix) if path is None else path
+        return _located(self._source, path, None if self._source == _SET else node.start_mark.line + 1)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                line = None if self._source == _SET else mark.line + 1
+                raise ConfigError(
+                    f"{_located(self._source, self._prefix, line)}: nested more than {MAX_DEPTH} levels deep",
+                    hint="a job config is a few levels deep; look for a stray bracket or indentation",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def survey(self, root: Node) -> None:
+        """Check the composed document before building any Python value from it (see the class docstring)."""
+        sizes: dict[int, int] = {}
+        heights: dict[int, int] = {}
+        open_: set[int] = set()
+
+        def visit(node: Node, path: _Path, depth: int) -> int:
+            ident = id(node)
+            if ident in open_:
+                raise ConfigError(
+                    f"{self._where(node, path)}: an alias refers to a mapping or list that contains it",
+                    hint="a job config is a tree: remove the recursive alias",
+                )
+            if ident in sizes:  # an alias to a node seen before: count what it repeats
+                if depth + heights[ident] - 1 > MAX_DEPTH:
+                    raise ConfigError(
+                        f"{self._where(node, path)}: aliases nest this document more than {MAX_DEPTH} levels deep",
+                        hint="a job config is a few levels deep; write the values out instead of aliasing them",
+                    )
+                return sizes[ident]
+            self._paths[ident] = path
+            if node.tag not in _PLAIN_TAGS and node.tag not in (_MERGE, _VALUE):
+                tag = node.tag.replace(_TAG, "!!")
+                raise ConfigError(
+                    f"{self._where(node)}: the tag {_show(tag)} is not allowed in a job config",
+                    hint="write plain YAML values; to make a value text, quote it ('...') rather than tag it",
+                )
+            children: list[tuple[Node, _Path]] = []
+            if isinstance(node, SequenceNode):
+                for i, child in enumerate(node.value):
+                    children.append((child, (*path, i)))
+                    self.lines.setdefault((*path, i), child.start_mark.line + 1)
+            elif isinstance(node, MappingNode):
+                for key_node, value_node in node.value:
+                    if not isinstance(key_node, ScalarNode):
+                        kind = "mapping" if isinstance(key_node, MappingNode) else "list"
+                        raise ConfigError(
+                            f"{self._where(key_node, path)}: a key is a {kind}; keys are names",
+                            hint="write the key as plain text (a complex key, ? or [..]:, has no meaning here)",
+                        )
+                    if key_node.tag == _MERGE:
+                        children.append((value_node, path))
+                        continue
+                    if key_node.tag not in (_STR, _VALUE):
+                        kind = key_node.tag.replace(_TAG, "")
+                        raise ConfigError(
+                            f"{self._where(key_node, path)}: the key {_show(key_node.value)} is read by YAML as "
+                            f"{_a(_TAG_KINDS.get(kind, kind))}, not a name",
+                            hint=f"keys are names: quote it ('{key_node.value}') if it is one",
+                        )
+                    children.append((value_node, (*path, key_node.value)))
+                    self.lines.setdefault((*path, key_node.value), key_node.start_mark.line + 1)
+            open_.add(ident)
+            size, height = 1, 1
+            for child, child_path in children:
+                size += visit(child, child_path, depth + 1)
+                height = max(height, 1 + heights[id(child)])
+            open_.discard(ident)
+            sizes[ident], heights[ident] = size, height
+            return size
+
+        total = visit(root, self._prefix, 1)
+        repeated = total - len(sizes)
+        if repeated > MAX_ALIAS_VALUES:
             raise ConfigError(
-                f"{where}: environment variable {m['name']} is not set",
-                hint=f"export {m['name']}=..., or write ${{{m['name']}:-default}}",
+                f"{_located(self._source, self._prefix)}: aliases (*name) repeat {repeated:,} values, more than "
+                f"{MAX_ALIAS_VALUES:,}",
+                hint="a job config is small: write the values out, or alias fewer of them",
             )
 
-        return _ENV.sub(sub, value)
+    def _check_keys(self, node: MappingNode) -> None:
+        """Refuse a key given twice in `node`, before merge keys (``<<``) fold other mappings into it."""
+        if id(node) in self._checked:
+            return
+        self._checked.add(id(node))
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                path = (*self._paths.get(id(node), self._prefix), key_node.value)
+                first = seen[key_node.value]
+                lines = f", on lines {first} and {line}" if line != first else f" on line {line}"
+                lines = "" if self._source == _SET else lines
+                raise ConfigError(
+                    f"{_located(self._source, path)}: given twice{lines}",
+                    hint="keep one of them (YAML alone would silently keep the last)",
+                )
+            seen[key_node.value] = line
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        self._check_keys(node)
+        super().flatten_mapping(node)
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            self._check_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as e:  # 2026-13-45, an int of 5,000 digits: not YAML errors in PyYAML
+            kind = node.tag.replace(_TAG, "")
+            raise ConfigError(
+                f"{self._where(node)}: YAML cannot read {_show(node.value)} as {_a(_TAG_KINDS.get(kind, kind))}: {e}",
+                hint="fix the value, or quote it to make it text",
+            ) from None
+
+
+_StrictLoader.add_constructor(_MERGE, _StrictLoader.construct_yaml_str)  # `<<` as a value is just text
+_StrictLoader.add_constructor(_VALUE, _StrictLoader.construct_yaml_str)  # so is `=`
+
+
+def _load_yaml(text: str, *, source: str, prefix: _Path = (), label: str, hint: str) -> tuple[Any, dict[_Path, int]]:
+    """Parse one YAML document strictly (see :class:`_StrictLoader`): its value, and the line of each key."""
+    loader = None
+    try:
+        loader = _StrictLoader(text, source, prefix)  # reading starts here: a NUL byte is refused at once
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        loader.survey(node)
+        return loader.construct_document(node), loader.lines
+    except yaml.YAMLError as e:
+        if "'\\t'" in str(e):
+            hint = "indent with spaces: YAML does not allow tabs for indentation"
+        raise ConfigError(f"{label} is not valid YAML: {e}", hint=hint) from None
+    except RecursionError:
+        raise ConfigError(f"{label} is nested too deeply to read", hint="a job config is a few levels deep") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+# -- environment variables ----------------------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$(?P<escape>\$)?\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?")
+
+
+def _expand_text(value: str, source: str, path: _Path) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m["escape"]:
+            return m[0][1:]
+        name, default = m["name"], m["default"]
+        if name is None:
+            raise ConfigError(
+                f"{_located(source, path)}: {_show(value)} has a ${{ that is not ${{VAR}} or ${{VAR:-default}}",
+                hint="names are letters, digits and _, not starting with a digit; write $${ for a literal ${",
+            )
+        if default is not None and "${" in default:
+            raise ConfigError(
+                f"{_located(source, path)}: {_show(value)} nests ${{...}} in a default, which is not supported",
+                hint=f"write a plain default, e.g. ${{{name}:-/some/path}}",
+            )
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{_located(source, path)}: environment variable {name} is not set",
+            hint=f"export {name}=..., or write ${{{name}:-default}}",
+        )
+
+    return _ENV.sub(sub, value)
+
+
+def _expand_env(value: Any, source: str, path: _Path = ()) -> Any:
+    """Expand ``${VAR}`` in every string value (never in keys) of a parsed tree; copies dicts and lists."""
+    if isinstance(value, str):
+        return _expand_text(value, source, path)
     if isinstance(value, dict):
-        return {k: _expand_env(v, where) for k, v in value.items()}
+        expanded = {}
+        for key, item in value.items():
+            if isinstance(key, str) and "${" in key:
+                raise ConfigError(
+                    f"{_located(source, (*path, key))}: environment variables expand in values, not in keys",
+                    hint="write the key out; ${VAR} may appear in its value",
+                )
+            expanded[key] = _expand_env(item, source, (*path, key))
+        return expanded
     if isinstance(value, list):
-        return [_expand_env(v, where) for v in value]
+        return [_expand_env(item, source, (*path, i)) for i, item in enumerate(value)]
     return value
 
 
+# -- overrides ----------------------------------------------------------------------------------------------------
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML."""
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML; the last of one key wins."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(
+            f"{_SET} {_show(overrides)}: overrides are a list of KEY=VALUE strings, not one string",
+            hint=f"pass [{_show(overrides)}]",
+        )
     parsed: dict[str, Any] = {}
     for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"{_SET} {_show(item)} is not a KEY=VALUE string", hint="pass strings like input.version=3"
+            )
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE", hint="write e.g. --set input.table=/data/features")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"{_SET} {_show(item)} is not KEY=VALUE", hint="write e.g. --set input.table=/data/features"
+            )
+        parts = tuple(key.split("."))
+        if not all(part.strip() for part in parts):
+            raise ConfigError(
+                f"{_SET} {_show(item)}: the key {_show(key)} has an empty part",
+                hint="a key is a dotted path of names, e.g. input.table (no leading, trailing or doubled dots)",
+            )
+        value = (
+            _load_yaml(
+                raw,
+                source=_SET,
+                prefix=parts,
+                label=f"{_SET} {key}: the value {_show(raw)}",
+                hint=f"""quote the value to pass it as text, e.g. --set '{key}="..."'""",
+            )[0]
+            if raw.strip()
+            else ""
+        )
+        parsed.pop(key, None)
+        parsed[key] = value
     return parsed
 
 
-def _apply(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: cannot set {dotted}: {'.'.join(parts[: i + 1])} is not a mapping")
+def _options(annotation: Any) -> list[Any]:
+    """The types a value of `annotation` may have: Optional and unions unwrapped (None left out), Annotated stripped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _options(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [option for arg in get_args(annotation) if arg is not type(None) for option in _options(arg)]
+    return [annotation]
+
+
+def _step(annotation: Any, part: Any) -> Any:
+    """The annotation one step down `part` (a field name, a list index, a dict key) from `annotation`, or None."""
+    for option in _options(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            field = option.model_fields.get(part) if isinstance(part, str) else None
+            if field is not None:
+                return field.annotation
+        elif get_origin(option) is list and isinstance(part, int):
+            return get_args(option)[0]
+        elif get_origin(option) is dict:
+            return get_args(option)[1]
+    return None
+
+
+def _apply(tree: dict[str, Any], dotted: str, value: Any) -> _Path:
+    """Set `dotted` in `tree` to `value`; the path it set (list indexes as ints, a ``spark.conf`` key whole)."""
+    parts: list[Any] = dotted.split(".")
+    node: Any = tree
+    annotation: Any = JobConfig
+    done: list[Any] = []
+    while True:
+        if len(parts) > 1 and any(get_origin(o) is dict for o in _options(annotation)):
+            parts = [".".join(parts)]  # a mapping of free-form keys (spark.conf): the rest is one key
+        part, parts = parts[0], parts[1:]
+        key: Any = part
+        if isinstance(node, list):
+            if not re.fullmatch(r"[0-9]+", part) or int(part) >= len(node):
+                indexes = f"index an item from 0 to {len(node) - 1}, or " if node else ""
+                raise ConfigError(
+                    f"{_SET} {dotted}: {_dotted(done)} is a list of {len(node)} item(s); {_show(part)} is not one "
+                    "of its indexes",
+                    hint=f"{indexes}set the whole list: --set '{_dotted(done)}=[...]'",
+                )
+            key = int(part)
+        if not parts:
+            node[key] = value
+            return (*done, key)
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if child is None:  # absent, or null in the file: a section to fill
+            child = node[key] = {}
+        elif not isinstance(child, (dict, list)):
+            raise ConfigError(
+                f"{_SET} {dotted}: {_dotted((*done, key))} is {_show(child)} ({_kind(child)}), not a mapping",
+                hint=f"set the whole {_dotted((*done, key))} instead, or drop the --set or key that made it "
+                f"{_kind(child)}",
+            )
         node = child
-    node[parts[-1]] = value
+        done.append(key)
+        annotation = _step(annotation, key)
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed at `loc` (the parent of a bad key), for "did you mean" hints."""
-    model: Any = JobConfig
+# -- validation ---------------------------------------------------------------------------------------------------
+
+
+def _fields_at(loc: _Path) -> list[str]:
+    """Field names allowed at `loc` (the parent of a bad key), for "did you mean" hints. Looks through optional
+    sections (``schedule``), list items (``quality.input.expectations.0``) and dict values."""
+    annotation: Any = JobConfig
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        annotation = _step(annotation, part)
+        if annotation is None:
             return []
-        model = annotation
-    return list(model.model_fields)
+    models = [o for o in _options(annotation) if isinstance(o, type) and issubclass(o, BaseModel)]
+    return list(models[0].model_fields) if models else []
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _problem(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
-    dotted = ".".join(str(p) for p in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)" if close else ""
-        return f"{dotted}: unknown key{hint}; allowed here: {', '.join(allowed)}"
-    if error["type"] == "missing":
-        return f"{dotted}: required key is missing"
+    dotted = _dotted(loc)
+    kind = error["type"]
     got = error.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{dotted}: {error['msg']}{shown}"
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        bad = str(loc[-1])
+        close = difflib.get_close_matches(bad, allowed, n=1)
+        if "." in bad and bad.split(".")[0] in allowed:
+            hint = " (a key is one name, not a dotted path: nest it, e.g. input: {table: ...})"
+        elif close:
+            hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)"
+        else:
+            hint = ""
+        return f"{dotted}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{dotted}: required key is missing"
+    if kind == "value_error":
+        return f"{dotted}: {error['msg'].removeprefix('Value error, ')}"
+    shown = "" if isinstance(got, dict) else f" (got {_show(got)})"
+    advice = ""
+    if kind == "string_type" and isinstance(got, (bool, int, float, dt.date)):
+        advice = f"; YAML reads this unquoted value as {_kind(got)}: quote it to make it text"
+    elif kind == "string_type" and isinstance(got, (dict, list)):
+        advice = f"; YAML reads this value as {_kind(got)} (a ': ', '[' or '{{' in it?): quote it to make it text"
+    elif kind == "finite_number":
+        advice = "; .inf, .nan and numbers beyond 1.8e308 are refused"
+    return f"{dotted}: {error['msg']}{shown}{advice}"
+
+
+def _describe(error: Mapping[str, Any], lines: Mapping[_Path, int], applied: list[tuple[str, _Path]]) -> str:
+    loc = tuple(error["loc"])
+    via = [key for key, path in applied if loc[: len(path)] == path or path[: len(loc)] == loc]
+    if via:
+        return f"{_problem(error)} (from {_SET} {via[-1]})"
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    return f"line {line}: {_problem(error)}" if line else _problem(error)
 
 
 def build_job_config(raw: Mapping[str, Any], *, source: str = "<config>", overrides: Iterable[str] = ()) -> JobConfig:
     """Validate a config tree (e.g. parsed YAML) with ``key=value`` overrides applied; errors name `source`."""
-    tree = _expand_env(dict(raw), source)
-    for dotted, value in parse_overrides(overrides).items():
-        _apply(tree, dotted, _expand_env(value, f"--set {dotted}"), f"--set {dotted}")
+    return _build(raw, source, overrides, {})
+
+
+def _build(raw: Any, source: str, overrides: Iterable[str], lines: Mapping[_Path, int]) -> JobConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{source}: a job config is a mapping of sections (input:, model:, output:, ...), found {_kind(raw)}",
+            hint="start from conf/jobs/demo.yaml",
+        )
+    applied: list[tuple[str, _Path]] = []
     try:
+        parsed = parse_overrides(overrides)
+        tree = _expand_env(dict(raw), source)
+        for dotted, value in parsed.items():
+            applied.append((dotted, _apply(tree, dotted, _expand_env(value, _SET, tuple(dotted.split("."))))))
         return JobConfig.model_validate(tree)
     except ValidationError as e:
-        lines = "\n".join(f"  {_describe(err)}" for err in e.errors())
+        problems = "\n".join(f"  {_describe(err, lines, applied)}" for err in e.errors())
         raise ConfigError(
-            f"{source}: invalid job config ({e.error_count()} problem{'s' * (e.error_count() > 1)}):\n{lines}",
+            f"{source}: invalid job config ({e.error_count()} problem{'s' * (e.error_count() > 1)}):\n{problems}",
             hint="fix the keys above in the file or in --set; `scoring run --help` lists the config keys",
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: the config is nested too deeply (or contains itself)", hint="a job config is a few levels deep"
+        ) from None
+
+
+def _read(path: Path) -> str:
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file", hint="pass the path of a YAML job config, e.g. conf/jobs/demo.yaml"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{path}: is a folder, not a config file",
+            hint="pass the path of a YAML job config, e.g. conf/jobs/demo.yaml",
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: cannot be read (permission denied)", hint="make the file readable by this user (chmod u+r)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}", hint="pass a readable YAML file") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_FILE_BYTES:,} bytes; a job config is a few KiB",
+            hint="is this the right file?",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise ConfigError(
+            f"{path}, line {line}, column {column}: not UTF-8 text (byte {data[e.start]:#04x})",
+            hint="save the file as UTF-8",
         ) from None
 
 
 def load_job_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobConfig:
     """Read a YAML job config, apply ``key=value`` overrides, and validate it strictly."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such config file", hint="pass the path of a YAML job config, e.g. conf/jobs/demo.yaml"
-        ) from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw, lines = _load_yaml(
+        _read(path),
+        source=str(path),
+        label=str(path),
+        hint="fix the YAML at the line shown; quote values that contain ': ' or start with a special character",
+    )
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a job config is a YAML mapping, found {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: a job config is a YAML mapping of sections (input:, model:, output:, ...), found {_kind(raw)}",
+            hint="start from conf/jobs/demo.yaml",
+        )
     raw.setdefault("name", path.stem)
-    return build_job_config(raw, source=str(path), overrides=overrides)
+    return _build(raw, str(path), overrides, lines)

@@ -39,6 +39,8 @@ class GateReport:
     which: str
     """``input`` or ``output``"""
     success: bool
+    """Whether every expectation held. A gate with ``policy: quarantine`` can fail row-level expectations and still
+    let the run go on: then ``success`` is False and ``quarantined`` says how many rows it set aside."""
     policy: str
     rows: int | None
     quarantined: int
@@ -113,7 +115,7 @@ def evaluate(df, gate: GateConfig, which: Literal["input", "output"], *, source:
                 + "; ".join(r.describe_failure() for r in failed),
                 hint="fix the data upstream, or raise max_bad_fraction if this share of bad rows is acceptable",
             )
-    report = GateReport(which, True, gate.policy, rows, quarantined, results)
+    report = GateReport(which, not failed, gate.policy, rows, quarantined, results)
     _LOGGER.info(
         "%s gate on %s passed (%d expectations, %d rows quarantined)", which, source, len(results), quarantined
     )
@@ -121,7 +123,8 @@ def evaluate(df, gate: GateConfig, which: Literal["input", "output"], *, source:
 
 
 def quarantine_frame(df, reason, stage: str, key: Sequence[str], run_id: str, scored_at):
-    """Rows of `df` shaped for the quarantine table: run id, time, stage, reason, key columns, the row as JSON."""
+    """Rows of `df` shaped for the quarantine table: run id, time, stage, reason, the key (and partition) columns,
+    the whole row as JSON."""
     from pyspark.sql import functions as F
 
     from scoring import columns
@@ -131,7 +134,7 @@ def quarantine_frame(df, reason, stage: str, key: Sequence[str], run_id: str, sc
         F.lit(scored_at).cast("timestamp").alias("quarantined_at"),
         F.lit(stage).alias(QUARANTINE_STAGE),
         reason.alias(QUARANTINE_REASON),
-        *[F.col(k) for k in key],
+        *[F.col(f"`{k}`") for k in key],
         F.to_json(F.struct(*[F.col(c) for c in df.columns])).alias(QUARANTINE_ROW),
     )
 

@@ -1,25 +1,78 @@
-"""Delta Lake: read a pinned snapshot; write predictions idempotently, in one commit, with lineage metadata."""
+"""Delta Lake through Spark: read a pinned snapshot; replace exactly the rows a run selected, in one idempotent commit.
+
+The writer takes a transaction identity ``(app_id, version)`` (Delta's ``txnAppId`` / ``txnVersion``): Delta records
+it in the commit and skips any later write that carries the same app id with a version not above it. A batch run
+commits ``("scoring:<run_id>", 0)``; a streaming query will commit ``(<query id>, <batch id>)``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from scoring.errors import InputError, OutputError
+from scoring.errors import ConflictError, InputError, OutputError
 
 _LOGGER = logging.getLogger(__name__)
+
+MAX_PRUNED_PARTITIONS = 1_000
+"""Up to this many touched partitions, the replace names them as literals so Delta reads only those partitions."""
+
+_OP = "_scoring_op"
+
+
+@dataclasses.dataclass(frozen=True)
+class Txn:
+    """A write's transaction identity: Delta skips a write whose app id already committed this version or a later one."""
+
+    app_id: str
+    version: int = 0
+
+
+def is_delta_table(spark, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return bool(DeltaTable.isDeltaTable(spark, path))
 
 
 def latest_version(spark, path: str) -> int | None:
     """The table's latest version, or None when there is no Delta table at `path`."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not is_delta_table(spark, path):
         return None
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").head()[0])
+    return int(_snapshot(spark, path).version())
+
+
+def _snapshot(spark, path: str):
+    """The JVM DeltaLog's fresh snapshot (the version, the recorded transactions, the table properties)."""
+    jvm = spark._jvm
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    empty = jvm.scala.Option.empty()
+    return log.update(False, empty, empty)
+
+
+def committed_version(spark, path: str, txn: Txn) -> int | None:
+    """The transaction version the table records for ``txn.app_id`` (None when it never committed)."""
+    if not is_delta_table(spark, path):
+        return None
+    found = _snapshot(spark, path).transactions().get(txn.app_id)
+    return int(found.get()) if found.isDefined() else None
+
+
+def table_properties(spark, path: str) -> dict[str, str]:
+    snapshot = _snapshot(spark, path)
+    conf = snapshot.metadata().configuration()
+    return {str(k): str(conf.apply(k)) for k in _scala_keys(conf)}
+
+
+def _scala_keys(scala_map) -> list[str]:
+    keys, it = [], scala_map.keysIterator()
+    while it.hasNext():
+        keys.append(it.next())
+    return keys
 
 
 def read_snapshot(spark, path: str, version: int | None, *, key: str = "input.table"):
@@ -38,82 +91,294 @@ def read_snapshot(spark, path: str, version: int | None, *, key: str = "input.ta
             f"input.version: {path} has no version {version} (latest is {latest})",
             hint=f"use a version between 0 and {latest}, or leave input.version out to read the latest",
         )
-    return spark.read.format("delta").option("versionAsOf", version).load(path), version
+    try:
+        df = spark.read.format("delta").option("versionAsOf", version).load(path)
+    except Exception as e:  # the log of that version was cleaned up
+        raise InputError(
+            f"input.version: cannot read version {version} of {path}: {message_of(e)}",
+            hint="that version's log or files are gone (log retention or VACUUM); read a later version, "
+            "or leave input.version out to read the latest",
+        ) from None
+    return df, version
+
+
+def check_target(spark, path: str, *, key: str) -> None:
+    """Refuse before anything is written when `path` cannot take a scoped replace: something that is not a Delta
+    table is there (a regular file, a Parquet folder), or the table is append-only."""
+    local = _local_path(path)
+    if local is not None and local.exists():
+        if not local.is_dir():
+            raise OutputError(
+                f"{key}: {path} is a file, not a Delta table",
+                hint=f"point {key} at a Delta table or at a path that does not exist yet",
+            )
+        if any(local.iterdir()) and not is_delta_table(spark, path):
+            raise OutputError(
+                f"{key}: {path} is a folder that holds data but no Delta table (no _delta_log)",
+                hint=f"point {key} at a Delta table or an empty/new path; convert a Parquet folder with "
+                "CONVERT TO DELTA first if it is meant to be one",
+            )
+    if is_delta_table(spark, path):
+        properties = table_properties(spark, path)
+        if properties.get("delta.appendOnly", "false").lower() == "true":
+            raise OutputError(
+                f"{key}: {path} is append-only (delta.appendOnly=true), so a re-run cannot replace its rows",
+                hint=f"write to another {key}, or ALTER TABLE ... SET TBLPROPERTIES ('delta.appendOnly' = 'false')",
+            )
+
+
+def _local_path(path: str) -> Path | None:
+    if path.startswith("file:"):
+        return Path("/" + path[len("file:") :].lstrip("/"))
+    if "://" in path:
+        return None
+    return Path(path)
+
+
+def same_table(a: str, b: str) -> bool:
+    """Whether two table paths name the same place (after resolving relative paths and symlinks)."""
+    pa_, pb = _local_path(a), _local_path(b)
+    if pa_ is None or pb is None:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(pa_) == os.path.realpath(pb)
 
 
 @dataclasses.dataclass(frozen=True)
 class WriteResult:
+    """What a write did, read from this write's own commit (never from "the latest commit")."""
+
     version_before: int | None
     version: int | None
-    rows_written: int
+    """The version of this write's commit (None when it was skipped as already committed)."""
     committed: bool
-    """False when the table already had this run's commit (a retried write): nothing was written again."""
+    """False when the table already recorded this transaction (a retried write): nothing was written again."""
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_deleted: int = 0
+    rows_before: int | None = None
+    """Rows in the table before this write (from the Delta log's file statistics)."""
+
+    @property
+    def rows_written(self) -> int:
+        return self.rows_inserted + self.rows_updated
+
+    @property
+    def rows_replaced(self) -> int:
+        """Existing rows this write replaced (updated with a new score) or removed (set aside this time)."""
+        return self.rows_updated + self.rows_deleted
+
+    @property
+    def rows_kept(self) -> int | None:
+        """Existing rows this write left as they were."""
+        return None if self.rows_before is None else self.rows_before - self.rows_replaced
 
 
-def _message(error: Exception) -> str:
+def message_of(error: Exception) -> str:
     """A Spark error's message; Spark's own lookup can fail for error classes it does not know (Delta's)."""
     try:
         return error.getMessage()
     except Exception:  # noqa: BLE001 - fall back to the text we have
-        return str(error).splitlines()[0]
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def _txn_app_id(run_id: str) -> str:
-    return f"scoring:{run_id}"
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "ProtocolChangedException",
+    "MetadataChangedException",
+    "DELTA_CONCURRENT",
+    "DELTA_PROTOCOL_CHANGED",
+    "DELTA_METADATA_CHANGED",
+    "DELTA_PATH_EXISTS",
+    "PATH_ALREADY_EXISTS",
+    "already exists",
+)
 
 
-def _last_commit(spark, path: str) -> Mapping[str, Any]:
-    from delta.tables import DeltaTable
-
-    row = DeltaTable.forPath(spark, path).history(1).select("version", "userMetadata", "operationMetrics").head()
-    return row.asDict()
+def _conflict(error: Exception) -> bool:
+    text = f"{type(error).__name__} {error}"
+    return any(word in text for word in _CONFLICTS)
 
 
-def write_predictions(
-    df, path: str, *, partition_by: Sequence[str], run_id: str, metadata: Mapping[str, Any]
+def write_scoped(
+    scored,
+    removed,
+    path: str,
+    *,
+    key: Sequence[str],
+    partition_by: Sequence[str],
+    partitions: Sequence[tuple[Any, ...]] | None,
+    txn: Txn,
+    metadata: Mapping[str, Any],
 ) -> WriteResult:
-    """Write `df` to the Delta table at `path` in one commit.
+    """Replace exactly the ``(key, partition)`` rows this write selected, keep every other row, in one commit.
 
-    - Partitioned output: the partitions present in `df` are replaced, the others kept (dynamic partition overwrite),
-      so re-running a job over the same input partitions never duplicates rows.
-    - Unpartitioned output: the table is replaced.
-    - Idempotent per run: the commit carries ``txnAppId = scoring:<run_id>``; Delta skips a second write by the
-      same run (a retry after an ambiguous failure), so a run commits at most once.
-    - ``userMetadata`` carries `metadata` as JSON (visible in ``DESCRIBE HISTORY`` and to any Delta reader).
-    Nothing is committed if anything fails before the commit: a Delta commit is atomic.
+    - `scored`: the new rows (key, partition, predictions, lineage). Each replaces the row with the same key and
+      partition, or is inserted.
+    - `removed`: key and partition columns of selected rows that get no score this time (set aside): the rows they
+      name are deleted from the output, so the output never shows an older score for a row this run rejected.
+    - `partitions`: the partition values the selection touches, when known: named as literals so that Delta reads
+      only those partitions.
+    The first write creates the table. The replace is a Delta MERGE on the key and partition columns (null-safe);
+    `txn` makes it idempotent (a retried write of the same transaction is skipped, and reported as not committed),
+    and `metadata` lands in the commit's ``userMetadata``. A concurrent writer that commits first makes this write
+    fail with :class:`ConflictError` and commit nothing.
     """
-    from pyspark.errors import AnalysisException
-
-    spark = df.sparkSession
+    spark = scored.sparkSession
     before = latest_version(spark, path)
+    metadata = {**metadata, "txn_app_id": txn.app_id, "txn_version": txn.version}
+    user_metadata = json.dumps(metadata, sort_keys=True, default=str)
+    done = committed_version(spark, path, txn)
+    if done is not None and done >= txn.version:
+        _LOGGER.warning("transaction %s had already committed to %s; nothing written again", txn, path)
+        return WriteResult(before, None, committed=False)
+    try:
+        if before is None:
+            _create(scored, path, partition_by, txn, user_metadata)
+        else:
+            _merge(scored, removed, path, key, partition_by, partitions, txn, user_metadata)
+    except Exception as e:
+        if _conflict(e):
+            raise ConflictError(
+                f"output.table: another writer committed to {path} while this run was writing "
+                f"({type(e).__name__}: {message_of(e)}); nothing of this run was committed",
+                hint="run the job again (the same run id is fine): it replaces its rows on top of the other "
+                "writer's; to avoid it, do not run two jobs into the same output partitions at once",
+            ) from None
+        raise
+    version, metrics = find_commit(spark, path, txn)
+    if version is None:  # Delta skipped it: a concurrent attempt of the same transaction committed first
+        return WriteResult(before, None, committed=False)
+    if before is None:
+        return WriteResult(None, version, True, rows_inserted=int(metrics.get("numOutputRows", 0)), rows_before=0)
+    return WriteResult(
+        before,
+        version,
+        True,
+        rows_inserted=int(metrics.get("numTargetRowsInserted", 0)),
+        rows_updated=int(metrics.get("numTargetRowsUpdated", 0)),
+        rows_deleted=int(metrics.get("numTargetRowsDeleted", 0)),
+        rows_before=table_rows(spark, path, version - 1),
+    )
+
+
+def table_rows(spark, path: str, version: int) -> int:
+    """Rows in version `version` of the table. Delta answers a plain count from the file statistics in its log
+    (a metadata-only query), so no data file is read."""
+    return int(spark.read.format("delta").option("versionAsOf", version).load(path).count())
+
+
+def _create(scored, path: str, partition_by: Sequence[str], txn: Txn, user_metadata: str) -> None:
     writer = (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("txnAppId", _txn_app_id(run_id))
-        .option("txnVersion", 0)
-        .option("userMetadata", json.dumps(metadata, sort_keys=True))
+        scored.write.format("delta")
+        .mode("errorifexists")
+        .option("txnAppId", txn.app_id)
+        .option("txnVersion", txn.version)
+        .option("userMetadata", user_metadata)
     )
     if partition_by:
-        writer = writer.partitionBy(*partition_by).option("partitionOverwriteMode", "dynamic")
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _merge(scored, removed, path, key, partition_by, partitions, txn: Txn, user_metadata: str) -> None:
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    spark = scored.sparkSession
+    columns = scored.columns
+    source = scored.withColumn(_OP, F.lit("upsert"))
+    if removed is not None:
+        gone = removed.select(*dict.fromkeys([*key, *partition_by])).withColumn(_OP, F.lit("delete"))
+        source = source.unionByName(gone, allowMissingColumns=True)
+    match = [f"t.`{c}` <=> s.`{c}`" for c in dict.fromkeys([*key, *partition_by])]
+    if partition_by and partitions is not None and 0 < len(partitions) <= MAX_PRUNED_PARTITIONS:
+        if len(partition_by) == 1:
+            values = ", ".join(_sql_literal(p[0]) for p in partitions)
+            match.append(f"t.`{partition_by[0]}` IN ({values})")
+        else:
+            ors = [
+                "(" + " AND ".join(f"t.`{c}` <=> {_sql_literal(v)}" for c, v in zip(partition_by, p, strict=True)) + ")"
+                for p in partitions
+            ]
+            match.append("(" + " OR ".join(ors) + ")")
+    settings = {
+        "spark.databricks.delta.write.txnAppId": txn.app_id,
+        "spark.databricks.delta.write.txnVersion": str(txn.version),
+        "spark.databricks.delta.commitInfo.userMetadata": user_metadata,
+    }
+    # Delta reads a DML command's transaction identity and commit metadata from the session: set them around this
+    # one command only.
+    for k, v in settings.items():
+        spark.conf.set(k, v)
     try:
-        writer.save(path)
-    except AnalysisException as e:
-        raise OutputError(
-            f"output.table: cannot write to {path}: {_message(e)}",
-            hint="the output table's schema or partitioning differs from this job's; write to a new output.table "
-            "or make output.partition_by and the model's outputs match the existing table",
-        ) from None
-    after = latest_version(spark, path)
-    if after == before:
-        _LOGGER.warning("run %s had already committed to %s; nothing written again", run_id, path)
-        return WriteResult(before, after, 0, committed=False)
-    commit = _last_commit(spark, path)
-    written = int((commit.get("operationMetrics") or {}).get("numOutputRows", -1))
-    return WriteResult(before, after, written, committed=True)
+        (
+            DeltaTable.forPath(spark, path)
+            .alias("t")
+            .merge(source.alias("s"), " AND ".join(match))
+            .whenMatchedDelete(condition=f"s.{_OP} = 'delete'")
+            .whenMatchedUpdate(condition=f"s.{_OP} = 'upsert'", set={f"`{c}`": f"s.`{c}`" for c in columns})
+            .whenNotMatchedInsert(condition=f"s.{_OP} = 'upsert'", values={f"`{c}`": f"s.`{c}`" for c in columns})
+            .execute()
+        )
+    finally:
+        for k in settings:
+            spark.conf.unset(k)
 
 
-def append_once(df, path: str, *, app_id: str) -> None:
-    """Append `df` to the Delta table at `path` (created if missing) at most once per `app_id`."""
-    df.write.format("delta").mode("append").option("mergeSchema", "true").option("txnAppId", app_id).option(
-        "txnVersion", 0
-    ).save(path)
+def find_commit(spark, path: str, txn: Txn, *, search: int = 50) -> tuple[int | None, dict[str, str]]:
+    """(version, operationMetrics) of the commit that carries `txn`, looked up by its identity in the commit
+    metadata among the newest `search` commits; (None, {}) when none does (the write was skipped)."""
+    from delta.tables import DeltaTable
+
+    needle = f'"txn_app_id": {json.dumps(txn.app_id)}'
+    rows = (
+        DeltaTable.forPath(spark, path).history(search).select("version", "userMetadata", "operationMetrics").collect()
+    )
+    for row in rows:
+        meta = row.userMetadata or ""
+        if needle in meta and f'"txn_version": {txn.version}' in meta:
+            return int(row.version), dict(row.operationMetrics or {})
+    return None, {}
+
+
+def commit_metadata(spark, path: str, txn: Txn) -> dict[str, Any] | None:
+    """The ``userMetadata`` of the commit that carries `txn`, parsed (None when not found)."""
+    from delta.tables import DeltaTable
+
+    needle = f'"txn_app_id": {json.dumps(txn.app_id)}'
+    for row in DeltaTable.forPath(spark, path).history(200).select("userMetadata").collect():
+        if row.userMetadata and needle in row.userMetadata:
+            return json.loads(row.userMetadata)
+    return None
+
+
+def append_once(df, path: str, *, txn: Txn) -> bool:
+    """Append `df` to the Delta table at `path` (created if missing) at most once per transaction identity.
+    Returns whether this call committed."""
+    if committed_version(df.sparkSession, path, txn) is not None:
+        return False
+    try:
+        df.write.format("delta").mode("append").option("mergeSchema", "true").option("txnAppId", txn.app_id).option(
+            "txnVersion", txn.version
+        ).save(path)
+    except Exception as e:
+        if _conflict(e):
+            raise ConflictError(
+                f"another writer committed to {path} at the same time ({type(e).__name__}: {message_of(e)})",
+                hint="run the job again with the same run id: it completes this write",
+            ) from None
+        raise
+    return True

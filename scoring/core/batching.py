@@ -20,19 +20,49 @@ def feature_matrix(batch: pa.RecordBatch, features: Sequence[str], dtype: np.dty
     return out
 
 
+FEATURE_LIMIT = float(np.finfo(np.float32).max)
+"""The largest feature magnitude accepted: models here take float32 (ONNX ``tensor(float)``, Triton ``FP32``), so a
+larger value would reach the model as infinity."""
+
+
 def invalid_mask(batch: pa.RecordBatch, features: Sequence[str]) -> np.ndarray | None:
-    """Boolean mask of rows with a null or NaN in any feature column, or None when every row is valid."""
+    """Boolean mask of rows with a null, NaN, infinite or float32-overflowing value in any feature column, or None
+    when every row is valid."""
     mask: np.ndarray | None = None
     for name in features:
         column = batch.column(name)
-        bad = None
-        if column.null_count:
-            bad = column.is_null().to_numpy(zero_copy_only=False)
-        if pa.types.is_floating(column.type):
-            nan = pc.is_nan(column).to_numpy(zero_copy_only=False)
-            nan = np.nan_to_num(nan, nan=False).astype(bool) if nan.dtype != bool else nan
-            bad = nan if bad is None else (bad | nan)
+        bad = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_decimal(column.type):
+            values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                out = ~(np.abs(values) <= FEATURE_LIMIT)  # NaN compares False, so it is out too
+            if column.null_count:
+                out &= ~column.is_null().to_numpy(zero_copy_only=False)
+            bad = out if bad is None else (bad | out)
         if bad is not None and bad.any():
+            mask = bad if mask is None else (mask | bad)
+    return mask
+
+
+def nonfinite_mask(batch: pa.RecordBatch) -> np.ndarray | None:
+    """Boolean mask of rows whose floating-point outputs (scalar or list columns) hold NaN or an infinity, or None
+    when every row is finite."""
+    mask: np.ndarray | None = None
+    for column in batch.columns:
+        kind = column.type
+        if pa.types.is_floating(kind):
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            bad = ~np.isfinite(values)
+            if column.null_count:
+                bad &= ~column.is_null().to_numpy(zero_copy_only=False)
+        elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_floating(kind.value_type):
+            flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            bad = np.zeros(len(column), dtype=bool)
+            bad[parents[~np.isfinite(flat)]] = True
+        else:
+            continue
+        if bad.any():
             mask = bad if mask is None else (mask | bad)
     return mask
 

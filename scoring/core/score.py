@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from scoring.core.batching import invalid_mask
+from scoring.core.batching import invalid_mask, nonfinite_mask
 from scoring.core.predictor import Predictor
 from scoring.errors import InvalidRowsError, ModelError, OutputValidationError, ScoringError
 
@@ -27,24 +27,28 @@ class ScoringSpec:
     """``models:/<name>/<version>``, named in errors."""
     output_schema: pa.Schema | None = None
     """The prediction columns the model must return (None until probed on the driver)."""
+    allow_nonfinite: bool = False
+    """Whether NaN or infinite predictions pass (to be set aside by the caller) instead of failing the batch."""
+
+
+def _key_of(batch: pa.RecordBatch, spec: ScoringSpec, row: int) -> str:
+    return ", ".join(f"{k}={batch.column(k)[row].as_py()!r}" for k in spec.key if k in batch.schema.names)
 
 
 def _describe_rows(batch: pa.RecordBatch, spec: ScoringSpec, mask: np.ndarray) -> str:
     row = int(np.flatnonzero(mask)[0])
-    key = ", ".join(f"{k}={batch.column(k)[row].as_py()!r}" for k in spec.key)
-    bad = [
-        f
-        for f in spec.features
-        if not batch.column(f)[row].is_valid or (isinstance(v := batch.column(f)[row].as_py(), float) and v != v)
-    ]
-    return f"{int(mask.sum())} row(s) in this batch, first at {key}: null or NaN in {', '.join(bad)}"
+    bad = [f for f in spec.features if invalid_mask(batch.slice(row, 1), [f]) is not None]
+    return (
+        f"{int(mask.sum())} row(s) in this batch, first at {_key_of(batch, spec, row)}: "
+        f"null, NaN, infinite or out-of-range (beyond float32) value in {', '.join(bad)}"
+    )
 
 
 def check_features(batch: pa.RecordBatch, spec: ScoringSpec, mask: np.ndarray | None) -> None:
     """Raise :class:`InvalidRowsError` naming the first bad row when `mask` flags any row."""
     if mask is not None:
         raise InvalidRowsError(
-            f"rows with null or NaN features: {_describe_rows(batch, spec, mask)}",
+            f"rows with invalid features: {_describe_rows(batch, spec, mask)}",
             hint="clean the input, filter the rows out with input.where, or set input.on_invalid_rows: skip "
             "to score the rest and count these as rejected",
         )
@@ -66,6 +70,19 @@ def check_outputs(outputs: pa.RecordBatch, rows: int, spec: ScoringSpec) -> None
         )
 
 
+def check_finite(outputs: pa.RecordBatch, batch: pa.RecordBatch, spec: ScoringSpec) -> None:
+    """Raise :class:`OutputValidationError` naming the first row whose prediction is NaN or infinite."""
+    mask = nonfinite_mask(outputs)
+    if mask is not None:
+        row = int(np.flatnonzero(mask)[0])
+        raise OutputValidationError(
+            f"model {spec.model} returned NaN or infinite predictions for {int(mask.sum())} row(s) in a batch, "
+            f"first at {_key_of(batch, spec, row)}",
+            hint="check the model and those rows' features; or set output.on_invalid_predictions: quarantine to "
+            "write the rest and set these rows aside in the quarantine table",
+        )
+
+
 def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) -> pa.RecordBatch:
     """One input batch -> one output batch: pass-through columns followed by the prediction columns."""
     if batch.num_rows == 0 and spec.output_schema is not None:
@@ -84,6 +101,8 @@ def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) 
             hint="check that input.features match the model's signature (names, order, dtypes)",
         ) from e
     check_outputs(outputs, batch.num_rows, spec)
+    if not spec.allow_nonfinite:
+        check_finite(outputs, batch, spec)
     arrays = [batch.column(c) for c in spec.passthrough] + list(outputs.columns)
     return pa.RecordBatch.from_arrays(arrays, names=[*spec.passthrough, *outputs.schema.names])
 

@@ -18,7 +18,8 @@ class Lineage:
     model_name: str
     model_version: str
     model_uri: str
-    input_version: int
+    input_version: int | None
+    """The input snapshot's Delta version; None where rows come from no snapshot (an online request)."""
     scoring_run_id: str
     scored_at: dt.datetime
 

@@ -1,102 +1,178 @@
-"""The batch job: config -> resolve model -> read snapshot -> validate -> score in Arrow batches -> stamp -> write -> summary."""
+"""The batch job: plan (resolve the model, pin the snapshot, check and count what will be scored) -> score in Arrow
+batches -> gate -> replace exactly the selected rows of the output in one commit -> set aside what was not scored.
+
+This mode owns its source (a pinned Delta snapshot), its sink (a scoped replace of the output table) and its
+transaction identity (``scoring:<run_id>``, version 0). Everything between comes from :mod:`scoring.engine`.
+
+What a run promises, and how:
+- It replaces exactly the ``(key, partition)`` rows it selected: a MERGE on the key and partition columns updates
+  the scored rows, inserts new ones and deletes the rows it set aside this time; every other row is left as it was.
+- Every check that can fail for the user's reason runs before the output commit; a failed run commits nothing.
+- The output commit and the quarantine append each carry a transaction id, and the quarantine is written only after
+  the output committed: a retry with the same run id after a crash finishes the run (it finds the committed output,
+  pins the same input and model versions, and writes only what is missing), so every set-aside row is in the
+  quarantine table exactly once.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import logging
-import tempfile
 import time
 import uuid
 from typing import Any
 
-from scoring import columns, quality
-from scoring.adapters import delta, registry
-from scoring.adapters.embedded import EmbeddedSpec
+from scoring import columns
+from scoring.adapters import delta
 from scoring.config import JobConfig
 from scoring.core.score import ScoringSpec
 from scoring.core.stamp import Lineage
-from scoring.errors import InputError, ModelError, OutputError, ScoringError, from_spark_exception
+from scoring.engine import gates
+from scoring.engine.faults import fault_point
+from scoring.engine.model import PreparedModel, prepare_model
+from scoring.engine.probe import PROBE_ROWS, probe
+from scoring.engine.record import RunRecord
+from scoring.engine.runtime import open_predictor
+from scoring.errors import ConfigError, InputError, InvalidRowsError, OutputError, ScoringError, from_spark_exception
 from scoring.progress import LogReporter, Reporter, watch_spark
 
 _LOGGER = logging.getLogger(__name__)
 
-PROBE_ROWS = 16
-"""Rows scored on the driver before the job starts, to fail fast and to learn the model's output columns."""
+RunSummary = RunRecord
+"""The record a batch run returns (kept under its earlier name)."""
 
-
-@dataclasses.dataclass(frozen=True)
-class RunSummary:
-    """What a run did. ``rows_read == rows_written + rows_rejected + rows_quarantined`` for every committed run."""
-
-    job: str
-    run_id: str
-    model_name: str
-    model_version: str
-    model_uri: str
-    requested_model_uri: str
-    input_table: str
-    input_version: int
-    output_table: str
-    output_version_before: int | None
-    output_version: int | None
-    rows_read: int
-    rows_written: int
-    rows_rejected: int
-    rows_quarantined: int
-    committed: bool
-    elapsed_s: float
-    backend: str
-    prediction_columns: tuple[str, ...]
-    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Seconds per phase: resolve (model), plan (snapshot, checks, count, input gate), runtime (sidecar start-up),
-    score_write (probe, scoring, output gate, the commit)."""
-    quality: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Gate reports by gate (``input``, ``output``): success, per-expectation statistics, rows quarantined."""
-    quarantine_table: str | None = None
-    """Where rejected and quarantined rows went (None when there were none)."""
-
-    @property
-    def rows_per_s(self) -> float:
-        """Scoring throughput: rows read per second of the scoring job (read, score, write)."""
-        seconds = self.timings_s.get("score_write", self.elapsed_s)
-        return self.rows_read / seconds if seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["rows_per_s"] = round(self.rows_per_s, 1)
-        out["prediction_columns"] = list(self.prediction_columns)
-        return out
+_NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
+_SHOWN_PARTITIONS = 20
 
 
 def new_run_id(now: dt.datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
-_NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "BooleanType", "DecimalType")
+def txn_for(run_id: str) -> delta.Txn:
+    """The output commit's transaction identity for a batch run."""
+    return delta.Txn(f"scoring:{run_id}", 0)
 
 
-def _resolve_features(config: JobConfig, model: registry.ModelRef, input_columns: list[str]) -> tuple[str, ...]:
-    signature = registry.signature_inputs(model)
-    if config.input.features is not None:
-        features = tuple(config.input.features)
-        if signature is not None:
-            expected = [name for name, _ in signature]
-            if sorted(expected) != sorted(features):
-                raise ModelError(
-                    f"model {model.uri} expects features {expected} (its MLflow signature), "
-                    f"but input.features is {list(features)}",
-                    hint="make input.features match the model's signature, or leave input.features out to use it",
-                )
-        return features
-    if signature is None:
-        raise ModelError(
-            f"model {model.uri} has no named inputs in its MLflow signature, so the features are unknown",
-            hint="list the feature columns in input.features, in the order the model was trained on",
+def quarantine_txn_for(run_id: str) -> delta.Txn:
+    return delta.Txn(f"scoring-quarantine:{run_id}", 0)
+
+
+def _translate(e: Exception) -> Exception:
+    found = from_spark_exception(e)
+    if found is not None:
+        return found
+    text = str(e)
+    if "FileNotFound" in text or "FILE_NOT_EXIST" in text or "does not exist" in text and "parquet" in text:
+        return InputError(
+            f"a data file of the input snapshot is gone: {delta.message_of(e)}",
+            hint="the pinned input version was vacuumed (VACUUM removes files of old versions); read a later "
+            "version, or leave input.version out to read the latest",
         )
-    return tuple(name for name, _ in signature)
+    return e
+
+
+# -- the plan -----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One output partition the run selected rows in."""
+
+    values: dict[str, Any]
+    rows: int
+    rows_in_output: int | None = None
+    """Rows the output holds now for the selected keys of this partition (what the run replaces); ``scoring plan``
+    only."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"values": self.values, "rows": self.rows}
+        if self.rows_in_output is not None:
+            out["rows_to_replace"] = self.rows_in_output
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the driver settled before any row is scored."""
+
+    config: JobConfig
+    model: PreparedModel
+    run_id: str
+    scored_at: dt.datetime
+    input_version: int
+    rows_read: int
+    rows_rejected: int
+    partitions: tuple[Partition, ...]
+    output_exists: bool
+    output_rows: int | None
+    """Rows in the output table now (None when it does not exist yet)."""
+    resumes: bool
+    """The output already holds this run id's commit (an earlier attempt committed, then died): the run writes only
+    what is missing."""
+    source: Any = dataclasses.field(repr=False, default=None)
+    """The pinned, filtered snapshot: pass-through and feature columns of the valid selected rows."""
+    rejected: Any = dataclasses.field(repr=False, default=None)
+    """Quarantine-table frame of the rows with invalid features (``on_invalid_rows: skip``), or None."""
+
+    @property
+    def passthrough(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.config.input.key, *self.config.output.partition_by]))
+
+    def describe(self) -> list[str]:
+        """The plan as lines for a person."""
+        c = self.config
+        lines = [
+            f"model      {self.model.name} version {self.model.version} ({c.model.uri})",
+            f"input      {c.input.table} @ version {self.input_version}"
+            + (f" where {c.input.where}" if c.input.where else ""),
+            f"selected   {self.rows_read:,} rows"
+            + (f", {self.rows_rejected:,} with invalid features (set aside)" if self.rows_rejected else ""),
+            f"output     {c.output.table}"
+            + (f" ({self.output_rows:,} rows now)" if self.output_exists else " (new table, created by this run)"),
+        ]
+        if self.resumes:
+            lines.append(f"resumes    run {self.run_id} already committed its output: only missing writes are done")
+        if c.output.partition_by:
+            for p in self.partitions[:_SHOWN_PARTITIONS]:
+                where = ", ".join(f"{k}={v}" for k, v in p.values.items())
+                replaced = "" if p.rows_in_output is None else f", replaces {p.rows_in_output:,} output rows"
+                lines.append(f"partition  {where}: {p.rows:,} rows selected{replaced}")
+            if len(self.partitions) > _SHOWN_PARTITIONS:
+                lines.append(f"partition  ... and {len(self.partitions) - _SHOWN_PARTITIONS} more")
+        else:
+            replaced = self.partitions[0].rows_in_output if self.partitions else None
+            if replaced is not None:
+                lines.append(f"replaces   {replaced:,} output rows (the selected keys); every other row is kept")
+        return lines
+
+    @property
+    def rows_to_replace(self) -> int | None:
+        counts = [p.rows_in_output for p in self.partitions]
+        return None if any(n is None for n in counts) else sum(counts)  # type: ignore[arg-type]
+
+
+def _check_paths(config: JobConfig, spark) -> None:
+    """A run never writes into its input, and writes only where a Delta table is or can be."""
+    tables = {
+        "input.table": config.input.table,
+        "output.table": config.output.table,
+        "quality.quarantine_table": config.quarantine_table,
+    }
+    for a, b in (
+        ("input.table", "output.table"),
+        ("input.table", "quality.quarantine_table"),
+        ("output.table", "quality.quarantine_table"),
+    ):
+        if delta.same_table(tables[a], tables[b]):
+            raise ConfigError(
+                f"{b} is the same table as {a} ({tables[b]}): a run must never write into its input or mix "
+                "predictions and quarantined rows",
+                hint=f"point {b} at its own table",
+            )
+    delta.check_target(spark, config.output.table, key="output.table")
+    delta.check_target(spark, config.quarantine_table, key="quality.quarantine_table")
 
 
 def _check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
@@ -129,30 +205,175 @@ def _check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None
         )
 
 
-def _translate(e: Exception) -> Exception:
-    found = from_spark_exception(e)
-    return found if found is not None else e
+def _resume(config: JobConfig, spark, run_id: str) -> tuple[JobConfig, str | None]:
+    """When the output already holds this run id's commit, the config pinned to what that attempt read (its input
+    version) and the exact model version it scored with; otherwise the config as it is."""
+    if not config.run_id or delta.latest_version(spark, config.output.table) is None:
+        return config, None
+    txn = txn_for(run_id)
+    if delta.committed_version(spark, config.output.table, txn) is None:
+        return config, None
+    meta = delta.commit_metadata(spark, config.output.table, txn) or {}
+    if (meta.get("input_where") or None) != (config.input.where or None) or meta.get(
+        "input_table", config.input.table
+    ) != config.input.table:
+        raise ConfigError(
+            f"run_id {run_id!r} already committed to {config.output.table} with a different selection "
+            f"(input.table {meta.get('input_table')!r}, input.where {meta.get('input_where')!r})",
+            hint="a run id names one logical run; give this run a new run_id (or leave run_id out)",
+        )
+    version = meta.get(columns.INPUT_VERSION)
+    pinned = config.model_copy(update={"input": config.input.model_copy(update={"version": version})})
+    return pinned, meta.get(columns.MODEL_URI)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """What the driver settled before any row is scored."""
+def plan(
+    config: JobConfig, *, spark=None, reporter: Reporter | None = None, dry_run: bool = False, timings=None
+) -> Plan:
+    """Resolve the model, pin the snapshot, check the job against the tables and count what would be scored.
+    Writes nothing. With `dry_run`, also counts the output rows the run would replace (a join with the output)."""
+    reporter = reporter or LogReporter()
+    clock = timings if timings is not None else _Clock()
+    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = config.run_id or new_run_id(scored_at)
+    spark = spark or _session(config)
+    clock.lap("session")
+    _check_paths(config, spark)
+    config, pinned_model = _resume(config, spark, run_id)
+    reporter.step(f"resolving {pinned_model or config.model.uri}")
+    model = prepare_model(config, uri=pinned_model)
+    reporter.step(f"model {model.name} version {model.version} ({', '.join(model.ref.flavors)})")
+    clock.lap("resolve")
 
-    config: JobConfig
-    model: registry.ModelRef
-    features: tuple[str, ...]
-    passthrough: tuple[str, ...]
-    selected: Any
-    """The DataFrame to score: pass-through and feature columns of the pinned, filtered snapshot."""
-    input_version: int
-    rows_read: int
-    rows_rejected: int
-    rows_quarantined: int
-    set_aside: tuple[Any, ...]
-    """Quarantine-table frames of the input rows not scored (null/NaN features, failed input expectations)."""
-    input_report: Any
-    run_id: str
-    scored_at: dt.datetime
+    from pyspark.errors import AnalysisException, ParseException
+
+    source, input_version = delta.read_snapshot(spark, config.input.table, config.input.version)
+    reporter.step(f"input {config.input.table} at version {input_version}")
+    _check_columns(config, source.schema, model.features)
+    if config.input.where is not None:
+        try:
+            source = source.where(config.input.where)
+            source.schema  # noqa: B018 - analyses the filter now
+        except (AnalysisException, ParseException) as e:
+            raise InputError(
+                f"input.where: {config.input.where!r} is not a valid filter on {config.input.table}: "
+                f"{delta.message_of(e)}",
+                hint="write a Spark SQL boolean expression over the input's columns, e.g. ds = '2026-11-24'",
+            ) from None
+    passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
+    source = source.select(*[f"`{c}`" for c in dict.fromkeys([*passthrough, *model.features])])
+    valid = gates.valid_features(source.schema, model.features)
+    try:
+        partitions, rows_read, rows_invalid, duplicate = _profile(source, config, valid)
+    except ScoringError:
+        raise
+    except Exception as e:
+        raise _translate(e) from None
+    if duplicate is not None:
+        raise InputError(
+            f"input: key {duplicate} appears more than once in one partition of the selected rows of "
+            f"{config.input.table}@{input_version}; the output holds one row per (key, partition)",
+            hint="deduplicate the input, add the distinguishing column to input.key, or narrow input.where",
+        )
+    if rows_read == 0:
+        raise InputError(
+            f"input: nothing to score in {config.input.table} at version {input_version}"
+            + (f" where {config.input.where}" if config.input.where else ""),
+            hint="check input.where (e.g. the partition date) and input.version; the output table was not touched",
+        )
+    selected_keys = source.select(*[f"`{c}`" for c in passthrough])
+    rejected = None
+    if rows_invalid:
+        if config.input.on_invalid_rows == "fail":
+            first = source.where(~valid).limit(1).collect()[0]
+            key = ", ".join(f"{k}={first[k]!r}" for k in config.input.key)
+            bad = [f for f in model.features if not _ok(first[f])]
+            raise InvalidRowsError(
+                f"input: {rows_invalid} selected row(s) have null, NaN, infinite or out-of-range (beyond float32) "
+                f"features, first at {key}: {', '.join(bad)}",
+                hint="clean the input, filter the rows out with input.where, or set input.on_invalid_rows: skip "
+                "to score the rest and set these aside in the quarantine table",
+            )
+        reporter.step(f"setting aside {rows_invalid} row(s) with invalid features (input.on_invalid_rows: skip)")
+        stamp = gates.Stamp(run_id, scored_at, passthrough)
+        reason = "invalid feature (null, NaN, infinite or beyond float32)"
+        cut = gates.split(source, valid, reason, "input", stamp, count=False)
+        source, rejected = cut.kept, cut.set_aside
+    output_exists = delta.latest_version(spark, config.output.table) is not None
+    output_rows = None
+    if output_exists:
+        output = spark.read.format("delta").load(config.output.table)
+        output_rows = output.count()
+        if dry_run:
+            partitions = _rows_to_replace(output, selected_keys, partitions, config, passthrough)
+    clock.lap("plan")
+    return Plan(
+        config=config,
+        model=model,
+        run_id=run_id,
+        scored_at=scored_at,
+        input_version=input_version,
+        rows_read=rows_read,
+        rows_rejected=rows_invalid,
+        partitions=tuple(partitions),
+        output_exists=output_exists,
+        output_rows=output_rows,
+        resumes=pinned_model is not None,
+        source=source,
+        rejected=rejected,
+    )
+
+
+def _ok(value: Any) -> bool:
+    from scoring.core.batching import FEATURE_LIMIT
+
+    if value is None:
+        return False
+    try:
+        return abs(float(value)) <= FEATURE_LIMIT
+    except (TypeError, ValueError):
+        return False
+
+
+def _profile(source, config: JobConfig, valid) -> tuple[list[Partition], int, int, str | None]:
+    """One pass over the selected rows: rows and invalid rows per output partition, and the first key that appears
+    twice in one partition (None when keys are unique)."""
+    from pyspark.sql import functions as F
+
+    keys = [*config.input.key, *[c for c in config.output.partition_by if c not in config.input.key]]
+    per_key = source.groupBy(*[F.col(f"`{c}`") for c in keys]).agg(
+        F.count(F.lit(1)).alias("_n"), F.sum(F.when(~valid, 1).otherwise(0)).alias("_bad")
+    )
+    dupes = per_key.where(F.col("_n") > 1).limit(1)
+    parts = config.output.partition_by
+    agg = per_key.groupBy(*[F.col(f"`{c}`") for c in parts]).agg(
+        F.sum("_n").alias("_rows"), F.sum("_bad").alias("_bad"), F.max("_n").alias("_max")
+    )
+    rows = agg.collect()
+    partitions = [Partition({c: r[c] for c in parts}, int(r["_rows"])) for r in rows if r["_rows"]]
+    partitions.sort(key=lambda p: tuple(str(v) for v in p.values.values()))
+    total = sum(int(r["_rows"] or 0) for r in rows)
+    bad = sum(int(r["_bad"] or 0) for r in rows)
+    duplicate = None
+    if any((r["_max"] or 0) > 1 for r in rows):
+        first = dupes.collect()[0]
+        duplicate = ", ".join(f"{c}={first[c]!r}" for c in keys)
+    return partitions, total, bad, duplicate
+
+
+def _rows_to_replace(output, selected_keys, partitions, config: JobConfig, passthrough) -> list[Partition]:
+    """For ``scoring plan``: per partition, the output rows whose (key, partition) the run selected."""
+    from pyspark.sql import functions as F
+
+    cond = [output[f"`{c}`"].eqNullSafe(selected_keys[f"`{c}`"]) for c in passthrough]
+    hit = output.join(selected_keys, on=cond, how="left_semi")
+    parts = config.output.partition_by
+    grouped = hit.groupBy(*[F.col(f"`{c}`") for c in parts]).agg(F.count(F.lit(1)).alias("_n"))
+    counts = {tuple(r[c] for c in parts): int(r["_n"]) for r in grouped.collect()}
+    return [dataclasses.replace(p, rows_in_output=counts.get(tuple(p.values.values()), 0)) for p in partitions]
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
 
 
 class _Clock:
@@ -162,7 +383,7 @@ class _Clock:
 
     def lap(self, phase: str) -> None:
         now = time.perf_counter()
-        self.laps[phase] = round(now - self._mark, 3)
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self._mark, 3)
         self._mark = now
 
     @property
@@ -170,188 +391,67 @@ class _Clock:
         return round(time.perf_counter() - self.started, 3)
 
 
-def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> RunSummary:
-    """Run a batch scoring job. Raises a :class:`~scoring.errors.ScoringError` (and commits nothing) on bad input."""
+def _session(config: JobConfig):
     from scoring.adapters import spark as spark_glue
 
+    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(config.runtime.batch_rows), **config.spark.conf}
+    spark = spark_glue.get_session(config.spark.master, conf, app_name=f"scoring:{config.name}")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.runtime.batch_rows))
+    return spark
+
+
+def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> RunRecord:
+    """Run a batch scoring job. Raises a :class:`~scoring.errors.ScoringError` (and commits nothing) on bad input."""
     reporter = reporter or LogReporter()
     clock = _Clock()
-    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    run_id = config.run_id or new_run_id(scored_at)
-
-    reporter.step(f"resolving {config.model.uri}")
-    model = registry.resolve_model(config.model.uri, config.model.tracking_uri, config.model.registry_uri)
-    reporter.step(f"model {model.name} version {model.version} ({', '.join(model.flavors)})")
-    clock.lap("resolve")
-
-    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(config.runtime.batch_rows), **config.spark.conf}
-    spark = spark or spark_glue.get_session(config.spark.master, conf, app_name=f"scoring:{config.name}")
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.runtime.batch_rows))
-    clock.lap("session")
-
-    plan = _plan(config, spark, model, run_id, scored_at, reporter)
-    clock.lap("plan")
+    spark = spark or _session(config)
     try:
-        with _runtime(config, model, plan.features, reporter) as predictor_spec:
+        the_plan = plan(config, spark=spark, reporter=reporter, timings=clock)
+        for line in the_plan.describe():
+            reporter.step(line)
+        with open_predictor(the_plan.config, the_plan.model, reporter) as predictor_spec:
             clock.lap("runtime")
-            written = _score_and_write(plan, spark, predictor_spec, reporter)
+            record = _score_and_write(the_plan, spark, predictor_spec, reporter)
             clock.lap("score_write")
     finally:
         reporter.close()
-    result = written.result
-    rows_written = result.rows_written if result.committed else 0
-    rows_quarantined = plan.rows_quarantined + written.rows_quarantined
-    if result.committed and rows_written + plan.rows_rejected + rows_quarantined != plan.rows_read:
-        raise OutputError(
-            f"run {run_id} read {plan.rows_read} rows but wrote {rows_written}, rejected {plan.rows_rejected} "
-            f"and quarantined {rows_quarantined}",
-            hint="this is a bug in scoring: please report it with the job config; "
-            f"the output commit is version {result.version} of {config.output.table}",
-        )
-    return RunSummary(
-        job=config.name,
-        run_id=run_id,
-        model_name=model.name,
-        model_version=model.version,
-        model_uri=model.uri,
-        requested_model_uri=model.requested_uri,
-        input_table=config.input.table,
-        input_version=plan.input_version,
-        output_table=config.output.table,
-        output_version_before=result.version_before,
-        output_version=result.version,
-        rows_read=plan.rows_read,
-        rows_written=rows_written,
-        rows_rejected=plan.rows_rejected,
-        rows_quarantined=rows_quarantined,
-        committed=result.committed,
-        elapsed_s=clock.elapsed_s,
-        backend=config.runtime.backend,
-        prediction_columns=written.prediction_columns,
-        timings_s=clock.laps,
-        quality={r.which: r.to_dict() for r in (plan.input_report, written.output_report) if r is not None},
-        quarantine_table=written.quarantine_table,
-    )
+    return dataclasses.replace(record, elapsed_s=clock.elapsed_s, timings_s=dict(clock.laps))
 
 
-def _plan(config: JobConfig, spark, model: registry.ModelRef, run_id: str, scored_at: dt.datetime, reporter) -> _Plan:
-    """Pin the snapshot, check the columns against the job and the model, count what will be scored."""
-    from pyspark.errors import AnalysisException
-    from pyspark.sql import functions as F
-
-    source, input_version = delta.read_snapshot(spark, config.input.table, config.input.version)
-    reporter.step(f"input {config.input.table} at version {input_version}")
-    features = _resolve_features(config, model, source.columns)
-    _check_columns(config, source.schema, features)
-    if config.input.where:
-        try:
-            source = source.where(config.input.where)
-        except AnalysisException as e:
-            raise InputError(
-                f"input.where: {config.input.where!r} is not a valid filter on {config.input.table}: {e.getMessage()}",
-                hint="write a Spark SQL boolean expression over the input's columns, e.g. ds = '2026-11-24'",
-            ) from None
-
-    passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
-    rows_read = source.count()
-    if rows_read == 0:
-        raise InputError(
-            f"input: nothing to score in {config.input.table} at version {input_version}"
-            + (f" where {config.input.where}" if config.input.where else ""),
-            hint="check input.where (e.g. the partition date) and input.version; the output table was not touched",
-        )
-    set_aside = []
-    rows_rejected = 0
-    if config.input.on_invalid_rows == "skip":
-        valid = None
-        for name in features:
-            ok = F.col(name).isNotNull()
-            if type(source.schema[name].dataType).__name__ in ("FloatType", "DoubleType"):
-                ok = ok & ~F.isnan(F.col(name))
-            valid = ok if valid is None else (valid & ok)
-        rows_rejected = source.where(~valid).count()
-        if rows_rejected == rows_read:
-            raise InputError(
-                f"input: all {rows_read} selected rows have null or NaN features",
-                hint="clean the input; nothing was written",
-            )
-        if rows_rejected:
-            reporter.step(f"skipping {rows_rejected} row(s) with null or NaN features (input.on_invalid_rows: skip)")
-            set_aside.append(
-                quality.quarantine_frame(
-                    source.where(~valid), F.lit("null or NaN feature"), "input", config.input.key, run_id, scored_at
-                )
-            )
-        source = source.where(valid)
-    input_report = None
-    rows_quarantined = 0
-    gate = config.quality.input
-    if gate.expectations:
-        reporter.step(f"input gate: {len(gate.expectations)} expectation(s)")
-        input_report = quality.evaluate(source, gate, "input", source=f"{config.input.table}@{input_version}")
-        if input_report.quarantined:
-            bad = quality.bad_row_condition(gate.expectations)
-            rows_quarantined = input_report.quarantined
-            reporter.step(f"quarantining {rows_quarantined} input row(s) that fail expectations")
-            set_aside.append(
-                quality.quarantine_frame(
-                    source.where(bad),
-                    quality.reason_column(gate.expectations),
-                    "input",
-                    config.input.key,
-                    run_id,
-                    scored_at,
-                )
-            )
-            source = source.where(~bad)
-    selected = source.select(*dict.fromkeys([*passthrough, *features]))
-    return _Plan(
-        config,
-        model,
-        features,
-        passthrough,
-        selected,
-        input_version,
-        rows_read,
-        rows_rejected,
-        rows_quarantined,
-        tuple(set_aside),
-        input_report,
-        run_id,
-        scored_at,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Written:
-    result: delta.WriteResult
-    prediction_columns: tuple[str, ...]
-    rows_quarantined: int
-    """Scored rows set aside by the output gate."""
-    output_report: Any
-    quarantine_table: str | None
-
-
-def _score_and_write(plan: _Plan, spark, predictor_spec, reporter: Reporter) -> _Written:
-    """Probe the model on a few rows, score everything, run the output gate, write it in one commit, then set
-    aside the quarantined rows."""
+def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> RunRecord:
+    """Probe, score, gate and check everything; then replace the selected rows of the output in one commit, then
+    append the set-aside rows to the quarantine table."""
     from scoring.adapters import spark as spark_glue
 
     config, model = plan.config, plan.model
+    stamp = gates.Stamp(plan.run_id, plan.scored_at, plan.passthrough)
+    set_aside = [plan.rejected]
+    rows_quarantined = 0
+    reports: dict[str, Any] = {}
+    source = plan.source
+    gate = config.quality.input
+    if gate.expectations:
+        reporter.step(f"input gate: {len(gate.expectations)} expectation(s)")
+        cut = gates.apply_gate(source, gate, "input", stamp, source=f"{config.input.table}@{plan.input_version}")
+        source, rows_quarantined = cut.kept, rows_quarantined + cut.count
+        set_aside.append(cut.set_aside)
+        reports["input"] = cut.report.to_dict()
+        if cut.count:
+            reporter.step(f"input gate set aside {cut.count} row(s) failing expectations")
+
     spec = ScoringSpec(
-        features=plan.features, passthrough=plan.passthrough, key=tuple(config.input.key), model=model.uri
+        features=model.features,
+        passthrough=plan.passthrough,
+        key=tuple(config.input.key),
+        model=model.uri,
+        allow_nonfinite=config.output.on_invalid_predictions == "quarantine",
     )
     try:
-        output_schema = spark_glue.probe_outputs(plan.selected.limit(PROBE_ROWS).toArrow(), spec, predictor_spec)
+        output_schema = probe(source.limit(PROBE_ROWS).toArrow(), spec, predictor_spec)
+    except ScoringError:
+        raise
     except Exception as e:
         raise _translate(e) from None
-    spec = dataclasses.replace(spec, output_schema=output_schema)
-    clash = set(output_schema.names) & {*plan.passthrough, *columns.LINEAGE}
-    if clash:
-        raise ModelError(
-            f"model {model.uri} outputs {sorted(clash)}, which clash with key, partition or lineage columns",
-            hint="rename the model's outputs or the input columns",
-        )
     lineage = Lineage(
         model_name=model.name,
         model_version=model.version,
@@ -360,146 +460,134 @@ def _score_and_write(plan: _Plan, spark, predictor_spec, reporter: Reporter) -> 
         scoring_run_id=plan.run_id,
         scored_at=plan.scored_at,
     )
-    scored = spark_glue.score_dataframe(plan.selected, spec, predictor_spec, lineage)
-    _check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
-    set_aside = list(plan.set_aside)
-    gate = config.quality.output
-    output_report, rows_quarantined, cached = None, 0, None
+    everything_set_aside = len(output_schema) == 0
+    spec = dataclasses.replace(spec, output_schema=output_schema)
+    scored = None if everything_set_aside else spark_glue.score_dataframe(source, spec, predictor_spec, lineage)
+    if scored is not None:
+        _check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
+    cached = None
     try:
-        if gate.expectations:
-            # The gate needs the scores before the commit: score once, keep them, check them, then write them.
+        needs_second_look = config.quality.output.expectations or config.output.on_invalid_predictions == "quarantine"
+        if scored is not None and needs_second_look:
+            # The checks need the scores before the commit: score once, keep them, check them, then write them.
             cached = scored = scored.persist()
-            reporter.step(
-                f"scoring {plan.rows_read} rows, then the output gate ({len(gate.expectations)} expectations)"
-            )
-            try:
-                output_report = quality.evaluate(scored, gate, "output", source=f"run {plan.run_id}")
-            except ScoringError:
-                raise
-            except Exception as e:
-                raise _translate(e) from None
-            if output_report.quarantined:
-                bad = quality.bad_row_condition(gate.expectations)
-                rows_quarantined = output_report.quarantined
-                set_aside.append(
-                    quality.quarantine_frame(
-                        scored.where(bad),
-                        quality.reason_column(gate.expectations),
+            reporter.step(f"scoring {plan.rows_read:,} rows, then checking the predictions")
+            with watch_spark(spark, reporter, "scoring"):
+                if config.output.on_invalid_predictions == "quarantine":
+                    cut = gates.split(
+                        scored,
+                        gates.finite_predictions([scored.schema[n] for n in output_schema.names]),
+                        "NaN or infinite prediction",
                         "output",
-                        config.input.key,
-                        plan.run_id,
-                        plan.scored_at,
+                        stamp,
                     )
-                )
-                scored = scored.where(~bad)
-        metadata = {
-            **lineage.as_json_dict(),
-            "job": config.name,
-            "backend": config.runtime.backend,
-            "requested_model_uri": model.requested_uri,
-            "input_table": config.input.table,
-            "input_where": config.input.where,
-            "rows_read": plan.rows_read,
-            "rows_rejected": plan.rows_rejected,
-            "rows_quarantined": plan.rows_quarantined + rows_quarantined,
-            "quality": {
-                r.which: {"success": r.success, "quarantined": r.quarantined}
-                for r in (plan.input_report, output_report)
-                if r is not None
-            },
-        }
+                    scored, rows_quarantined = cut.kept, rows_quarantined + cut.count
+                    set_aside.append(cut.set_aside)
+                if config.quality.output.expectations:
+                    cut = gates.apply_gate(scored, config.quality.output, "output", stamp, source=f"run {plan.run_id}")
+                    scored, rows_quarantined = cut.kept, rows_quarantined + cut.count
+                    set_aside.append(cut.set_aside)
+                    reports["output"] = cut.report.to_dict()
+        quarantined = gates.union(set_aside)
+        rows_rejected = plan.rows_rejected
+        record = RunRecord(
+            job=config.name,
+            run_id=plan.run_id,
+            model_name=model.name,
+            model_version=model.version,
+            model_uri=model.uri,
+            requested_model_uri=config.model.uri,
+            input_table=config.input.table,
+            input_version=plan.input_version,
+            output_table=config.output.table,
+            scored_at=plan.scored_at.isoformat(),
+            backend=config.runtime.backend,
+            input_where=config.input.where,
+            rows_read=plan.rows_read,
+            rows_written=plan.rows_read - rows_rejected - rows_quarantined,
+            rows_rejected=rows_rejected,
+            rows_quarantined=rows_quarantined,
+            prediction_columns=tuple(output_schema.names),
+            partitions=tuple(p.to_dict() for p in plan.partitions),
+            quality=reports,
+            quarantine_table=config.quarantine_table if quarantined is not None else None,
+        )
+        if scored is None:
+            scored = _empty_output(spark, config.output.table, source, plan.passthrough)
         reporter.step(f"writing {config.output.table} (run {plan.run_id})")
+        fault_point("before-output-commit")
         try:
             with watch_spark(spark, reporter, "scoring"):
-                result = delta.write_predictions(
+                result = delta.write_scoped(
                     scored,
+                    None if quarantined is None else quarantined.select(*[f"`{c}`" for c in plan.passthrough]),
                     config.output.table,
+                    key=config.input.key,
                     partition_by=config.output.partition_by,
-                    run_id=plan.run_id,
-                    metadata=metadata,
+                    partitions=[tuple(p.values.values()) for p in plan.partitions],
+                    txn=txn_for(plan.run_id),
+                    metadata=record.to_commit_metadata(),
                 )
-                if set_aside and result.committed:
-                    quarantined = set_aside[0]
-                    for frame in set_aside[1:]:
-                        quarantined = quarantined.unionByName(frame, allowMissingColumns=True)
-                    delta.append_once(quarantined, config.quarantine_table, app_id=f"scoring-quarantine:{plan.run_id}")
         except ScoringError:
             raise
         except Exception as e:
             raise _translate(e) from None
+        fault_point("after-output-commit")
+        # From here on the output is committed: nothing below may report the run as failed for the user's reason.
+        if quarantined is not None:
+            _write_quarantine(quarantined, config, plan.run_id, result)
+        fault_point("after-quarantine-commit")
     finally:
         if cached is not None:
             cached.unpersist()
-    return _Written(
-        result,
-        tuple(output_schema.names),
-        rows_quarantined,
-        output_report,
-        config.quarantine_table if set_aside else None,
+    warnings = []
+    if result.committed and result.rows_written != record.rows_written:
+        warnings.append(
+            f"the output commit (version {result.version}) wrote {result.rows_written} rows, the run expected "
+            f"{record.rows_written}: please report this with the job config"
+        )
+        _LOGGER.error("%s", warnings[-1])
+    found_version = (
+        result.version if result.committed else delta.find_commit(spark, config.output.table, txn_for(plan.run_id))[0]
+    )
+    return dataclasses.replace(
+        record,
+        output_version_before=result.version_before,
+        output_version=found_version,
+        rows_written=result.rows_written if result.committed else record.rows_written,
+        rows_replaced=result.rows_replaced,
+        rows_kept=result.rows_kept,
+        committed=result.committed,
+        completed_earlier_attempt=plan.resumes,
+        warnings=tuple(warnings),
     )
 
 
-@contextlib.contextmanager
-def _runtime(config: JobConfig, model: registry.ModelRef, features: tuple[str, ...], reporter: Reporter):
-    """The predictor spec for the configured backend; with ``launch: auto``, a sidecar for the run's duration."""
-    if config.runtime.backend == "embedded":
-        yield EmbeddedSpec(
-            model_uri=model.uri,
-            local_path=model.local_path,
-            flavors=model.flavors,
-            features=features,
-            threads=config.runtime.embedded.threads,
-            tracking_uri=model.tracking_uri,
-            registry_uri=model.registry_uri,
+def _write_quarantine(quarantined, config: JobConfig, run_id: str, result: delta.WriteResult) -> None:
+    """Append the set-aside rows once per run id; the output is already committed, so a failure here says how to
+    finish the run instead of claiming nothing was committed."""
+    try:
+        delta.append_once(quarantined, config.quarantine_table, txn=quarantine_txn_for(run_id))
+    except Exception as e:
+        found = e if isinstance(e, ScoringError) else _translate(e)
+        raise OutputError(
+            f"the output commit of run {run_id} landed (version {result.version} of {config.output.table}), but "
+            f"writing its set-aside rows to {config.quarantine_table} failed: {found}",
+            hint=f"run the job again with --set run_id={run_id}: it finds the committed output and writes only the "
+            "missing quarantine rows",
+        ) from None
+
+
+def _empty_output(spark, path: str, source, passthrough):
+    """No row was scored (every selected row was set aside): an empty frame shaped like the output, so the commit
+    still removes the set-aside rows' old scores."""
+    if delta.latest_version(spark, path) is None:
+        raise InputError(
+            "every selected row was set aside (see the quarantine table), and the output table does not exist yet, "
+            "so there is no schema to create it with",
+            hint="fix the input rows or the gates; nothing was written",
         )
-        return
-    from scoring.adapters import triton_export
-    from scoring.adapters.triton import TritonSpec
-
-    triton = config.runtime.triton
-    spec = functools.partial(
-        TritonSpec,
-        model_uri=model.uri,
-        model_name=triton_export.triton_model_name(model),
-        model_version=model.version,
-        features=features,
-        protocol=triton.protocol,
-        shared_memory=triton.shared_memory,
-        timeout_s=triton.timeout_s,
-        max_retries=triton.max_retries,
-        batch_rows=triton.batch_rows,
-        max_inflight=triton.max_inflight,
-    )
-    if triton.launch == "external":
-        yield spec(url=triton.url or ("127.0.0.1:8001" if triton.protocol == "grpc" else "127.0.0.1:8000"))
-        return
-    from scoring.adapters import triton_server
-    from scoring.adapters.triton import serves
-
-    name = triton_export.triton_model_name(model)
-    if triton.url and serves(triton.url, triton.protocol, name, model.version):
-        reporter.step(f"a Triton server at {triton.url} already serves {name} version {model.version}; using it")
-        yield spec(url=triton.url)
-        return
-
-    with contextlib.ExitStack() as stack:
-        repository = triton.repository or stack.enter_context(tempfile.TemporaryDirectory(prefix="scoring-repo-"))
-        export = triton_export.export_model(
-            model, repository, target=triton.target, model_config=triton.model, n_features=len(features)
-        )
-        reporter.step(f"starting a Triton sidecar for {export.model_name} version {export.version} ({repository})")
-        handle = stack.enter_context(
-            triton_server.running_server(
-                repository, models=[export.model_name], ready_timeout_s=max(60.0, triton.timeout_s)
-            )
-        )
-        reporter.step(f"sidecar ready: grpc {handle.grpc_url}, http {handle.http_url}")
-        try:
-            yield spec(url=handle.grpc_url if triton.protocol == "grpc" else handle.http_url)
-        finally:
-            from scoring.adapters.runtime import forget_all
-
-            forget_all()  # the driver's client points at a server that is about to stop
+    return spark.read.format("delta").load(path).limit(0)
 
 
 def _check_output_schema(spark, path: str, schema, partition_by: list[str]) -> None:

@@ -117,7 +117,9 @@ def test_a_retry_with_the_same_run_id_does_not_commit_twice(spark, lake):
     version = delta_version(lake.root / "retry_out")
     retry = _run(spark, lake, "retry_out", run_id="nightly-2026-11-24-try1")
     assert first.committed and not retry.committed
-    assert retry.rows_written == 0
+    # the retry reports the committed attempt's figures and commit, and writes nothing again
+    assert retry.rows_written == first.rows_written and retry.output_version == first.output_version
+    assert retry.completed_earlier_attempt
     assert delta_version(lake.root / "retry_out") == version
     assert read_delta(lake.root / "retry_out").num_rows == lake.table.num_rows
     # a new run id is a legitimate re-run, never mistaken for a retry

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as dt
 import pickle
 from pathlib import Path
@@ -61,8 +62,40 @@ def test_score_batch_keeps_passthrough_columns_and_appends_predictions():
 
 
 def test_a_nan_feature_names_the_row_key_and_the_column():
-    with pytest.raises(InvalidRowsError, match=r"1 row\(s\) in this batch, first at id=11: null or NaN in b"):
+    with pytest.raises(InvalidRowsError, match=r"1 row\(s\) in this batch, first at id=11: null, NaN, .* in b"):
         score_batch(_batch(b=(4.0, float("nan"), 6.0)), Linear(), SPEC)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), 1e39, -3.5e38])
+def test_an_infinite_or_float32_overflowing_feature_is_invalid_too(bad):
+    with pytest.raises(InvalidRowsError, match=r"first at id=12: .* in b"):
+        score_batch(_batch(b=(4.0, 5.0, bad)), Linear(), SPEC)
+
+
+def test_the_largest_float32_feature_is_still_valid():
+    score_batch(_batch(b=(4.0, 5.0, float(np.finfo(np.float32).max))), Linear(), SPEC)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_nonfinite_prediction_fails_the_batch_naming_the_key(bad):
+    class Bad:
+        def predict(self, features):
+            return pa.RecordBatch.from_arrays([pa.array([1.0, bad, 2.0])], names=[columns.PREDICTION])
+
+    with pytest.raises(OutputValidationError, match=r"NaN or infinite predictions for 1 row\(s\).*first at id=11"):
+        score_batch(_batch(), Bad(), SPEC)
+    out = score_batch(_batch(), Bad(), dataclasses.replace(SPEC, allow_nonfinite=True))
+    assert out.num_rows == 3
+
+
+def test_a_nonfinite_value_inside_a_list_prediction_is_found():
+    class Probabilities:
+        def predict(self, features):
+            values = pa.array([[0.5, 0.5], [0.1, float("nan")], [1.0, 0.0]], type=pa.list_(pa.float32()))
+            return pa.RecordBatch.from_arrays([values], names=["probabilities"])
+
+    with pytest.raises(OutputValidationError, match="first at id=11"):
+        score_batch(_batch(), Probabilities(), SPEC)
 
 
 def test_a_wrong_row_count_is_caught_before_anything_is_written():

@@ -1,0 +1,57 @@
+"""Resolve the model once, to an immutable version, and settle which columns it takes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from scoring.adapters import registry
+from scoring.config import JobConfig
+from scoring.errors import ModelError
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedModel:
+    """A resolved model version and the feature columns it takes, in order."""
+
+    ref: registry.ModelRef
+    features: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def version(self) -> str:
+        return self.ref.version
+
+    @property
+    def uri(self) -> str:
+        return self.ref.uri
+
+
+def prepare_model(config: JobConfig, *, uri: str | None = None) -> PreparedModel:
+    """Resolve ``model.uri`` (or `uri`, e.g. the exact version a committed attempt used) and its features."""
+    ref = registry.resolve_model(uri or config.model.uri, config.model.tracking_uri, config.model.registry_uri)
+    return PreparedModel(ref, resolve_features(config, ref))
+
+
+def resolve_features(config: JobConfig, model: registry.ModelRef) -> tuple[str, ...]:
+    """``input.features`` checked against the model's MLflow signature, or the signature's names when not given."""
+    signature = registry.signature_inputs(model)
+    if config.input.features is not None:
+        features = tuple(config.input.features)
+        if signature is not None:
+            expected = [name for name, _ in signature]
+            if sorted(expected) != sorted(features):
+                raise ModelError(
+                    f"model {model.uri} expects features {expected} (its MLflow signature), "
+                    f"but input.features is {list(features)}",
+                    hint="make input.features match the model's signature, or leave input.features out to use it",
+                )
+        return features
+    if signature is None:
+        raise ModelError(
+            f"model {model.uri} has no named inputs in its MLflow signature, so the features are unknown",
+            hint="list the feature columns in input.features, in the order the model was trained on",
+        )
+    return tuple(name for name, _ in signature)

@@ -84,6 +84,7 @@ class ServerHandle:
     http_port: int
     grpc_port: int
     metrics_port: int
+    """The metrics port on loopback; 0 when the server runs with metrics disabled (see `metrics_enabled`)."""
     repository: str
     """Absolute path of the model repository served."""
     workdir: str
@@ -92,6 +93,9 @@ class ServerHandle:
     """The server's log (stdout and stderr), inside `workdir`."""
     owns_workdir: bool = True
     """True when the launcher created `workdir` and :func:`stop_server` removes it; False when the caller gave it."""
+    metrics_enabled: bool = True
+    """False when the launcher could not confirm that this server binds metrics to loopback only and started it with
+    ``--allow-metrics=false`` instead (see :func:`_metrics_args`)."""
 
     @property
     def grpc_url(self) -> str:
@@ -104,8 +108,10 @@ class ServerHandle:
         return f"{self.host}:{self.http_port}"
 
     @property
-    def metrics_url(self) -> str:
-        """The Prometheus metrics endpoint."""
+    def metrics_url(self) -> str | None:
+        """The Prometheus metrics endpoint; None when metrics are disabled."""
+        if not self.metrics_enabled:
+            return None
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def to_json(self) -> dict[str, Any]:
@@ -260,6 +266,32 @@ def _free_ports(count: int) -> list[int]:
 # --- start / stop -------------------------------------------------------------------------------------------------
 
 
+def metrics_on_loopback(flags: frozenset[str]) -> bool:
+    """Whether a server with these ``--help`` flags can bind its metrics endpoint to loopback only."""
+    return "--metrics-address" in flags
+
+
+def _metrics_args(flags: frozenset[str], metrics_port: int) -> list[str]:
+    """Metrics on loopback only, or no metrics at all: this fails closed.
+
+    A server without ``--metrics-address`` binds its metrics port to every interface, so when the flag cannot be
+    confirmed (``--help`` failed, printed nothing, or does not list it) the server runs with ``--allow-metrics=false``.
+    """
+    if metrics_on_loopback(flags):
+        return [f"--metrics-port={metrics_port}", f"--metrics-address={LOOPBACK}"]
+    why = (
+        "`tritonserver --help` failed or listed no flags"
+        if not flags
+        else "`tritonserver --help` does not list --metrics-address"
+    )
+    _LOGGER.warning(
+        "cannot confirm that this tritonserver binds metrics to loopback only (%s): starting it with metrics "
+        "disabled (--allow-metrics=false) rather than on all interfaces",
+        why,
+    )
+    return ["--allow-metrics=false"]
+
+
 def _command(
     binary: Path,
     repository: Path,
@@ -269,8 +301,11 @@ def _command(
     metrics_port: int,
     models: Sequence[str] | None,
     extra_args: Sequence[str],
+    flags: frozenset[str] | None = None,
 ) -> list[str]:
-    flags = _supported_flags(str(binary))
+    """The ``tritonserver`` command line; `flags` are what its ``--help`` lists (read from `binary` if None)."""
+    if flags is None:
+        flags = _supported_flags(str(binary))
     cmd = [
         str(binary),
         f"--model-repository={repository}",
@@ -279,15 +314,9 @@ def _command(
         f"--http-port={http_port}",
         f"--grpc-address={LOOPBACK}",
         f"--grpc-port={grpc_port}",
-        f"--metrics-port={metrics_port}",
+        *_metrics_args(flags, metrics_port),
         f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
     ]
-    if "--metrics-address" in flags:
-        cmd.append(f"--metrics-address={LOOPBACK}")
-    else:  # older servers bind metrics to all interfaces; say so rather than hide it
-        _LOGGER.warning(
-            "this tritonserver has no --metrics-address: its metrics port %d is not loopback-only", metrics_port
-        )
     caches = _tritonserver_root() / "caches"
     if caches.is_dir() and "--cache-directory" in flags:
         cmd.append(f"--cache-directory={caches}")
@@ -436,9 +465,16 @@ def _start_once(
     proc: subprocess.Popen[bytes] | None = None
     try:
         backends = _prepare_backends(work)
-        cmd = _command(binary, repo, backends, http_port, grpc_port, metrics_port, models, extra_args)
+        flags = _supported_flags(str(binary))
+        metrics_enabled = metrics_on_loopback(flags)
+        metrics_port = metrics_port if metrics_enabled else 0
+        cmd = _command(binary, repo, backends, http_port, grpc_port, metrics_port, models, extra_args, flags)
         _LOGGER.info(
-            "starting tritonserver for %s (http %d, grpc %d, metrics %d)", repo, http_port, grpc_port, metrics_port
+            "starting tritonserver for %s (http %d, grpc %d, metrics %s)",
+            repo,
+            http_port,
+            grpc_port,
+            metrics_port if metrics_enabled else "off",
         )
         _LOGGER.debug("tritonserver command: %s", cmd)
         with open(log_path, "wb") as log:  # a fresh log: failures are read from it
@@ -462,6 +498,7 @@ def _start_once(
             workdir=str(work),
             log_path=str(log_path),
             owns_workdir=owns_workdir,
+            metrics_enabled=metrics_enabled,
         )
         _wait_ready(handle, proc, ready_timeout_s, models)
         return handle

@@ -337,3 +337,38 @@ def test_the_executor_pod_template_runs_tritonserver_on_loopback_sharing_an_in_m
     assert len(shm) == 1
     for container in containers.values():
         assert {"name": shm[0], "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every socket the process listens on; IPv4-mapped IPv6 addresses as IPv4."""
+    import ipaddress
+
+    import psutil
+
+    found = set()
+    for conn in psutil.Process(pid).net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN:
+            address = ipaddress.ip_address(conn.laddr.ip)
+            found.add((str(getattr(address, "ipv4_mapped", None) or address), conn.laddr.port))
+    return found
+
+
+def test_a_server_whose_metrics_address_cannot_be_confirmed_runs_with_metrics_off_not_on_every_interface(
+    repository, monkeypatch, caplog
+):
+    """Fail closed: the real server, told by a `--help` without --metrics-address, starts with metrics disabled."""
+    flags = ts._supported_flags(str(ts.find_tritonserver()))
+    assert "--metrics-address" in flags  # the bundled server has it: we take it away
+    monkeypatch.setattr(ts, "_supported_flags", lambda binary: flags - {"--metrics-address"})
+    with caplog.at_level("WARNING", logger=ts.__name__):
+        handle = ts.start_server(repository, ready_timeout_s=START_TIMEOUT_S)
+    try:
+        assert not handle.metrics_enabled and handle.metrics_url is None and handle.metrics_port == 0
+        argv = Path(f"/proc/{handle.pid}/cmdline").read_bytes().decode().split("\0")
+        assert "--allow-metrics=false" in argv
+        assert _listening(handle.pid) == {(ts.LOOPBACK, handle.http_port), (ts.LOOPBACK, handle.grpc_port)}
+        assert ts.model_ready(handle, MODEL)
+        assert any("--allow-metrics=false" in r.getMessage() for r in caplog.records)
+    finally:
+        ts.stop_server(handle)
+        kill_leftover(handle.pid)

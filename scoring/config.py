@@ -279,8 +279,11 @@ class OutputConfig(_Strict):
     table: str
     """Path (or URI) of the output Delta table. Created on the first run."""
     partition_by: list[str] = []
-    """Partition columns (input columns copied to the output). A re-run replaces exactly the partitions it scored;
-    an unpartitioned output is replaced whole by each run."""
+    """Partition columns (input columns copied to the output). A run replaces exactly the (key, partition) rows it
+    selected and keeps every other row; the first run creates the table with this partitioning."""
+    on_invalid_predictions: Literal["fail", "quarantine"] = "fail"
+    """A prediction that is NaN or infinite: ``fail`` the run naming the row's key (nothing is written), or
+    ``quarantine`` the row (it goes to the quarantine table with the reason, and the rest is written)."""
 
     _listify = field_validator("partition_by", mode="before")(_as_list)
 

@@ -307,20 +307,32 @@ def show(
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 10,
 ) -> None:
     """Show a few rows and the commit history of a Delta table (read with delta-rs, no Spark)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from scoring.adapters import deltalog
 
     try:
-        dt = DeltaTable(table)
-    except TableNotFoundError:
-        _fail(ScoringError(f"no Delta table at {table}", hint="pass the path of a Delta table"))
+        snap = deltalog.snapshot(table)
+        if snap is None:
+            raise ScoringError(f"no Delta table at {table}", hint="pass the path of a Delta table")
+        data = snap.dataset().head(limit).to_pandas()
+        commits = deltalog.history(table, 5)
+    except ScoringError as e:
+        _fail(e)
         return
-    data = dt.to_pyarrow_table().slice(0, limit).to_pandas()
-    out.print(f"[bold]{table}[/bold] version {dt.version()}")
-    out.print(data.to_string(index=False))
+    out.print(f"[bold]{table}[/bold] version {snap.version}, {len(snap.columns)} columns")
+    text = data.to_string(index=False)
+    if max(map(len, text.splitlines()), default=0) <= out.width:
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:  # too wide for the terminal: one block per row, one line per column
+        width = max(map(len, data.columns), default=0)
+        for number, row in enumerate(data.itertuples(index=False), start=1):
+            out.print(f"-- row {number} --", markup=False, highlight=False)
+            for name, value in zip(data.columns, row, strict=True):
+                shown = str(value) if len(str(value)) <= 120 else str(value)[:119] + "…"
+                out.print(f"  {name:<{width}}  {shown}", markup=False, highlight=False, soft_wrap=True)
     out.print("\n[bold]history[/bold]")
-    for entry in dt.history(5):
-        out.print(f"  v{entry.get('version')} {entry.get('operation')} {entry.get('userMetadata', '')}")
+    for commit in commits:
+        line = f"  v{commit.version} {commit.operation} {commit.user_metadata or ''}".rstrip()
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

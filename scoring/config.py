@@ -792,7 +792,7 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any) -> _Path:
             child = node[key] = {}
         elif not isinstance(child, (dict, list)):
             raise ConfigError(
-                f"{_SET} {dotted}: {_dotted((*done, key))} is {_show(child)} ({_kind(child)}), not a mapping",
+                f"{_SET} {dotted}: {_dotted((*done, key))} is {_show(child)} ({_kind(child)}), not a mapping or a list",
                 hint=f"set the whole {_dotted((*done, key))} instead, or drop the --set or key that made it "
                 f"{_kind(child)}",
             )

@@ -508,8 +508,10 @@ def test_a_set_index_outside_a_list_is_refused(index):
 
 
 def test_a_set_below_a_value_that_is_not_a_mapping_is_refused():
-    with pytest.raises(ConfigError, match=r"--set input\.table: input is 3 \(an integer\), not a mapping"):
+    with pytest.raises(ConfigError, match=r"--set input\.table: input is 3 \(an integer\), not a mapping or a list"):
         build_job_config(BASE, overrides=["input=3", "input.table=/x"])
+    with pytest.raises(ConfigError, match=r"--set input\.key\.0: input\.key is 'id' \(a string\), not a mapping"):
+        build_job_config(BASE, overrides=["input.key.0=x"])
 
 
 def test_a_set_value_that_is_not_valid_yaml_is_refused_with_a_quoting_hint():

@@ -118,7 +118,7 @@ trees = st.recursive(
 )
 paths = st.sampled_from(SCHEMA_PATHS).map(list) | st.lists(keys, min_size=1, max_size=4)
 
-FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")

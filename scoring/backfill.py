@@ -188,40 +188,27 @@ def _day(value: Any) -> str:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
-def _dataset(path: str):
-    """The Delta table at `path` as ``(DeltaTable, pyarrow Dataset)``, or None when there is no table there."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+def _snapshot(path: str, key: str, partition_column: str):
+    """The table at `path` (delta-rs, :mod:`scoring.adapters.deltalog`), checked to have `partition_column`; None
+    when there is no table there."""
+    from scoring.adapters import deltalog
 
-    try:
-        table = DeltaTable(path)
-    except TableNotFoundError:
-        return None
-    return table, table.to_pyarrow_dataset()
-
-
-def _in_days(dataset, path: str, partition_column: str, days: Sequence[str] | None):
-    """A filter on `days`, typed as the table's partition column (a string or a date column both work)."""
-    import pyarrow.compute as pc
-
-    if partition_column not in dataset.schema.names:
+    snap = deltalog.snapshot(path, key=key)
+    if snap is not None and partition_column not in snap.columns:
         raise InputError(
-            f"partition_column: {partition_column!r} is not a column of {path} (it has {dataset.schema.names})",
+            f"partition_column: {partition_column!r} is not a column of {path} (it has {list(snap.columns)})",
             hint="set partition_column to the column that holds the day",
         )
-    if days is None:
-        return None
-    kind = dataset.schema.field(partition_column).type
-    return pc.field(partition_column).isin(pa.array(list(days), pa.string()).cast(kind))
+    return snap
 
 
 def _read(path: str, wanted: Sequence[str], partition_column: str, days: Sequence[str] | None) -> pa.Table | None:
     """`wanted` columns of the Delta table at `path` (restricted to `days`), or None when there is no table."""
-    found = _dataset(path)
-    if found is None:
+    from scoring.adapters import deltalog
+
+    if _snapshot(path, "output.table", partition_column) is None:
         return None
-    _, dataset = found
-    return dataset.to_table(columns=list(wanted), filter=_in_days(dataset, path, partition_column, days))
+    return deltalog.read(path, wanted, column=partition_column, values=days, key="output.table")
 
 
 def read_scored_partitions(
@@ -247,27 +234,17 @@ def read_input_rows(
 ) -> dict[str, int]:
     """``{day: rows}`` of the input table (only `days`, when given), read with delta-rs; days without rows are absent.
 
-    When the table is partitioned by `partition_column`, rows are counted from the Parquet footers of the day's
-    files (no data is read); otherwise the column is read.
+    When the table is partitioned by `partition_column`, rows are counted from the Delta log's file statistics (no
+    data is read); otherwise the column is read.
     """
-    import pyarrow.dataset as pds
+    from scoring.adapters import deltalog
 
-    found = _dataset(input_table)
-    if found is None:
+    snap = _snapshot(input_table, "input.table", partition_column)
+    if snap is None:
         raise InputError(f"input.table: {input_table} is not a Delta table", hint="check input.table in the job config")
-    table, dataset = found
-    where = _in_days(dataset, input_table, partition_column, days)
-    counts: dict[str, int] = {}
-    if partition_column in table.metadata().partition_columns:
-        for fragment in dataset.get_fragments(filter=where):
-            day = pds.get_partition_keys(fragment.partition_expression).get(partition_column)
-            if day is not None:
-                counts[_day(day)] = counts.get(_day(day), 0) + fragment.count_rows()
-    else:
-        grouped = dataset.to_table(columns=[partition_column], filter=where).group_by(partition_column)
-        for count in grouped.aggregate([([], "count_all")]).to_pylist():
-            counts[_day(count[partition_column])] = int(count["count_all"])
-    return {day: n for day, n in counts.items() if n > 0}
+    if partition_column in snap.partition_columns:
+        return deltalog.partition_rows(snap, partition_column, days)
+    return deltalog.value_rows(snap, partition_column, days)
 
 
 def plan_frame(plan: Sequence[PlanEntry], partition_column: str = "ds") -> pd.DataFrame:
@@ -477,10 +454,10 @@ def plot_distribution(
     """
     from matplotlib.figure import Figure
 
-    found = _dataset(output_table)
-    if found is None:
+    snap = _snapshot(output_table, "output.table", partition_column)
+    if snap is None:
         return None
-    schema = found[1].schema
+    schema = snap.dataset().schema
     column = score_column(schema, {partition_column, *exclude})
     if column is None:
         _LOGGER.warning("output table %s has no numeric prediction column to plot", output_table)

@@ -29,15 +29,21 @@ _DEBUG = False
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Quiet by default: scoring's progress, its warnings and everyone's errors. Verbose: scoring's every step, and all
+    that Spark (its log4j, Ivy's resolution of the Delta jars) and MLflow print (see scoring.progress.verbose)."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("scoring").setLevel(logging.INFO if verbose else logging.WARNING)
-    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("scoring.progress").setLevel(logging.INFO)  # progress lines (outside a terminal) show either way
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # a line for every call into the JVM, even with -v
+    if not verbose:
+        for noisy in ("mlflow", "alembic", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @app.callback()
@@ -45,7 +51,15 @@ def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks instead of plain error messages.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Log each step, and show all that Spark, Ivy and MLflow print "
+            "(by default: progress, warnings and errors only).",
+        ),
+    ] = False,
 ) -> None:
     global _DEBUG
     _DEBUG = debug

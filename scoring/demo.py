@@ -5,9 +5,13 @@ Everything here is generated locally: no data set or model is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +90,31 @@ def _signature(table: pa.Table, features: Sequence[str], model):
     from mlflow.models import infer_signature
 
     sample = table.slice(0, 5).select(list(features)).to_pandas()
-    return infer_signature(sample, pd.Series(model.predict(sample.to_numpy())))
+    with warnings.catch_warnings():
+        # A classifier's labels are integers and never missing: MLflow's hint about missing integers does not apply.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
+        return infer_signature(sample, pd.Series(model.predict(sample.to_numpy())))
+
+
+_MLFLOW_CHATTER = ("Successfully registered model", "Created version", "Registered model")
+
+
+@contextlib.contextmanager
+def _mlflow_chatter_held() -> Iterator[None]:
+    """MLflow prints each registration on stderr itself; unless scoring is verbose, leave those lines out and show the
+    rest of what it printed (its warnings) afterwards."""
+    from scoring.progress import verbose
+
+    if verbose():
+        yield
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        lines = printed.getvalue().splitlines(keepends=True)
+        sys.stderr.write("".join(line for line in lines if not line.startswith(_MLFLOW_CHATTER)))
 
 
 def register(
@@ -107,7 +135,7 @@ def register(
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     signature = _signature(table, features, model)
-    with mlflow.start_run(run_name=f"train-{name}"):
+    with _mlflow_chatter_held(), mlflow.start_run(run_name=f"train-{name}"):
         if flavor == "onnx":
             from scoring.adapters.onnx import sklearn_to_onnx
 

@@ -39,36 +39,75 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
 
     Under ``spark-submit`` the session (and its ``--packages``) already exist and are reused. Otherwise a local
     session is built and the Delta jars are resolved through Spark's package resolution (cached after the first run).
+
+    Unless scoring logs at INFO (:func:`scoring.progress.verbose`, ``scoring -v``), the JVM this starts is quiet: what
+    it prints while starting (Ivy's resolution report, JVM notices) is shown only if it fails to start, and its log4j
+    logs only errors (``scoring/resources/log4j2.properties``). A setting in `conf` that only takes effect when the
+    JVM starts (``spark.driver.memory``, ``spark.jars.packages``, ...) but comes too late is warned about, not dropped
+    silently.
     """
+    from pathlib import Path
+
+    from pyspark import SparkConf, SparkContext
     from pyspark.errors import PySparkRuntimeError
+    from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
 
+    from scoring.progress import HeldOutput, verbose
+
+    conf = dict(conf or {})
     active = SparkSession.getActiveSession()
     if active is not None:
-        for key, value in (conf or {}).items():
+        for key, value in conf.items():
             _try_set(active, key, value)
         return active
-    builder = SparkSession.builder.appName(app_name)
+    options = {"spark.app.name": app_name}
     running_under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT")
     if master or not running_under_submit:
-        builder = builder.master(master or "local[*]")
+        options["spark.master"] = master or "local[*]"
         if (master or "local").startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             # Python workers must run the driver's interpreter (its virtual environment has the packages).
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            for key, value in LOCAL_DEFAULTS.items():
-                builder = builder.config(key, value)
-    for key, value in {**DEFAULTS, **(conf or {})}.items():
+            options.update(LOCAL_DEFAULTS)
+    options.update({**DEFAULTS, **conf})
+    packages = [delta_package(), *filter(None, conf.get("spark.jars.packages", "").split(","))]
+    options["spark.jars.packages"] = ",".join(dict.fromkeys(packages))
+    # A JVM that is already up (spark-submit's, or a stopped session's) keeps what it was started with.
+    jvm_running = SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ
+    connect = "SPARK_REMOTE" in os.environ or "spark.remote" in options
+    quiet = not verbose() and not jvm_running and not connect
+    if quiet and "log4j2.configurationFile" not in options.get("spark.driver.extraJavaOptions", ""):
+        log4j = Path(__file__).resolve().parents[1] / "resources" / "log4j2.properties"
+        java_options = f"-Dlog4j2.configurationFile={log4j.as_uri()} {options.get('spark.driver.extraJavaOptions', '')}"
+        options["spark.driver.extraJavaOptions"] = java_options.strip()
+    builder = SparkSession.builder
+    for key, value in options.items():
         builder = builder.config(key, value)
-    packages = [delta_package(), *filter(None, (conf or {}).get("spark.jars.packages", "").split(","))]
-    builder = builder.config("spark.jars.packages", ",".join(dict.fromkeys(packages)))
     for attempt in (1, 2):
+        held = HeldOutput() if quiet else None
         try:
-            return builder.getOrCreate()
+            if held is not None:
+                # The gateway JVM pyspark would start, started here with its stderr in a pipe we hold; pyspark's
+                # SparkContext then connects to it (private API, unchanged since pyspark 2).
+                with SparkContext._lock:
+                    if SparkContext._gateway is None:
+                        gateway = launch_gateway(SparkConf().setAll(options.items()), popen_kwargs={"stderr": held.fd})
+                        SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
+                held.started()
+            session = builder.getOrCreate()
         except PySparkRuntimeError as e:  # JAVA_GATEWAY_EXITED happens now and then at start-up; once more
-            if attempt == 2 or "JAVA_GATEWAY_EXITED" not in str(e):
+            last = attempt == 2 or "JAVA_GATEWAY_EXITED" not in str(e)
+            if held is not None:
+                held.failed(show=last)
+            if last:
                 raise
             _LOGGER.warning("Spark's JVM exited at start-up; trying once more")
+            continue
+        if jvm_running:
+            for key, value in conf.items():
+                _try_set(session, key, value, started=False)
+        return session
     raise AssertionError("unreachable")
 
 
@@ -120,11 +159,50 @@ def spark_submit_env() -> dict[str, str]:
     return env
 
 
-def _try_set(session, key: str, value: str) -> None:
-    try:
-        session.conf.set(key, value)
-    except Exception:  # static settings cannot change on a running session
-        _LOGGER.debug("cannot change %s on a running session", key)
+def _try_set(session, key: str, value: str, *, started: bool = True) -> None:
+    """Apply a job's ``spark.conf`` `key` to a `session` that was running already (`started`), or that was just created
+    on a JVM that was (spark-submit's); warn, naming the key and the remedy, when it cannot take effect there."""
+    read_at_jvm_start = (
+        "spark.driver.memory",
+        "spark.driver.extraJavaOptions",
+        "spark.driver.extraClassPath",
+        "spark.driver.extraLibraryPath",
+        "spark.jars.packages",
+        "spark.jars.repositories",
+        "spark.jars.ivy",
+        "spark.jars.ivySettings",
+        "spark.jars.excludes",
+    )
+    if started:
+        try:
+            session.conf.set(key, value)
+            return
+        except Exception:  # a static setting: the session keeps the value it started with
+            try:
+                current = session.conf.get(key, None)
+            except Exception:  # not readable either
+                current = None
+    elif key in read_at_jvm_start:  # the new session has `value` in its conf; the JVM was started with its own
+        current = session.sparkContext._jvm.java.lang.System.getProperty(key)
+    else:
+        return
+    if key == "spark.jars.packages":
+        same = {p.strip() for p in value.split(",") if p.strip()} <= {p.strip() for p in (current or "").split(",")}
+    else:
+        same = value == current
+    if same:
+        _LOGGER.debug("%s is already %s on the running session", key, value)
+        return
+    _LOGGER.warning(
+        "spark.conf %s=%s is not applied: it takes effect only when Spark starts, and Spark was already running "
+        "(with %s). Set it where Spark starts: spark-submit --conf %s=%s (or the SparkSession builder before the first "
+        "session), or leave it out of the job's spark.conf.",
+        key,
+        value,
+        "no value" if current is None else f"{key}={current}",
+        key,
+        value,
+    )
 
 
 _PREDICTIONS = "_scoring_predictions"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,36 @@ def test_a_failed_run_exits_1_with_the_reason_and_leaves_the_output_alone(lake, 
     assert "input.key" in done.stderr and "no_such_key" in done.stderr and "how to fix" in done.stderr
     assert "Traceback" not in done.stderr
     assert delta_version(lake.root / "cli_guarded") == version
+
+
+# What scoring itself writes on stderr: its log lines ("2026-11-25 19:27:00,123 INFO scoring.progress: ...").
+_OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ scoring\.")
+
+
+def test_a_run_says_only_its_own_progress_by_default_and_everything_with_v(lake, tmp_path):
+    """Quiet by default: no Ivy resolution report, no log4j warnings, no JVM notices, no MLflow download bars; -v shows
+    what Spark and Ivy print as well as scoring's every step."""
+    config = _write(tmp_path, lake.job("cli_quiet"))
+    where = ["--set", "input.where=ds = '2026-11-01'"]
+    quiet = _scoring("run", str(config), *where)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.splitlines()
+    assert [line for line in lines if not _OWN_LINE.match(line)] == []
+    assert any("scoring.progress: writing" in line for line in lines)  # the progress still shows
+    assert "committed" in quiet.stdout
+
+    loud = _scoring("-v", "run", str(config), *where)
+    assert loud.returncode == 0, loud.stderr
+    assert ":: resolving dependencies ::" in loud.stderr  # Ivy, resolving the Delta jars
+    assert len(loud.stderr.splitlines()) > len(lines)
+
+
+def test_a_spark_that_cannot_start_says_why_even_by_default(lake, tmp_path):
+    """What the JVM printed while failing to start is held back only while it starts, and shown when it fails."""
+    spark = {"master": "local[1]", "conf": {"spark.driver.extraJavaOptions": "-Xmx1k"}}
+    done = _scoring("run", str(_write(tmp_path, lake.job("cli_no_jvm", spark=spark))))
+    assert done.returncode != 0
+    assert "Not allowed to specify max heap(Xmx) memory settings through java options" in done.stderr
 
 
 @pytest.mark.spark_submit

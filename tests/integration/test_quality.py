@@ -142,7 +142,7 @@ def test_rows_with_null_features_go_to_the_quarantine_table_in_skip_mode(spark, 
 
 
 def test_validate_runs_a_gate_on_its_own(spark, lake, guarded):
-    path, _, _ = guarded
+    path, version, rows = guarded
     good = build_job_config(
         lake.job(
             "quality_guarded",
@@ -158,11 +158,15 @@ def test_validate_runs_a_gate_on_its_own(spark, lake, guarded):
         )
     )
     report = validate(good, "input", spark=spark, where="ds = '2026-11-01'")
-    assert report.success and report.rows == 1000 and [r.success for r in report.results] == [True, True]
-    assert validate(good, "output", spark=spark).success
+    source = read_delta(lake.input_table)
+    day = source.filter(pc.equal(source.column("ds"), "2026-11-01")).num_rows
+    assert report.success and report.rows == day == 1000 and [r.success for r in report.results] == [True, True]
+    output = validate(good, "output", spark=spark)
+    assert output.success and output.rows == read_delta(path).num_rows == rows  # the whole output table
     with pytest.raises(QualityError, match=r"in_set\(column=ds"):
         validate(good, "input", spark=spark, where="ds = '2026-11-02'")
     empty = build_job_config(lake.job("quality_guarded"))
     assert validate(empty, "input", spark=spark).results == ()
-    filtered = read_delta(path).filter(pc.equal(read_delta(path).column("ds"), "2026-11-01"))
-    assert filtered.num_rows == 1000
+    # On its own: a passing or failing gate writes nothing, neither to the output table nor to a quarantine table.
+    assert delta_version(path) == version and read_delta(path).num_rows == rows
+    assert delta_version(good.quarantine_table) is None

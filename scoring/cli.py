@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scoring.errors import ConfigError, ScoringError
+from scoring.errors import ConfigError, ScoringError, exit_code_for
 
 app = typer.Typer(
     help="Batch scoring on the data lake: read a Delta snapshot, score it with an MLflow model inside Spark, "
@@ -70,53 +70,105 @@ def _fail(e: ScoringError) -> None:
     if _DEBUG:
         raise e
     err.print(f"[bold red]error:[/bold red] {e}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(e.exit_code)
+    raise typer.Exit(exit_code_for(e))
+
+
+def _gate_line(report) -> str:
+    verdict = "passed" if report["success"] else f"set aside {report['quarantined']:,} row(s) failing"
+    return f"{verdict}: {len(report['results'])} expectation(s)"
 
 
 def print_summary(summary) -> None:
     table = Table(title=f"scoring run {summary.run_id}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    status = "committed" if summary.committed else "already committed by this run id: nothing written again"
+    if summary.committed:
+        status = "committed"
+    elif summary.completed_earlier_attempt:
+        status = "already committed by an earlier attempt of this run id: nothing scored again, missing writes done"
+    else:
+        status = "already committed by this run id: nothing written again"
+    kept = "" if summary.rows_kept is None else f", {summary.rows_kept:,} kept as they were"
     rows = [
         ("status", status),
         ("model", f"{summary.model_name} version {summary.model_version} ({summary.requested_model_uri})"),
-        ("input", f"{summary.input_table} @ version {summary.input_version}"),
+        ("input", f"{summary.input_table} @ version {summary.input_version}"
+         + (f" where {summary.input_where}" if summary.input_where else "")),
         ("output", f"{summary.output_table} @ version {summary.output_version} (was {summary.output_version_before})"),
         ("rows read", f"{summary.rows_read:,}"),
         ("rows written", f"{summary.rows_written:,}"),
-        ("rows rejected", f"{summary.rows_rejected:,} (null or NaN features)"),
-        ("rows quarantined", f"{summary.rows_quarantined:,} (failed expectations)"),
+        ("output rows", f"{summary.rows_replaced:,} replaced{kept}"),
+        ("rows rejected", f"{summary.rows_rejected:,} (invalid features)"),
+        ("rows quarantined", f"{summary.rows_quarantined:,} (failed expectations or invalid predictions)"),
         ("predictions", ", ".join(summary.prediction_columns)),
         *([("set aside in", summary.quarantine_table)] if summary.quarantine_table else []),
-        *[
-            (f"{which} gate", f"{'passed' if r['success'] else 'failed'}: {len(r['results'])} expectation(s)")
-            for which, r in summary.quality.items()
-        ],
+        *[(f"{which} gate", _gate_line(r)) for which, r in summary.quality.items()],
         (
             "elapsed",
             f"{summary.elapsed_s:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings_s.items()) + ")",
         ),
         ("throughput", f"{summary.rows_per_s:,.0f} rows/s"),
+        *[("warning", w) for w in summary.warnings],
     ]
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
 
 
+_SET_HELP = (
+    "Override a config key by its dotted path (repeatable), e.g. --set input.version=3 "
+    "--set model.uri=models:/churn/2 --set \"input.where=ds = '2026-11-01'\". Values are YAML."
+)
+
+
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="YAML job config, e.g. conf/jobs/demo.yaml.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
+) -> None:
+    """A dry run: resolve the model, pin the input snapshot, check the job, count what would be scored, and show
+    which output partitions and how many output rows a run would replace. Writes nothing.
+
+    Exit status: as `scoring run` (0 ok, 1 a run would fail, 2 a bad config).
+    """
+    from scoring import load_job_config
+    from scoring.modes.batch import plan as plan_batch
+
+    try:
+        job = load_job_config(config, set_ or [])
+        the_plan = plan_batch(job, dry_run=True)
+    except ScoringError as e:
+        _fail(e)
+        return
+    if as_json:
+        payload = {
+            "run_id": the_plan.run_id,
+            "model_uri": the_plan.model.uri,
+            "input_table": the_plan.config.input.table,
+            "input_version": the_plan.input_version,
+            "input_where": the_plan.config.input.where,
+            "output_table": the_plan.config.output.table,
+            "output_rows": the_plan.output_rows,
+            "rows_selected": the_plan.rows_read,
+            "rows_invalid": the_plan.rows_rejected,
+            "rows_to_replace": the_plan.rows_to_replace,
+            "partitions": [p.to_dict() for p in the_plan.partitions],
+        }
+        print(json.dumps(payload, indent=2, default=str))
+        return
+    out.print(f"[bold]plan[/bold] for {config} (nothing is written)")
+    for line in the_plan.describe():
+        out.print("  " + line, markup=False, highlight=False)
+    replaced = the_plan.rows_to_replace
+    if replaced is not None:
+        out.print(f"  a run would replace {replaced:,} of {the_plan.output_rows:,} output rows and keep the rest")
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML job config, e.g. conf/jobs/demo.yaml.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "-s",
-            metavar="KEY=VALUE",
-            help="Override a config key by its dotted path (repeatable), e.g. --set input.version=3 "
-            "--set model.uri=models:/churn/2 --set \"input.where=ds = '2026-11-01'\". Values are YAML.",
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Score a Delta table with an MLflow model and write version-stamped predictions to Delta.
@@ -126,7 +178,12 @@ def run(
     runtime.triton.*; quality.input, quality.output, quality.quarantine_table; schedule.*;
     output.table, output.partition_by; spark.master, spark.conf; name, run_id. See the README for each.
 
-    Exit status: 0 on success, 1 on bad input or a failed run (the output table is left as it was), 2 on a bad config.
+    A run replaces exactly the (key, partition) rows it selects and keeps every other output row; it prints its
+    plan (`scoring plan` shows it without running) before it scores.
+
+    Exit status: 0 on success; 1 on bad input or a failed run; 2 on a bad config; 75 on a transient failure
+    (a model server down, another writer committed first): a retry may succeed. On any failure the output and
+    quarantine tables are left as they were.
     """
     from scoring import load_job_config
     from scoring.modes.batch import run as run_batch
@@ -403,7 +460,29 @@ def bench(
 
 
 def main() -> None:
-    app()
+    """Run the CLI. A ScoringError is a plain message (each command turns it into its exit code); anything else that
+    escapes is a bug or an environment problem: one plain line, exit 1, the traceback only with --debug."""
+    try:
+        app()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - the one place where every error becomes an exit code
+        if _DEBUG:
+            raise
+        from scoring.errors import from_spark_exception
+
+        found = from_spark_exception(e)
+        if found is not None:
+            err.print(f"[bold red]error:[/bold red] {found}", highlight=False, soft_wrap=True)
+            sys.exit(exit_code_for(found))
+        first = (str(e).strip().splitlines() or [""])[0][:500]
+        err.print(
+            f"[bold red]error:[/bold red] unexpected {type(e).__name__}: {first}\n"
+            "  how to fix: run again with --debug for the full traceback, and report it if it is not your setup",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def check_target(spark, path: str, *, key: str) -> None:
                 f"{key}: {path} is a file, not a Delta table",
                 hint=f"point {key} at a Delta table or at a path that does not exist yet",
             )
-        if any(local.iterdir()) and not is_delta_table(spark, path):
+        if any(local.iterdir()) and not is_delta_table(spark, path) and not _only_orphans(local):
             raise OutputError(
                 f"{key}: {path} is a folder that holds data but no Delta table (no _delta_log)",
                 hint=f"point {key} at a Delta table or an empty/new path; convert a Parquet folder with "
@@ -125,6 +126,22 @@ def check_target(spark, path: str, *, key: str) -> None:
                 f"{key}: {path} is append-only (delta.appendOnly=true), so a re-run cannot replace its rows",
                 hint=f"write to another {key}, or ALTER TABLE ... SET TBLPROPERTIES ('delta.appendOnly' = 'false')",
             )
+
+
+_PART_FILE = re.compile(r"^\.?part-\d{5}-[0-9a-f-]{36}(-c\d{3})?(\.c\d{3})?(\.\w+)?\.parquet(\.crc)?$")
+
+
+def _only_orphans(folder: Path) -> bool:
+    """Whether `folder` holds nothing but the data files of a first Delta write that never committed (a killed run):
+    Spark's part files, in partition folders, with no ``_SUCCESS`` marker (a plain Parquet write leaves one).
+    Delta ignores such files, so the next first run may write there."""
+    for item in folder.rglob("*"):
+        if item.is_dir():
+            if "=" not in item.name:
+                return False
+        elif not _PART_FILE.match(item.name):
+            return False
+    return True
 
 
 def _local_path(path: str) -> Path | None:
@@ -234,6 +251,8 @@ def write_scoped(
     if done is not None and done >= txn.version:
         _LOGGER.warning("transaction %s had already committed to %s; nothing written again", txn, path)
         return WriteResult(before, None, committed=False)
+    # A failed first write leaves its uncommitted part files behind (never removed here: a concurrent first writer
+    # may be writing into the same folder); Delta ignores them, and check_target lets the next run write there.
     try:
         if before is None:
             _create(scored, path, partition_by, txn, user_metadata)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 
@@ -64,7 +65,7 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
     options = {"spark.app.name": app_name}
     running_under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT")
     if master or not running_under_submit:
-        options["spark.master"] = master or "local[*]"
+        options["spark.master"] = with_task_retries(master or "local[*]")
         if (master or "local").startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             # Python workers must run the driver's interpreter (its virtual environment has the packages).
@@ -109,6 +110,13 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
                 _try_set(session, key, value, started=False)
         return session
     raise AssertionError("unreachable")
+
+
+def with_task_retries(master: str, retries: int = 4) -> str:
+    """A local master that retries a failed task as a cluster does (``local[N]`` -> ``local[N,retries]``): under
+    plain ``local[N]`` Spark gives each task one attempt, so one lost Python worker would fail the whole job."""
+    found = re.fullmatch(r"local(?:\[(\*|\d+)\])?", master.strip())
+    return f"local[{found.group(1) or 1},{retries}]" if found else master
 
 
 def delta_package() -> str:
@@ -215,10 +223,12 @@ def _score_columns(
     out per batch. Module-level, so cloudpickle ships it by reference and the predictor cache (one model per reused
     worker) survives across tasks."""
     from scoring.adapters.runtime import cached_predictor
+    from scoring.engine.faults import worker_fault_point
 
     predictor = cached_predictor(predictor_spec)
     fields = list(spec.output_schema)
     for arrays in batches:
+        worker_fault_point()
         arrays = [arrays] if isinstance(arrays, pa.Array) else list(arrays)
         out = score_batch(pa.RecordBatch.from_arrays(arrays, names=list(names)), predictor, spec)
         yield pa.StructArray.from_arrays(out.columns, fields=fields)

@@ -6,6 +6,9 @@ point. Inert unless set. The points, in the order a run reaches them:
 - ``before-output-commit``: everything is scored and checked; the output commit is next.
 - ``after-output-commit``: the output is committed; the quarantine write is next.
 - ``after-quarantine-commit``: both are committed; the run has not reported yet.
+
+``SCORING_FAULT=kill-python-worker`` with ``SCORING_FAULT_MARKER=<path>`` kills the first Spark Python worker that
+scores a batch (the one that creates the marker file), once: Spark must retry the task, as a cluster would.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ _LOGGER = logging.getLogger(__name__)
 
 ENV = "SCORING_FAULT"
 POINTS = ("before-output-commit", "after-output-commit", "after-quarantine-commit")
+WORKER_POINT = "kill-python-worker"
+MARKER_ENV = "SCORING_FAULT_MARKER"
 
 
 def fault_point(name: str) -> None:
@@ -26,3 +31,15 @@ def fault_point(name: str) -> None:
     if os.environ.get(ENV) == name:
         _LOGGER.error("%s=%s: killing the driver here (fault injection)", ENV, name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def worker_fault_point() -> None:
+    """In a Python worker: die once when ``$SCORING_FAULT`` is ``kill-python-worker`` (see the module doc)."""
+    if os.environ.get(ENV) != WORKER_POINT or not os.environ.get(MARKER_ENV):
+        return
+    try:
+        with open(os.environ[MARKER_ENV], "x") as marker:  # exactly one worker wins the marker
+            marker.write(str(os.getpid()))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

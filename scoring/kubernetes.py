@@ -9,15 +9,25 @@ executors get the Triton sidecar pod template (``sidecars/k8s/executor-pod-templ
     print(to_yaml(manifest))
 
 Nothing here talks to a cluster: the DAGs hand the dict to ``SparkKubernetesOperator`` (``schedule.deploy:
-kubernetes``), which creates the object. Restarts are left to Airflow (``restartPolicy: Never``), so a retry is a new
-Airflow try with a new run id, as with ``spark-submit``.
+kubernetes``), which creates the object. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new
+Airflow try, and a new SparkApplication, with the same scoring run id, as with ``spark-submit``; it finishes what an
+earlier try started.
+
+How a failed driver reaches Airflow: the driver container (``spark-kubernetes-driver``) runs spark-submit in client
+mode, which exits with :mod:`scoring.spark_entry`'s status (75 transient, 1 terminal, 2 config), and spark_entry
+writes its error record to the container's termination message file (:data:`TERMINATION_LOG`). Kubernetes keeps both
+in the pod's status (``state.terminated.exitCode`` / ``.message``); spark-operator copies the exit code into the
+SparkApplication's ``status.applicationState.errorMessage`` ("driver container failed with ExitCode: 75, Reason:
+Error"). :func:`driver_outcome` reads them back, so that the DAG's operator retries a transient failure only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -35,6 +45,14 @@ EXECUTOR_POD_TEMPLATE = "sidecars/k8s/executor-pod-template.yaml"
 EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 """The container of the pod template that Spark fills in with the executor (the template's first container)."""
 SERVICE_ACCOUNT = "spark"
+DRIVER_CONTAINER = "spark-kubernetes-driver"
+"""The driver pod's container that Spark (and spark-operator) name, running spark-submit in client mode."""
+TERMINATION_LOG = "/dev/termination-log"
+"""Kubernetes' default ``terminationMessagePath``: what a container writes there becomes its termination message."""
+TERMINATION_LOG_ENV = "SCORING_TERMINATION_LOG"
+"""Overrides :data:`TERMINATION_LOG` (a pod with another ``terminationMessagePath``)."""
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+"""Kubernetes keeps at most this much of a termination message."""
 
 
 def image_path(path: str, app_root: str = APP_ROOT) -> str:
@@ -114,3 +132,93 @@ def render_manifest(
 def to_yaml(manifest: dict[str, Any]) -> str:
     """The manifest as YAML, keys in the order written (``kubectl apply -f`` takes it as is)."""
     return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False, width=120)
+
+
+def termination_message(record: Mapping[str, Any]) -> str:
+    """`record` (``{"error": {...}}``) as compact JSON that fits a termination message: the message and the hint
+    are shortened when it would not."""
+    error = dict(record.get("error") or {})
+    text = json.dumps({"error": error}, separators=(",", ":"), default=str)
+    for field in ("hint", "message"):
+        while len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and len(str(error.get(field) or "")) > 20:
+            over = len(text.encode()) - TERMINATION_MESSAGE_MAX_BYTES
+            value = str(error[field])
+            error[field] = value[: max(16, len(value) - over - 8)] + "..."
+            text = json.dumps({"error": error}, separators=(",", ":"), default=str)
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverOutcome:
+    """How the driver of a SparkApplication ended, as far as the pod and the application status tell."""
+
+    exit_code: int | None
+    """The driver container's exit code; None when the driver never exited on its own (evicted, deleted, lost
+    node, submission failed): then nothing ran to completion and a retry may help."""
+    record: dict[str, Any] | None
+    """The error record spark_entry left in the termination message (``{"error": {...}}``), when there is one."""
+    source: str
+    """Where the exit code came from, for the task log."""
+
+    @property
+    def retry_can_help(self) -> bool:
+        from scoring.scheduling import retry_can_help
+
+        return retry_can_help(self.exit_code)
+
+    def describe(self) -> str:
+        error = (self.record or {}).get("error") or {}
+        what = f"{error.get('type')}: {error.get('message')}" if error else "no error record"
+        hint = f"\n  how to fix: {error['hint']}" if error.get("hint") else ""
+        code = "no exit code" if self.exit_code is None else f"exit code {self.exit_code}"
+        return f"the Spark driver failed ({code}, from {self.source}): {what}{hint}"
+
+
+_EXIT_CODE = re.compile(r"ExitCode:\s*(-?\d+)")
+
+
+def _plain(obj: Any) -> Any:
+    """A Kubernetes client model (``V1Pod``) as the API's JSON dict (camelCase keys); dicts pass through."""
+    if obj is None or isinstance(obj, Mapping):
+        return obj
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)
+
+
+def _driver_state(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    status = next((s for s in statuses if s.get("name") == DRIVER_CONTAINER), statuses[0] if statuses else None)
+    if status is None:
+        return None
+    return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+
+
+def error_record_from_message(message: str | None) -> dict[str, Any] | None:
+    """The error record in a termination message, or None when the message is not one."""
+    try:
+        record = json.loads(message or "")
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("error"), dict) else None
+
+
+def driver_outcome(pod: Any = None, application: Any = None) -> DriverOutcome:
+    """Read how the driver ended from what the operator sees: the driver pod (a ``V1Pod`` or its JSON dict) and the
+    SparkApplication object (its JSON dict, as the custom-objects API returns it).
+
+    The exit code comes from the driver container's terminated state; without one (the pod is gone), from the
+    application's ``errorMessage`` ("driver container failed with ExitCode: N, ..."); else from the error record.
+    """
+    terminated = _driver_state(_plain(pod))
+    record = error_record_from_message((terminated or {}).get("message"))
+    if terminated is not None and terminated.get("exitCode") is not None:
+        return DriverOutcome(int(terminated["exitCode"]), record, f"container {DRIVER_CONTAINER}")
+    state = ((_plain(application) or {}).get("status") or {}).get("applicationState") or {}
+    found = _EXIT_CODE.search(str(state.get("errorMessage") or ""))
+    if found:
+        return DriverOutcome(int(found.group(1)), record, f"SparkApplication state {state.get('state')}")
+    if record is not None and isinstance(record["error"].get("exit_code"), int):
+        return DriverOutcome(int(record["error"]["exit_code"]), record, "the termination message")
+    source = f"SparkApplication state {state.get('state')}: {state.get('errorMessage')}" if state else "nothing"
+    return DriverOutcome(None, record, source)

@@ -3,14 +3,21 @@
 One DAG per job config with a ``schedule:`` section (see :class:`~scoring.config.ScheduleConfig`); each run scores one
 data interval, the partition ``<schedule.partition_column> = '<data interval start, YYYY-MM-DD>'``:
 
-    wait_for_input -> validate_input -> score -> validate_output -> publish
+    wait_for_input >> score >> [input_gate_report, output_gate_report] >> publish      (and score >> publish)
 
-- ``wait_for_input`` (:func:`check_input`) asks delta-rs, not Spark, whether the input has rows in the partition.
-- ``validate_input`` / ``validate_output`` run the job's data-quality gates (:func:`validate_input`,
-  :func:`validate_output`) on that partition; a failed gate fails the run, so nothing is scored or published.
+- ``wait_for_input`` (:func:`check_input`) asks the Delta log (delta-rs, no Spark) whether the partition has rows.
 - ``score`` runs :mod:`scoring.spark_entry` through ``spark-submit`` (or a SparkApplication on Kubernetes) with
-  ``--set input.where=<partition>`` and a run id made of the DAG, the Airflow run and the try number.
+  ``--set input.where=<partition>`` and the run id ``<dag_id>__<Airflow run id>`` (:func:`scoring_run_id`). The
+  job runs the quality gates itself: the input gate before scoring, the output gate before the commit. Its exit code
+  says whether a retry can help (:func:`retry_can_help`): only a transient failure (75) is retried.
+- ``input_gate_report`` / ``output_gate_report`` (:func:`gate_view`) show the gate reports the job left in its
+  summary, or its error record, in the task log; the task of a failed gate fails. No Spark on the Airflow worker.
 - ``publish`` (:func:`publish`) appends one row per committed run to ``<output.table>_runs``.
+
+One DAG run is one scoring run: every try of ``score`` in a DAG run (a retry, a cleared task, a cleared DAG run, a
+backfill that reprocesses the run) passes the same run id, and the engine finishes what an earlier try started: when
+the output already committed under that id, it does not score again. A new scoring run needs a new DAG run, or the
+DAG run's ``rescore`` param (:data:`RESCORE_PARAM`).
 
 Nothing here imports Airflow: the functions take plain values (the data interval's day, the Airflow run id), so they
 can be called and tested without a scheduler.
@@ -23,25 +30,31 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from scoring.columns import SCORING_RUN_ID
 from scoring.config import JobConfig, ScheduleConfig, load_job_config
-from scoring.errors import ConfigError, InputError, OutputError, ScoringError
+from scoring.errors import EXIT_TRANSIENT, ConfigError, InputError, OutputError, QualityError, ScoringError
 
 _LOGGER = logging.getLogger(__name__)
 
 CONF_DIR_ENV = "SCORING_CONF_DIR"
 """Folder of the job configs the DAG factory reads (default: this project's ``conf/jobs``)."""
 RUNS_DIR_ENV = "SCORING_RUNS_DIR"
-"""Folder for the per-run summaries that ``score`` writes and ``publish`` reads (default: ``$AIRFLOW_HOME/
-scoring-runs``). With several Airflow workers, make it a shared volume; without one, ``publish`` falls back to the
-output table's commit metadata."""
+"""Folder where ``spark-submit`` leaves the run's summary (or error record) for the ``score`` task, on the worker
+that runs it (default: ``$AIRFLOW_HOME/scoring-runs``). The task hands it on as XCom."""
 IMAGE_ENV = "SCORING_IMAGE"
 """Container image for ``schedule.deploy: kubernetes`` (default: a placeholder to replace)."""
 DAG_PREFIX = "scoring__"
 RUNS_SUFFIX = "_runs"
+RESCORE_PARAM = "rescore"
+"""DAG param: a tag that makes a DAG run a new scoring run (``<dag_id>__<Airflow run id>__rescore-<tag>``). Empty
+(the default): the DAG run's own run id, so a cleared or reprocessed DAG run returns what it committed."""
+ERROR_XCOM = "scoring_error"
+"""XCom key under which a failed ``score`` task leaves the job's error record for the gate report tasks."""
 
 RUNS_COLUMNS = (
     "dag_id",
@@ -62,7 +75,9 @@ RUNS_COLUMNS = (
 )
 """Columns of the runs table, one row per published run. ``run_id`` is the scoring run id stamped on the output
 rows (``scoring_run_id``); ``rows_read = rows_written + rows_rejected + rows_quarantined`` for a committed run;
-``quality`` holds the input and output gate reports as a JSON string."""
+``output_version`` is the version of the run's own commit; ``committed`` is False when that commit was made by an
+earlier attempt of the same run id (a retry that found it committed); ``quality`` holds the input and output gate
+reports as a JSON string. The row is :meth:`~scoring.engine.record.RunRecord.to_runs_row`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +170,7 @@ class InputCheck:
     """The filter the run scores (None: the input has no partition column; the whole table is scored)."""
     input_version: int | None
     rows: int | None
-    """Rows in the partition per the Delta log's statistics (None when unknown)."""
+    """Rows in the partition per the Delta log's statistics (None when the column is not a partition column)."""
     reason: str
 
     def to_xcom(self) -> dict[str, Any]:
@@ -164,75 +179,36 @@ class InputCheck:
 
 def check_input(config: JobConfig, day: str) -> InputCheck:
     """Whether the input table has rows for `day`, read from the Delta log with delta-rs (no Spark, no data scan when
-    the day is a partition).
+    the day is a partition; :mod:`scoring.adapters.deltalog`).
 
     An input without the partition column is ready as soon as the table exists with a version: each run then scores
     the whole table.
     """
-    import pyarrow as pa
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from scoring.adapters import deltalog
 
     schedule = _schedule(config)
     day = interval_day(day)
     path = config.input.table
-    try:
-        table = DeltaTable(path)
-    except TableNotFoundError:
+    snap = deltalog.snapshot(path, key="input.table")
+    if snap is None:
         reason = f"no Delta table at {path} yet"
         return InputCheck(ready=False, day=day, where=None, input_version=None, rows=None, reason=reason)
-    version = table.version()
     column = schedule.partition_column
-    if column not in [field.name for field in table.schema().fields]:
-        reason = f"{path} has no column {column!r}: scoring the whole table at version {version}"
-        return InputCheck(ready=True, day=day, where=None, input_version=version, rows=None, reason=reason)
+    if column not in snap.columns:
+        reason = f"{path} has no column {column!r}: scoring the whole table at version {snap.version}"
+        return InputCheck(ready=True, day=day, where=None, input_version=snap.version, rows=None, reason=reason)
     where = partition_predicate(column, day)
-    if column in table.metadata().partition_columns:
-        files = pa.table(table.get_add_actions(flatten=True))
-        in_day = [
-            count
-            for value, count in zip(
-                files.column(f"partition.{column}").to_pylist(), files.column("num_records").to_pylist(), strict=True
-            )
-            if value is not None and str(value) == day
-        ]
-        unknown = any(count is None for count in in_day)
-        rows = None if unknown else sum(in_day)
-        ready = bool(in_day) and (unknown or rows > 0)
+    if column in snap.partition_columns:
+        rows: int | None = deltalog.partition_rows(snap, column, [day]).get(day, 0)
+        ready = bool(rows)
     else:
-        import pyarrow.dataset as ds
-
-        found = table.to_pyarrow_dataset().head(1, columns=[column], filter=ds.field(column).cast(pa.string()) == day)
-        rows, ready = None, found.num_rows > 0
+        rows, ready = None, deltalog.has_rows(snap, column, day)
     reason = (
-        f"{path} version {version} has {'rows' if rows is None else f'{rows:,} rows'} where {where}"
+        f"{path} version {snap.version} has {'rows' if rows is None else f'{rows:,} rows'} where {where}"
         if ready
-        else f"{path} version {version} has no rows where {where} yet"
+        else f"{path} version {snap.version} has no rows where {where} yet"
     )
-    return InputCheck(ready=ready, day=day, where=where, input_version=version, rows=rows, reason=reason)
-
-
-# -- the quality gates ------------------------------------------------------------------------------------------------
-
-
-def run_gate(
-    config: JobConfig, which: Literal["input", "output"], *, where: str | None, run_id: str | None = None
-) -> dict[str, Any]:
-    """Run one quality gate (:func:`scoring.quality.validate`) and return its report, JSON-ready.
-
-    Raises :class:`~scoring.errors.QualityError` when the gate fails: the task fails with the gate's message.
-    """
-    from scoring import quality
-
-    report = quality.validate(config, which, where=where, run_id=run_id)
-    _LOGGER.info(
-        "%s gate passed on %s%s%s",
-        which,
-        config.input.table if which == "input" else config.output.table,
-        f" where {where}" if where else "",
-        f" (run {run_id})" if run_id else "",
-    )
-    return report.to_dict()
+    return InputCheck(ready=ready, day=day, where=where, input_version=snap.version, rows=rows, reason=reason)
 
 
 def found_input(found: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -245,43 +221,35 @@ def found_input(found: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return found
 
 
-def validate_input(config: JobConfig, found: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The input gate on the partition ``wait_for_input`` found."""
-    return run_gate(config, "input", where=found_input(found).get("where"))
-
-
-def output_where(config: JobConfig, found: Mapping[str, Any] | None) -> str | None:
-    """The partition filter on the output, when the output has the partition column (a key or partition column)."""
-    column = _schedule(config).partition_column
-    where = found_input(found).get("where")
-    return where if where and column in {*config.input.key, *config.output.partition_by} else None
-
-
-def validate_output(
-    config: JobConfig, found: Mapping[str, Any] | None, *, dag_id: str, airflow_run_id: str
-) -> dict[str, Any]:
-    """The output gate on the rows written by the run that committed for this DAG run."""
-    summary = committed_summary(config, dag_id=dag_id, airflow_run_id=airflow_run_id)
-    return run_gate(config, "output", where=output_where(config, found), run_id=summary["run_id"])
-
-
 # -- scoring ----------------------------------------------------------------------------------------------------------
+
+_TAG = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def scoring_run_id(dag_id: str, airflow_run_id: str, rescore: str | None = None) -> str:
+    """The scoring run id of a DAG run: ``<dag_id>__<Airflow run id>``, or ``...__rescore-<tag>`` with the DAG run's
+    ``rescore`` param. The same for every try of the DAG run: one DAG run is one logical scoring run."""
+    if not rescore:
+        return f"{dag_id}__{airflow_run_id}"
+    if not _TAG.fullmatch(rescore):
+        raise ConfigError(
+            f"param {RESCORE_PARAM}={rescore!r}: use up to 64 letters, digits, '.', '_' or '-'",
+            hint='e.g. --dag-run-conf \'{"rescore": "model-v4"}\'',
+        )
+    return f"{dag_id}__{airflow_run_id}__rescore-{rescore}"
 
 
 def scoring_run_id_template(dag_id: str) -> str:
-    """The run id passed to the job (Airflow template): ``<dag_id>__<Airflow run id>__try<N>``.
+    """:func:`scoring_run_id` as an Airflow template (rendered by the ``score`` task).
 
-    The try number is part of it because the output commit is idempotent per run id (Delta ``txnAppId =
-    scoring:<run_id>``): Delta skips a write whose app id already committed. Every new try (a retry after a failed
-    attempt, or a task cleared to re-score the day) must write again and replace the partition, even when an earlier
-    try had committed before failing, so each try gets its own id; only the very same try executed twice commits once.
+    No try number: Delta's ``txnAppId`` is ``scoring:<run_id>``, so a retry, or a cleared task, of a DAG run whose
+    output already committed does not score or commit again; the engine completes what the earlier try left undone
+    and the task returns that run. To score a committed day again (a newer model), start a new scoring run: a new DAG
+    run, or the ``rescore`` param (:data:`RESCORE_PARAM`).
     """
-    return f"{dag_id}__{{{{ run_id }}}}__try{{{{ ti.try_number }}}}"
-
-
-def scoring_run_prefix(dag_id: str, airflow_run_id: str) -> str:
-    """The start of every scoring run id of one DAG run (any try)."""
-    return f"{dag_id}__{airflow_run_id}__try"
+    return (
+        f"{dag_id}__{{{{ run_id }}}}{{{{ ('__rescore-' ~ params.{RESCORE_PARAM}) if params.{RESCORE_PARAM} else '' }}}}"
+    )
 
 
 def where_template(task_id: str = "wait_for_input") -> str:
@@ -291,7 +259,7 @@ def where_template(task_id: str = "wait_for_input") -> str:
 
 
 def runs_dir() -> Path:
-    """Where per-run summaries go: ``$SCORING_RUNS_DIR``, else ``$AIRFLOW_HOME/scoring-runs``."""
+    """Where spark-submit leaves run summaries: ``$SCORING_RUNS_DIR``, else ``$AIRFLOW_HOME/scoring-runs``."""
     configured = os.environ.get(RUNS_DIR_ENV)
     if configured:
         return Path(configured)
@@ -299,7 +267,7 @@ def runs_dir() -> Path:
 
 
 def summary_path(dag_id: str, airflow_run_id: str) -> Path:
-    """The summary file of one DAG run (written by the try that succeeded)."""
+    """The file a try of ``score`` gets its job's summary, or error record, in."""
     return runs_dir() / dag_id / airflow_run_id / "summary.json"
 
 
@@ -308,11 +276,20 @@ def summary_path_template(dag_id: str) -> str:
 
 
 def prepare_summary(dag_id: str, airflow_run_id: str) -> Path:
-    """Before a try of ``score``: the run's folder exists and holds no summary of an earlier try."""
+    """Before a try of ``score``: the run's folder exists and holds nothing from an earlier try."""
     path = summary_path(dag_id, airflow_run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     return path
+
+
+def read_run_file(path: Path) -> dict[str, Any] | None:
+    """What the job left in `path`: its summary, or ``{"error": {...}}``; None when there is nothing readable."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def spark_entry_path() -> str:
@@ -344,7 +321,8 @@ def spark_conf(config: JobConfig) -> dict[str, str]:
 
 def kubernetes_manifest(job: ScheduledJob) -> dict[str, Any]:
     """The SparkApplication for ``deploy: kubernetes``, with the same templated arguments as ``spark-submit`` (no
-    summary file: the driver runs in a pod, so ``publish`` reads the run from the output table's commit)."""
+    summary file: the driver runs in a pod; its error record comes back in the pod's termination message, and a
+    committed run is read from the output table's commit)."""
     from scoring import kubernetes
 
     return kubernetes.render_manifest(
@@ -356,71 +334,175 @@ def kubernetes_manifest(job: ScheduledJob) -> dict[str, Any]:
     )
 
 
+def retry_can_help(exit_code: int | None) -> bool:
+    """Whether Airflow should retry a failed ``score`` try, by the job's exit code (:mod:`scoring.errors`).
+
+    75 (transient: a server did not answer, a concurrent writer won the commit): yes. Any other exit code (1 terminal,
+    2 config): no, the same run fails the same way. None or negative (the job never exited on its own: spark-submit
+    did not start, was killed by a signal, the driver pod was evicted or lost): yes, nothing decided it would fail.
+    """
+    return exit_code is None or exit_code < 0 or exit_code == EXIT_TRANSIENT
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreFailure:
+    """A failed try of ``score``: the job's exit code and the error record it left (if it got that far)."""
+
+    exit_code: int | None
+    error: Mapping[str, Any] | None
+    """The ``error`` part of the job's error record: type, message, hint, transient, exit_code."""
+
+    @property
+    def retry(self) -> bool:
+        return retry_can_help(self.exit_code)
+
+    def record(self) -> dict[str, Any]:
+        """The error record for XCom (what the gate report tasks read), with the exit code Airflow saw."""
+        error = dict(self.error or {"type": None, "message": None, "hint": None})
+        return {"error": {**error, "exit_code": self.exit_code, "transient": self.retry}}
+
+    def message(self) -> str:
+        if self.error:
+            what = f"{self.error.get('type')}: {self.error.get('message')}"
+            if self.error.get("hint"):
+                what += f"\n  how to fix: {self.error['hint']}"
+        else:
+            what = "the job left no error record (see its output above)"
+        if self.exit_code is None:
+            code = "the job did not exit on its own"
+        elif self.exit_code < 0:
+            code = f"the job was killed by signal {-self.exit_code}"
+        else:
+            code = f"exit code {self.exit_code}"
+        verdict = (
+            "transient: Airflow retries it, with the same scoring run id"
+            if self.retry
+            else "not transient: no retry, a retry would fail the same way"
+        )
+        return f"scoring failed ({code}, {verdict}): {what}"
+
+
+def score_failure(exit_code: int | None, record: Mapping[str, Any] | None) -> ScoreFailure:
+    """The failure of a ``score`` try from the job's exit code and what it left (its error record, or anything
+    else, e.g. nothing, or a summary from an earlier try)."""
+    error = record.get("error") if isinstance(record, Mapping) else None
+    return ScoreFailure(exit_code, error if isinstance(error, Mapping) else None)
+
+
+# -- the gate reports -------------------------------------------------------------------------------------------------
+
+GateStatus = Literal["passed", "failed", "not configured", "not run"]
+_GATE_MESSAGE = re.compile(r"^(input|output) gate failed")
+
+
+def failed_gate(error: Mapping[str, Any] | None) -> str | None:
+    """Which gate (``input`` / ``output``) a job's error record says failed; None when the error is not a gate's."""
+    if not error or error.get("type") != QualityError.__name__:
+        return None
+    if error.get("gate") in ("input", "output"):
+        return str(error["gate"])
+    found = _GATE_MESSAGE.match(str(error.get("message") or ""))
+    return found.group(1) if found else None
+
+
+@dataclasses.dataclass(frozen=True)
+class GateView:
+    """What a gate report task shows for one gate of one DAG run."""
+
+    which: str
+    status: GateStatus
+    text: str
+    """The report (or why there is none), for the task log."""
+    report: Mapping[str, Any] | None = None
+
+
+def format_gate_report(which: str, report: Mapping[str, Any]) -> str:
+    """A gate report (``summary["quality"][which]``) as lines for a task log: the verdict, then one line per
+    expectation with what was observed."""
+    verdict = "passed" if report.get("success") else "FAILED"
+    rows = report.get("rows")
+    policy = f" (policy {report['policy']})" if report.get("policy") else ""
+    checked = "" if rows is None else f"{rows:,} rows checked, "
+    lines = [f"{which} gate {verdict}{policy}: {checked}{report.get('quarantined', 0):,} quarantined"]
+    for result in report.get("results") or ():
+        observed = result.get("observed", result.get("observed_value"))
+        if result.get("unexpected_count") is not None:
+            observed = f"{result['unexpected_count']:,} unexpected of {result.get('element_count'):,}"
+            if result.get("sample"):
+                observed += f", e.g. {list(result['sample'])[:5]}"
+        mark = "ok  " if result.get("success") else "FAIL"
+        lines.append(f"  {mark} {result.get('expectation')}: {observed}")
+    return "\n".join(lines)
+
+
+def gate_view(
+    which: Literal["input", "output"],
+    summary: Mapping[str, Any] | None,
+    error: Mapping[str, Any] | None,
+    *,
+    expectations: int,
+) -> GateView:
+    """What the ``<which>_gate_report`` task shows, from what ``score`` left: its summary (a run that committed, or
+    had already committed) or its error record (a failed try; ``error`` is the record's ``error`` part).
+    `expectations`: how many expectations the job's gate has."""
+    if summary is not None:
+        report = (summary.get("quality") or {}).get(which)
+        if report is not None:
+            status: GateStatus = "passed" if report.get("success") else "failed"
+            return GateView(which, status, format_gate_report(which, report), report)
+        if not expectations:
+            return GateView(which, "not configured", f"no {which} expectations in this job (quality.{which})")
+        return GateView(
+            which, "passed", f"the {which} gate passed when run {summary.get('run_id')} committed (no report left)"
+        )
+    if error is None:
+        return GateView(which, "not run", "score left no summary and no error record: the job did not run")
+    gate = failed_gate(error)
+    message = f"{error.get('type')}: {error.get('message')}"
+    if gate == which:
+        hint = f"\n  how to fix: {error['hint']}" if error.get("hint") else ""
+        return GateView(which, "failed", f"{which} gate FAILED: {message}{hint}")
+    if gate == "output" and which == "input":
+        status = "passed" if expectations else "not configured"
+        return GateView(which, status, "the input gate passed; the job failed later, at the output gate")
+    if gate == "input":
+        return GateView(which, "not run", f"the {which} gate did not run: the input gate failed first")
+    return GateView(which, "not run", f"the {which} gate has no verdict: the job failed ({message})")
+
+
 # -- what the run committed, and publishing it ------------------------------------------------------------------------
 
 
-def committed_summary(config: JobConfig, *, dag_id: str, airflow_run_id: str) -> dict[str, Any]:
-    """The summary of the run that committed for this DAG run.
+def summary_from_history(table: str, run_id: str) -> dict[str, Any] | None:
+    """The summary of `run_id` rebuilt from its commit to `table` (delta-rs reads the commit's ``userMetadata``,
+    :meth:`~scoring.engine.record.RunRecord.from_commit`), or None when that run id has no commit there."""
+    from scoring.adapters import deltalog
+    from scoring.engine.record import RunRecord
 
-    Read from the summary file ``score`` wrote; when it is not there (another worker's disk, a Kubernetes driver),
-    rebuilt from the newest output commit whose ``userMetadata`` names a run of this DAG run.
-    """
-    prefix = scoring_run_prefix(dag_id, airflow_run_id)
-    path = summary_path(dag_id, airflow_run_id)
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if str(summary.get("run_id", "")).startswith(prefix):
-            return summary
-        _LOGGER.warning("ignoring %s: it is the summary of run %s, not of %s*", path, summary.get("run_id"), prefix)
-    summary = summary_from_history(config.output.table, prefix)
-    if summary is None:
-        raise OutputError(
-            f"no commit to {config.output.table} by a run of {dag_id} {airflow_run_id} (run ids {prefix}<N>)",
-            hint="the score task has not committed for this DAG run; clear it to score the day again",
-        )
-    _LOGGER.info("no summary file at %s; read run %s from the commit history of %s", path, summary["run_id"], path)
-    return summary
-
-
-def summary_from_history(table: str, run_id_prefix: str) -> dict[str, Any] | None:
-    """What the newest commit by a run id starting with `run_id_prefix` recorded (delta-rs), or None."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        history = DeltaTable(table).history()
-    except TableNotFoundError:
-        return None
-    for commit in sorted(history, key=lambda c: c.get("version", -1), reverse=True):
-        try:
-            metadata = json.loads(commit.get("userMetadata") or "{}")
-        except json.JSONDecodeError:
-            continue
-        run_id = metadata.get("scoring_run_id") if isinstance(metadata, dict) else None
-        if not (isinstance(run_id, str) and run_id.startswith(run_id_prefix)):
-            continue
-        rows_read = int(metadata.get("rows_read", 0))
-        rows_rejected = int(metadata.get("rows_rejected", 0))
-        rows_quarantined = int(metadata.get("rows_quarantined", 0))
-        written = (commit.get("operationMetrics") or {}).get("numOutputRows")
-        return {
-            "job": metadata.get("job"),
-            "run_id": run_id,
-            "model_name": metadata.get("model_name"),
-            "model_version": metadata.get("model_version"),
-            "model_uri": metadata.get("model_uri"),
-            "requested_model_uri": metadata.get("requested_model_uri"),
-            "input_table": metadata.get("input_table"),
-            "input_version": metadata.get("input_version"),
-            "output_table": table,
-            "output_version": commit.get("version"),
-            "rows_read": rows_read,
-            "rows_written": int(written) if written is not None else rows_read - rows_rejected - rows_quarantined,
-            "rows_rejected": rows_rejected,
-            "rows_quarantined": rows_quarantined,
-            "committed": True,
-        }
+    for commit in deltalog.history(table, key="output.table"):
+        metadata = commit.metadata
+        if metadata is not None and metadata.get(SCORING_RUN_ID) == run_id:
+            return RunRecord.from_commit(metadata, version=commit.version).to_dict()
     return None
+
+
+def committed_summary(config: JobConfig, run_id: str, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The summary of the committed run `run_id`: `summary` (what the job left) when it names this run's output
+    commit (made now, or by an earlier attempt of the same run id); otherwise rebuilt from that commit of the output
+    table (a Kubernetes driver leaves no summary on the Airflow worker)."""
+    if summary is not None and summary.get("run_id") != run_id:
+        _LOGGER.warning("ignoring the summary of run %s: this DAG run's run id is %s", summary.get("run_id"), run_id)
+        summary = None
+    if summary is not None and summary.get("output_version") is not None:
+        return dict(summary)
+    found = summary_from_history(config.output.table, run_id)
+    if found is None:
+        raise OutputError(
+            f"run {run_id} has no commit in {config.output.table}",
+            hint="the score task has not committed for this DAG run; clear it to score the day",
+        )
+    _LOGGER.info("read run %s from its commit of %s (version %s)", run_id, config.output.table, found["output_version"])
+    return found
 
 
 def runs_table(config: JobConfig) -> str:
@@ -454,15 +536,9 @@ def _runs_schema():
 
 def published(table: str, run_id: str) -> bool:
     """Whether the runs table already has a row for `run_id`."""
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from scoring.adapters import deltalog
 
-    try:
-        dataset = DeltaTable(table).to_pyarrow_dataset()
-    except TableNotFoundError:
-        return False
-    return dataset.head(1, columns=["run_id"], filter=ds.field("run_id") == run_id).num_rows > 0
+    return deltalog.count_where(table, "run_id", run_id, key="runs table") > 0
 
 
 def publish(
@@ -470,47 +546,36 @@ def publish(
     found: Mapping[str, Any] | None,
     *,
     dag_id: str,
-    airflow_run_id: str,
-    quality: Mapping[str, Any],
+    run_id: str,
+    summary: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Append one row for the committed run to ``<output.table>_runs`` and return the run's summary.
+    """Append one row for the committed run `run_id` to ``<output.table>_runs`` and return the run's summary.
 
-    Publishing a run twice (a cleared ``publish``) adds nothing: the row of that run id is already there.
+    `summary` is what ``score`` returned (:func:`committed_summary` completes it from the commit when needed).
+    Publishing a run twice (a cleared ``publish``, a cleared DAG run that had committed) adds nothing: the row of
+    that run id is already there.
     """
     import pyarrow as pa
-    from deltalake import write_deltalake
 
-    summary = committed_summary(config, dag_id=dag_id, airflow_run_id=airflow_run_id)
+    from scoring.adapters import deltalog
+    from scoring.engine.record import RunRecord
+
+    summary = committed_summary(config, run_id, summary)
     table = runs_table(config)
     day = interval_day(found_input(found)["day"])
-    if published(table, summary["run_id"]):
-        _LOGGER.info("run %s is already in %s; nothing appended", summary["run_id"], table)
+    if published(table, run_id):
+        _LOGGER.info("run %s is already in %s; nothing appended", run_id, table)
         return summary
-    row = {
-        "dag_id": dag_id,
-        "run_id": summary["run_id"],
-        "data_interval": dt.date.fromisoformat(day),
-        "model_name": summary.get("model_name"),
-        "model_version": summary.get("model_version"),
-        "model_uri": summary.get("model_uri"),
-        "input_version": summary.get("input_version"),
-        "output_version": summary.get("output_version"),
-        "rows_read": summary.get("rows_read"),
-        "rows_written": summary.get("rows_written"),
-        "rows_rejected": summary.get("rows_rejected"),
-        "rows_quarantined": summary.get("rows_quarantined", 0),
-        "committed": bool(summary.get("committed")),
-        "published_at": dt.datetime.now(dt.UTC),
-        "quality": json.dumps(dict(quality), sort_keys=True, default=str),
-    }
-    write_deltalake(table, pa.Table.from_pylist([row], schema=_runs_schema()), mode="append")
+    row = RunRecord.from_dict(summary).to_runs_row(
+        dag_id=dag_id, data_interval=dt.date.fromisoformat(day), published_at=dt.datetime.now(dt.UTC)
+    )
+    deltalog.append(table, pa.Table.from_pylist([row], schema=_runs_schema()), key="runs table")
     _LOGGER.info(
-        "published %s %s: run %s %s %s version %s (%s), %s rows read, %s written, %s rejected, %s quarantined, "
+        "published %s %s: run %s, %s version %s (%s), %s rows read, %s written, %s rejected, %s quarantined, "
         "input version %s; row in %s",
         dag_id,
         day,
-        summary["run_id"],
-        "committed" if row["committed"] else "already committed",
+        run_id,
         config.output.table,
         row["output_version"],
         row["model_uri"],
@@ -522,6 +587,28 @@ def publish(
         table,
     )
     return summary
+
+
+def describe_latest_run(table: str) -> str:
+    """The newest row of a runs table (by ``published_at``), one ``column: value`` per line; for ``make
+    demo-airflow`` and a quick look."""
+    from scoring.adapters import deltalog
+
+    rows = deltalog.read(table, RUNS_COLUMNS, key="runs table")
+    if rows is None or rows.num_rows == 0:
+        raise OutputError(f"no runs table at {table}, or it is empty", hint="run the DAG first")
+    latest = max(rows.to_pylist(), key=lambda row: row["published_at"])
+    width = max(map(len, RUNS_COLUMNS))
+    lines = [f"{table}: {rows.num_rows} run(s) published; the latest:"]
+    for name in RUNS_COLUMNS:
+        value = latest[name]
+        if name == "quality":
+            value = ", ".join(
+                f"{which} gate {'passed' if report.get('success') else 'failed'}"
+                for which, report in sorted(json.loads(value or "{}").items())
+            )
+        lines.append(f"  {name:<{width}}  {value}")
+    return "\n".join(lines)
 
 
 def _schedule(config: JobConfig) -> ScheduleConfig:

@@ -67,7 +67,7 @@ def test_quarantine_sets_aside_failing_rows_and_scores_the_rest(spark, lake, tmp
     original = json.loads(quarantined.column(QUARANTINE_ROW)[0].as_py())
     assert set(original) >= {"customer_id", "ds", "f00", "f02"}  # the whole original row
     report = summary.quality["input"]
-    assert report["success"] and report["quarantined"] == len(bad_ids)
+    assert not report["success"] and report["quarantined"] == len(bad_ids)  # expectations failed; rows set aside
     assert report["results"][0]["unexpected_count"] == len(bad_ids)
 
 

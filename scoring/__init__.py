@@ -12,13 +12,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from scoring.config import JobConfig, build_job_config, load_job_config
+from scoring.engine.record import RunRecord
 from scoring.errors import ScoringError
-from scoring.modes.batch import RunSummary, run
+from scoring.modes.batch import RunSummary, plan, run
 
-__all__ = ["JobConfig", "RunSummary", "ScoringError", "build_job_config", "load_job_config", "run", "run_job"]
+__all__ = [
+    "JobConfig",
+    "RunRecord",
+    "RunSummary",
+    "ScoringError",
+    "build_job_config",
+    "load_job_config",
+    "plan",
+    "run",
+    "run_job",
+]
 __version__ = "0.1.0"
 
 
-def run_job(path: str, overrides: Iterable[str] = (), *, spark=None) -> RunSummary:
+def run_job(path: str, overrides: Iterable[str] = (), *, spark=None) -> RunRecord:
     """Load the YAML job config at `path` (with ``key=value`` overrides) and run it."""
     return run(load_job_config(path, overrides), spark=spark)

@@ -2,7 +2,7 @@
 
 Every predictions table carries, next to the key column(s), the partition column(s) and the prediction column(s),
 these columns. Together they answer, for any row: which model produced it, from which input snapshot, in which run.
-They are added by exactly one function, :func:`scoring.core.stamp.lineage_values` (values) applied by
+They are defined once, by :func:`scoring.core.stamp.lineage_columns` (fields and values), and applied by
 :func:`scoring.core.stamp.stamp_batch` (Arrow) or the Spark glue (literals), so their names live only here.
 """
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 import pyarrow as pa
 
 from scoring.core.score import ScoringSpec, score_batch, score_batches
-from scoring.core.stamp import LINEAGE_SCHEMA, Lineage
+from scoring.core.stamp import Lineage, lineage_columns
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -257,12 +257,20 @@ def score_dataframe(df, spec: ScoringSpec, predictor_spec, lineage: Lineage):
     scored = predictions.select(
         *spec.passthrough, *[F.col(_PREDICTIONS).getField(f.name).alias(f.name) for f in spec.output_schema]
     )
-    values = lineage.values()
-    stamps = {
-        field.name: F.lit(values[field.name]).cast(from_arrow_schema(pa.schema([field])).fields[0].dataType)
-        for field in LINEAGE_SCHEMA
-    }
-    return scored.withColumns(stamps)
+    return stamp_dataframe(scored, lineage)
+
+
+def stamp_dataframe(df, lineage: Lineage):
+    """`df` with the lineage columns appended as typed constants (:func:`scoring.core.stamp.lineage_columns`)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return df.withColumns(
+        {
+            field.name: F.lit(value).cast(from_arrow_schema(pa.schema([field])).fields[0].dataType)
+            for field, value in lineage_columns(lineage)
+        }
+    )
 
 
 def probe_outputs(rows: pa.Table, spec: ScoringSpec, predictor_spec) -> pa.Schema:

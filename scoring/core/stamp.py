@@ -54,11 +54,18 @@ LINEAGE_SCHEMA = pa.schema(
 """Arrow types of the lineage columns."""
 
 
+def lineage_columns(lineage: Lineage) -> list[tuple[pa.Field, Any]]:
+    """The lineage columns as (Arrow field, constant value) pairs, in output order: the one definition every stamp
+    uses (:func:`stamp_batch` for Arrow batches, :func:`scoring.adapters.spark.stamp_dataframe` for Spark)."""
+    values = lineage.values()
+    return [(field, values[field.name]) for field in LINEAGE_SCHEMA]
+
+
 def stamp_batch(batch: pa.RecordBatch, lineage: Lineage) -> pa.RecordBatch:
     """`batch` with the lineage columns appended (constant per run)."""
     arrays = list(batch.columns)
     names = list(batch.schema.names)
-    for field in LINEAGE_SCHEMA:
-        arrays.append(pa.repeat(pa.scalar(lineage.values()[field.name], type=field.type), batch.num_rows))
+    for field, value in lineage_columns(lineage):
+        arrays.append(pa.repeat(pa.scalar(value, type=field.type), batch.num_rows))
         names.append(field.name)
     return pa.RecordBatch.from_arrays(arrays, names=names)

@@ -140,3 +140,32 @@ def test_the_demo_runs_from_an_empty_directory(tmp_path, job):
     assert "committed" in done.stdout and "churn version 1" in done.stdout
     output = "churn_scores" if job == "demo.yaml" else "churn_scores_triton"
     assert read_delta(tmp_path / ".demo" / "lake" / output).num_rows == 20000
+
+
+def test_plan_shows_what_a_run_would_replace_and_writes_nothing(lake, tmp_path):
+    config = _write(tmp_path, lake.job("cli_plan_out"))
+    assert _scoring("run", str(config), "--set", "input.where=ds = '2026-11-01'").returncode == 0
+    version = delta_version(lake.root / "cli_plan_out")
+    planned = _scoring("plan", str(config), "--json", "--set", "input.where=customer_id < 30")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    ids = lake.table.column("customer_id").to_pylist()
+    days = lake.table.column("ds").to_pylist()
+    selected = [d for k, d in zip(ids, days, strict=True) if k < 30]
+    in_output = [d for d in selected if d == "2026-11-01"]
+    assert plan["rows_selected"] == len(selected)
+    assert plan["rows_to_replace"] == len(in_output)
+    assert plan["output_rows"] == 1000
+    assert {p["values"]["ds"]: p["rows"] for p in plan["partitions"]} == {d: selected.count(d) for d in set(selected)}
+    shown = _scoring("plan", str(config), "--set", "input.where=customer_id < 30")
+    assert shown.returncode == 0 and "nothing is written" in shown.stdout and "rows selected" in shown.stdout
+    assert delta_version(lake.root / "cli_plan_out") == version
+
+
+def test_a_blank_filter_and_a_conflicting_output_exit_with_their_codes_and_no_traceback(lake, tmp_path):
+    config = _write(tmp_path, lake.job("cli_codes_out"))
+    blank = _scoring("plan", str(config), "--set", "input.where=' '")
+    assert blank.returncode == 2 and "input.where" in blank.stderr and "Traceback" not in blank.stderr
+    into_input = _scoring("run", str(config), "--set", f"output.table={lake.input_table}")
+    assert into_input.returncode == 2 and "same table as input.table" in into_input.stderr
+    assert "Traceback" not in into_input.stderr

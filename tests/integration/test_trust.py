@@ -266,3 +266,24 @@ def test_auto_compaction_does_not_make_a_committed_run_report_failure(spark, lak
     assert summary.committed and len(ours) == 1
     assert summary.output_version == ours[0]["version"]
     assert summary.rows_written == 500 and read_delta(lake.root / name).num_rows == lake.table.num_rows
+
+
+def test_a_gate_that_sets_aside_every_row_removes_their_old_scores_and_quarantines_them(spark, lake, tmp_path):
+    table = lake.table.slice(0, 200)
+    demo.write_delta(tmp_path / "input", table)
+    out, quarantine = tmp_path / "out", tmp_path / "q"
+    job = lake.job("unused", input={"table": str(tmp_path / "input")}, output={"table": str(out)})
+    job["quality"] = {"quarantine_table": str(quarantine)}
+    run(build_job_config(job), spark=spark)
+    job["quality"]["input"] = {
+        "expectations": [{"type": "between", "column": "f00", "min": 100, "max": 200}],
+        "policy": "quarantine",
+        "max_bad_fraction": 1.0,
+    }
+    summary = run(build_job_config(job), spark=spark)
+    assert summary.committed and summary.rows_written == 0 and summary.rows_quarantined == 200
+    assert read_delta(out).num_rows == 0 and summary.rows_replaced == 200
+    assert read_delta(quarantine).num_rows == 200
+    with pytest.raises(InputError, match="every selected row was set aside"):
+        run(build_job_config({**job, "output": {"table": str(tmp_path / "new"), "partition_by": ["ds"]}}), spark=spark)
+    assert delta_version(tmp_path / "new") is None

@@ -389,7 +389,7 @@ def show(
     except ScoringError as e:
         _fail(e)
         return
-    out.print(f"[bold]{table}[/bold] version {snap.version}, {len(snap.columns)} columns")
+    out.print(f"[bold]{table}[/bold] version {snap.version}, {len(snap.columns)} columns", soft_wrap=True)
     text = data.to_string(index=False)
     if max(map(len, text.splitlines()), default=0) <= out.width:
         out.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -2,9 +2,39 @@
 
 One client per Python worker (created once, reused for every batch). A batch's feature matrix goes to the server as
 binary tensors (or through a system shared-memory region), split into requests of ``batch_rows`` with up to
-``max_inflight`` in flight so that the server's dynamic batcher has work to merge. Every call has a deadline;
-transient failures are retried with exponential backoff and jitter; permanent ones fail at once with the model,
-version, URL and the server's own message.
+``max_inflight`` in flight so that the server's dynamic batcher has work to merge. Every call has a deadline.
+
+Failures are classified where tritonclient raises them (:meth:`_Client.call`), by what they are, never by their text
+(:func:`is_transient_failure`): a gRPC status code, an HTTP status, or a connection-level exception type. A transient
+one becomes a :class:`~scoring.errors.BackendUnavailableError` and is retried with exponential backoff and jitter; a
+terminal one becomes a :class:`~scoring.errors.ModelError` at once. Both name the model, version and URL and keep the
+server's own message, chained to tritonclient's exception.
+
+What the bundled server (2.51) answered, seen on our machines, and what we make of it:
+
+==========================================================  ======================  ======================  =========
+failure                                                     gRPC status             HTTP                    verdict
+==========================================================  ======================  ======================  =========
+queue full ("Exceeds maximum queue size")                   UNAVAILABLE             503                     transient
+our deadline passed                                         DEADLINE_EXCEEDED       TimeoutError            transient
+server stopped or killed, nothing listening                 UNAVAILABLE             ConnectionRefusedError  transient
+server killed with the request in flight                    UNAVAILABLE             HTTPConnectionClosed    transient
+server stopping (SIGTERM), a new request                    (served)                HTTPConnectionClosed    transient
+pinned version loading, unloading or unloaded               UNAVAILABLE             503                     transient
+unknown model, unknown version                              NOT_FOUND               404                     terminal
+wrong shape or dtype, rows > max_batch_size, 0 rows         INVALID_ARGUMENT        400                     terminal
+the model raised, or its Python stub died                   INTERNAL                500                     terminal
+unknown shared-memory region                                NOT_FOUND               404                     terminal [1]
+a client of the other protocol at the port                  UNAVAILABLE             HTTPParseError          as shown
+==========================================================  ======================  ======================  =========
+
+A dead Python stub ("Stub process ... is not healthy") kept failing with INTERNAL for as long as we watched, like a
+model that raises: INTERNAL is terminal. An unloaded version says "not at ready state" with UNAVAILABLE, exactly as one
+that is still loading: it is retried, and the run ends with exit 75 if it does not come back.
+
+[1] Unless the server restarted: its clients reconnect by themselves, but it has forgotten the regions. On NOT_FOUND
+for a shared-memory request the predictor asks the server which regions it has, and when its own are gone it
+registers them again (a transient failure, retried) instead of failing the job.
 """
 
 from __future__ import annotations
@@ -12,9 +42,12 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import dataclasses
+import errno
 import logging
 import os
 import random
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -23,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.core.batching import feature_matrix, name_outputs
-from scoring.errors import BackendUnavailableError, ModelError
+from scoring.errors import BackendUnavailableError, ModelError, ScoringError, is_transient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,26 +69,119 @@ _TRITON_TO_NUMPY = {
     "BOOL": np.bool_,
 }
 
-# Messages of failures that may pass: the server restarting, a dropped connection, a full queue, a deadline.
-_TRANSIENT = (
-    "unavailable",
-    "deadline",
-    "timed out",
-    "timeout",
-    "connection refused",
-    "failed to connect",
-    "resource_exhausted",
-    "exceeds maximum queue size",
-    "queue",
-    "overload",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-    "502",
-    "503",
-    "504",
-    "cancelled",
+TRANSIENT_GRPC_STATUSES = frozenset(
+    {
+        "StatusCode.UNAVAILABLE",  # queue full, server down or restarting, connection lost
+        "StatusCode.DEADLINE_EXCEEDED",  # our deadline passed
+        "StatusCode.RESOURCE_EXHAUSTED",  # gRPC's own overload signal (Triton itself does not send it)
+        "StatusCode.CANCELLED",  # cancelled in flight (e.g. a server shutting down)
+        "StatusCode.ABORTED",
+    }
 )
+"""gRPC status codes (``InferenceServerException.status()``) that may pass on a retry; every other is terminal:
+``NOT_FOUND``, ``INVALID_ARGUMENT``, ``INTERNAL``, ``UNIMPLEMENTED``, ``FAILED_PRECONDITION``, ``ALREADY_EXISTS``,
+``UNKNOWN``, ..."""
+
+TRANSIENT_HTTP_STATUSES = frozenset({"408", "429", "502", "503", "504"})
+"""HTTP statuses that may pass on a retry (Triton answers a full queue with 503); every other is terminal: 400 (bad
+request), 404 (unknown model, version or region), 500 (the model failed), ..."""
+
+_TRANSIENT_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN})
+
+
+def _connection_failures() -> tuple[type[BaseException], ...]:
+    """Connection-level exception types of the HTTP client stack that may pass on a retry.
+
+    ``ConnectionError`` covers refused, reset, aborted connections and broken pipes; ``TimeoutError`` is
+    ``socket.timeout``. gevent's own types are only looked up once gevent is imported: before that, nothing can
+    raise them.
+    """
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    gevent = sys.modules.get("gevent")
+    if gevent is not None:
+        found.append(gevent.Timeout)
+    response = sys.modules.get("geventhttpclient.response")
+    if response is not None:
+        found.append(response.HTTPConnectionClosed)  # the server closed the connection (stopping, killed)
+    return tuple(found)
+
+
+def _server_exception() -> type[BaseException] | None:
+    utils = sys.modules.get("tritonclient.utils")
+    return getattr(utils, "InferenceServerException", None)
+
+
+def is_transient_failure(error: BaseException) -> bool:
+    """Whether a failure that tritonclient (or the HTTP stack beneath it) raised may pass on a retry.
+
+    Decided by type and status only, never by message text:
+
+    - ``InferenceServerException`` with a gRPC status: transient iff in :data:`TRANSIENT_GRPC_STATUSES`;
+    - ``InferenceServerException`` with an HTTP status: transient iff in :data:`TRANSIENT_HTTP_STATUSES`;
+    - ``InferenceServerException`` without a status (raised by the client itself, e.g. a bad argument): terminal,
+      unless it was raised while handling a transient failure (``__context__``, e.g. an async request timing out);
+    - refused, reset or aborted connections, broken pipes, socket and gevent timeouts, a connection the server
+      closed, an unreachable host or network, a temporary DNS failure: transient;
+    - anything else (a reply that is not HTTP, an unknown host name, a bug): terminal.
+    """
+    server_exception = _server_exception()
+    if server_exception is not None and isinstance(error, server_exception):
+        status = error.status()
+        if status is None:
+            context = error.__cause__ or error.__context__
+            return context is not None and context is not error and is_transient_failure(context)
+        status = str(status)
+        if status.startswith("StatusCode."):
+            return status in TRANSIENT_GRPC_STATUSES
+        return status in TRANSIENT_HTTP_STATUSES
+    if isinstance(error, _connection_failures()):
+        return True
+    if isinstance(error, socket.gaierror):
+        return error.errno == socket.EAI_AGAIN  # "temporary failure in name resolution"
+    if isinstance(error, OSError):
+        return error.errno in _TRANSIENT_ERRNOS
+    return False
+
+
+def _is_client_failure(error: BaseException) -> bool:
+    """Whether `error` is a failure of the call (translated by :meth:`_Client.call`) rather than a bug to re-raise."""
+    import http.client
+
+    server_exception = _server_exception()
+    if server_exception is not None and isinstance(error, server_exception):
+        return True
+    return isinstance(error, (OSError, http.client.HTTPException, *_connection_failures()))
+
+
+def _describe(error: BaseException) -> str:
+    """The server's own message (with its status), or the exception's type and text."""
+    server_exception = _server_exception()
+    if server_exception is not None and isinstance(error, server_exception):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _status(error: BaseException) -> str | None:
+    server_exception = _server_exception()
+    if server_exception is not None and isinstance(error, server_exception) and error.status() is not None:
+        return str(error.status()).removeprefix("StatusCode.")
+    return None
+
+
+_TERMINAL_HINTS = {
+    "NOT_FOUND": "the server does not serve that model, version or shared-memory region: export the version "
+    "(scoring export MODEL_URI --repository DIR) and let the server load it, or use runtime.triton.launch: auto",
+    "404": "the server does not serve that model, version or shared-memory region: export the version "
+    "(scoring export MODEL_URI --repository DIR) and let the server load it, or use runtime.triton.launch: auto",
+    "INVALID_ARGUMENT": "check that the exported model matches the job's features (count, order, dtype) and that "
+    "runtime.triton.batch_rows is at most the model's max_batch_size",
+    "400": "check that the exported model matches the job's features (count, order, dtype) and that "
+    "runtime.triton.batch_rows is at most the model's max_batch_size",
+    "INTERNAL": "the model failed inside the server: read the server's log",
+    "500": "the model failed inside the server: read the server's log",
+}
+_OTHER_TERMINAL_HINT = "check runtime.triton.url and runtime.triton.protocol (is that the server's gRPC or HTTP port?)"
+_TRANSIENT_HINT = "check the server's health and load; raise runtime.triton.max_retries or timeout_s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +207,9 @@ class TritonSpec:
         return TritonPredictor(self)
 
 
-def is_transient(error: BaseException) -> bool:
-    text = str(error).lower()
-    return any(word in text for word in _TRANSIENT)
+def _where(spec: TritonSpec) -> str:
+    """What every message names: model, version, url and protocol."""
+    return f"model {spec.model_name} version {spec.model_version} at {spec.url} ({spec.protocol})"
 
 
 class _Client:
@@ -96,17 +222,41 @@ class _Client:
         else:
             import tritonclient.http as mod
         self.mod = mod
-        if spec.protocol == "grpc":
-            self.client = mod.InferenceServerClient(spec.url)
-        else:
-            self.client = mod.InferenceServerClient(
-                spec.url, connection_timeout=spec.timeout_s, network_timeout=spec.timeout_s
+        if "://" in spec.url:  # tritonclient refuses it too, but leaves a half-made client whose __del__ fails
+            raise ModelError(
+                f"Triton url {spec.url!r} has a scheme; tritonclient takes host:port",
+                hint="set runtime.triton.url to host:port, e.g. 127.0.0.1:8001",
             )
+        try:
+            if spec.protocol == "grpc":
+                self.client = mod.InferenceServerClient(spec.url)
+            else:
+                self.client = mod.InferenceServerClient(
+                    spec.url, connection_timeout=spec.timeout_s, network_timeout=spec.timeout_s
+                )
+        except Exception as e:
+            if not _is_client_failure(e):
+                raise
+            raise ModelError(
+                f"cannot open a Triton {spec.protocol} client for {spec.url}: {_describe(e)}",
+                hint="runtime.triton.url is host:port, without a scheme",
+            ) from e
 
-    def call(self, method: str, *args, **kwargs):
+    def call(self, method: str, *args, what: str | None = None, **kwargs):
+        """Call tritonclient's `method`; its failures come out typed (see :func:`is_transient_failure`):
+        `BackendUnavailableError` when a retry may help, `ModelError` otherwise, chained to the original.
+        `what` names the call in the message (default: the method's name)."""
         if self.spec.protocol == "grpc":
             kwargs.setdefault("client_timeout", self.spec.timeout_s)
-        return getattr(self.client, method)(*args, **kwargs)
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except BaseException as e:  # gevent.Timeout is a BaseException; anything not a call failure is re-raised
+            if not _is_client_failure(e):
+                raise
+            message = f"{_where(self.spec)}: {what or method} failed: {_describe(e)}"
+            if is_transient_failure(e):
+                raise BackendUnavailableError(message, hint=_TRANSIENT_HINT) from e
+            raise ModelError(message, hint=_TERMINAL_HINTS.get(_status(e) or "", _OTHER_TERMINAL_HINT)) from e
 
     def close(self) -> None:
         try:
@@ -122,12 +272,23 @@ class TritonPredictor:
         self.spec = spec
         self._local = threading.local()
         self._clients: list[_Client] = []
-        self._regions: list[tuple[_Client, str, object]] = []
+        self._regions: list[tuple[str, object]] = []
         self._lock = threading.Lock()
+        try:
+            self._connect()
+        except BaseException:
+            self.close()  # the client made so far
+            raise
+        self._pool = concurrent.futures.ThreadPoolExecutor(spec.max_inflight, thread_name_prefix="triton")
+        atexit.register(self.close)
+
+    def _connect(self) -> None:
+        """Wait for the server, check it serves the version, and read the model's input and outputs."""
+        spec = self.spec
         client = self._client()
         self._wait_ready(client)
         self._check_version(client)
-        meta = client.call("get_model_metadata", spec.model_name, spec.model_version)
+        meta = client.call("get_model_metadata", spec.model_name, spec.model_version, what="reading the metadata")
         meta = meta if isinstance(meta, dict) else _grpc_meta(meta)
         if len(meta["inputs"]) != 1:
             raise ModelError(
@@ -147,8 +308,6 @@ class TritonPredictor:
         self._outputs = [
             (o["name"], _TRITON_TO_NUMPY.get(o["datatype"], np.float32), o["shape"]) for o in meta["outputs"]
         ]
-        self._pool = concurrent.futures.ThreadPoolExecutor(spec.max_inflight, thread_name_prefix="triton")
-        atexit.register(self.close)
 
     # -- connection ------------------------------------------------------------------------------------------------
 
@@ -161,32 +320,30 @@ class TritonPredictor:
         return client
 
     def _where(self) -> str:
-        return (
-            f"model {self.spec.model_name} version {self.spec.model_version} at {self.spec.url} ({self.spec.protocol})"
-        )
+        return _where(self.spec)
 
     def _wait_ready(self, client: _Client) -> None:
+        """Poll until the server says it is ready; a transient failure is waited out, a terminal one raised."""
         deadline = time.monotonic() + self.spec.timeout_s
-        last: BaseException | None = None
+        last: BackendUnavailableError | None = None
         while time.monotonic() < deadline:
             try:
-                if client.call("is_server_ready"):
+                if client.call("is_server_ready", what="asking whether the server is ready"):
                     return
-            except Exception as e:  # not up yet
+            except BackendUnavailableError as e:  # not up yet
                 last = e
             time.sleep(0.2)
         raise BackendUnavailableError(
             f"Triton server at {self.spec.url} ({self.spec.protocol}) was not ready within {self.spec.timeout_s:g} s"
-            + (f": {last}" if last else ""),
+            + (f": {_describe(last.__cause__ or last)}" if last else ""),
             hint="start it (scoring sidecar start --repository DIR), check runtime.triton.url, "
             "or use runtime.triton.launch: auto",
         )
 
     def _check_version(self, client: _Client) -> None:
-        try:
-            ready = client.call("is_model_ready", self.spec.model_name, self.spec.model_version)
-        except Exception as e:
-            raise BackendUnavailableError(f"cannot ask {self._where()} whether it is ready: {e}") from e
+        ready = client.call(
+            "is_model_ready", self.spec.model_name, self.spec.model_version, what="asking whether the model is ready"
+        )
         if ready:
             return
         served = []
@@ -198,7 +355,7 @@ class TritonPredictor:
                 else [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
             )
             served = [f"{m.get('name')}/{m.get('version') or '?'} {m.get('state', '')}".strip() for m in index]
-        except Exception:  # the index is only for the message
+        except ScoringError:  # the index is only for the message
             _LOGGER.debug("cannot read the model repository index", exc_info=True)
         raise ModelError(
             f"the run resolved {self.spec.model_uri}, but the Triton server at {self.spec.url} does not serve "
@@ -210,34 +367,52 @@ class TritonPredictor:
     # -- inference -------------------------------------------------------------------------------------------------
 
     def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
+        if features.num_rows == 0:  # Triton refuses a 0-row request (INVALID_ARGUMENT); the metadata knows the shape
+            return name_outputs(
+                {name: np.empty((0, *_fixed_dims(shape[1:])), dtype) for name, dtype, shape in self._outputs}, 0
+            )
         matrix = feature_matrix(features, self.spec.features, self._input_dtype)
         step = self.spec.batch_rows
-        chunks = [matrix[i : i + step] for i in range(0, max(len(matrix), 1), step)] or [matrix]
+        chunks = [matrix[i : i + step] for i in range(0, len(matrix), step)]
         if len(chunks) == 1 or self.spec.max_inflight == 1:
             parts = [self._infer_with_retries(c) for c in chunks]
         else:
-            parts = list(self._pool.map(self._infer_with_retries, chunks))
+            failed = threading.Event()  # once one request has failed for good, the others stop retrying
+            futures = [self._pool.submit(self._infer_with_retries, c, failed) for c in chunks]
+            try:
+                parts = [f.result() for f in futures]
+            except BaseException:
+                failed.set()
+                for future in futures:
+                    future.cancel()
+                raise
         merged = {name: np.concatenate([p[name] for p in parts]) for name, _, _ in self._outputs}
         return name_outputs(merged, features.num_rows)
 
-    def _infer_with_retries(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer_with_retries(self, chunk: np.ndarray, failed: threading.Event | None = None) -> dict[str, np.ndarray]:
+        """One request; retried while its failure is `Transient` (by type), at most ``max_retries`` times, and not
+        once `failed` (another request of the same batch failed for good) is set. Sets `failed` when it gives up."""
         attempt = 0
         while True:
             try:
                 return self._infer(chunk)
-            except Exception as e:
+            except ScoringError as e:
+                if failed is not None and (not is_transient(e) or attempt >= self.spec.max_retries):
+                    failed.set()
                 if not is_transient(e):
-                    raise ModelError(
-                        f"{self._where()} refused a request of {len(chunk)} rows: {e}",
-                        hint="check that the exported model matches the job's features",
-                    ) from e
-                if attempt >= self.spec.max_retries:
+                    raise  # a ModelError from _Client.call: the server's message, chained, no retry
+                cause = e.__cause__
+                last = e.message if cause is None or isinstance(cause, ScoringError) else _describe(cause)
+                if attempt >= self.spec.max_retries or (failed is not None and failed.is_set()):
                     raise BackendUnavailableError(
-                        f"{self._where()} gave up after {attempt + 1} attempt(s) on a request of {len(chunk)} rows; last error: {e}",
-                        hint="check the server's health and load; raise runtime.triton.max_retries or timeout_s",
+                        f"{self._where()} gave up after {attempt + 1} attempt(s) on a request of {len(chunk)} rows; "
+                        f"last error: {last}",
+                        hint=_TRANSIENT_HINT,
                     ) from e
                 delay = min(8.0, 0.1 * 2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
-                _LOGGER.warning("%s: transient failure (%s); retry %d in %.2f s", self._where(), e, attempt + 1, delay)
+                _LOGGER.warning(
+                    "%s: transient failure (%s); retry %d in %.2f s", self._where(), last, attempt + 1, delay
+                )
                 time.sleep(delay)
                 attempt += 1
                 self._local.client = None  # reconnect: the old channel may be broken
@@ -258,12 +433,18 @@ class TritonPredictor:
                 model_version=self.spec.model_version,
                 outputs=outputs,
                 timeout=int(self.spec.timeout_s * 1e6),
+                what=f"a request of {len(chunk)} rows",
             )
         else:
             inp.set_data_from_numpy(chunk)
             outputs = [mod.InferRequestedOutput(name) for name, _, _ in self._outputs]
             result = client.call(
-                "infer", self.spec.model_name, [inp], model_version=self.spec.model_version, outputs=outputs
+                "infer",
+                self.spec.model_name,
+                [inp],
+                model_version=self.spec.model_version,
+                outputs=outputs,
+                what=f"a request of {len(chunk)} rows",
             )
         return {name: result.as_numpy(name) for name, _, _ in self._outputs}
 
@@ -288,11 +469,38 @@ class TritonPredictor:
             )
             out.set_shared_memory(out_handles[name]["name"], size)
             outputs.append(out)
-        client.call("infer", self.spec.model_name, [inp], model_version=self.spec.model_version, outputs=outputs)
+        try:
+            client.call(
+                "infer",
+                self.spec.model_name,
+                [inp],
+                model_version=self.spec.model_version,
+                outputs=outputs,
+                what=f"a request of {len(chunk)} rows (system shared memory)",
+            )
+        except ModelError as e:
+            if _status(e.__cause__) not in ("NOT_FOUND", "404") or not self._regions_lost(client, in_handle["name"]):
+                raise
+            # A restarted server forgot the regions, while the client reconnected by itself: register them again.
+            self._local.regions = None
+            raise BackendUnavailableError(
+                f"{self._where()}: the server no longer has this worker's shared-memory region {in_handle['name']} "
+                "(did it restart?); registering the regions again",
+                hint=_TRANSIENT_HINT,
+            ) from e
         return {
             name: shm.get_contents_as_numpy(out_handles[name]["handle"], dtype, dims).copy()
             for name, (dims, dtype) in shapes.items()
         }
+
+    def _regions_lost(self, client: _Client, name: str) -> bool:
+        """Whether the server's list of registered system shared-memory regions lacks `name` (asked, not guessed)."""
+        try:
+            status = client.call("get_system_shared_memory_status", what="reading the shared-memory status")
+        except ScoringError:
+            return False
+        names = {r["name"] for r in status} if isinstance(status, list) else set(status.regions)
+        return name not in names
 
     def _shm_regions(self, client: _Client, chunk: np.ndarray):
         import tritonclient.utils.shared_memory as shm
@@ -306,9 +514,11 @@ class TritonPredictor:
         def region(suffix: str, size: int) -> dict:
             name = f"{tag}_{suffix}"
             handle = shm.create_shared_memory_region(name, f"/{name}", size)
-            client.call("register_system_shared_memory", name, f"/{name}", size)
+            client.call(
+                "register_system_shared_memory", name, f"/{name}", size, what=f"registering shared memory /{name}"
+            )
             with self._lock:
-                self._regions.append((client, name, handle))
+                self._regions.append((name, handle))
             return {"name": name, "handle": handle}
 
         in_region = region("in", rows * chunk.shape[1] * np.dtype(self._input_dtype).itemsize)
@@ -321,26 +531,40 @@ class TritonPredictor:
         return self._local.regions
 
     def close(self) -> None:
-        """Unregister and free shared-memory regions, close connections. Safe to call twice."""
-        import tritonclient.utils.shared_memory as shm
-
+        """Unregister and free shared-memory regions, close connections. Safe to call twice, from any thread."""
         with self._lock:
             regions, self._regions = self._regions, []
             clients, self._clients = self._clients, []
-        for client, name, handle in regions:
-            try:
-                client.call("unregister_system_shared_memory", name)
-            except Exception:  # the server may be gone already
-                _LOGGER.debug("cannot unregister %s", name, exc_info=True)
-            try:
-                shm.destroy_shared_memory_region(handle)
-            except Exception:
-                _LOGGER.debug("cannot destroy %s", name, exc_info=True)
+        if regions:
+            self._release(regions)
         for client in clients:
             client.close()
         pool = getattr(self, "_pool", None)
         if pool is not None:
-            pool.shutdown(wait=False)
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _release(self, regions: list[tuple[str, object]]) -> None:
+        """Unregister `regions` through a client of the calling thread (an HTTP client works only in the thread that
+        made it; regions are the server's, whichever client registered them), then free them here."""
+        import tritonclient.utils.shared_memory as shm
+
+        closer: _Client | None = None
+        try:
+            closer = _Client(self.spec)
+        except ScoringError:
+            _LOGGER.debug("cannot open a client to unregister shared memory", exc_info=True)
+        for name, handle in regions:
+            if closer is not None:
+                try:
+                    closer.call("unregister_system_shared_memory", name, what=f"unregistering shared memory {name}")
+                except ScoringError:  # the server may be gone already
+                    _LOGGER.debug("cannot unregister %s", name, exc_info=True)
+            try:
+                shm.destroy_shared_memory_region(handle)
+            except Exception:  # SharedMemoryException: already gone
+                _LOGGER.debug("cannot destroy %s", name, exc_info=True)
+        if closer is not None:
+            closer.close()
 
 
 def serves(url: str, protocol: str, model_name: str, model_version: str, timeout_s: float = 2.0) -> bool:
@@ -355,6 +579,12 @@ def serves(url: str, protocol: str, model_name: str, model_version: str, timeout
         return False
     finally:
         client.close()
+
+
+def _fixed_dims(dims) -> list[int]:
+    """An output's non-batch dimensions; a variable one (-1) is only known from a real answer, so an empty result
+    gives it width 2: a list column, as any width above 1 makes."""
+    return [int(d) if int(d) >= 0 else 2 for d in dims]
 
 
 def _grpc_meta(meta) -> dict:

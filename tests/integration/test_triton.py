@@ -1,8 +1,16 @@
 """The triton backend against a real Triton Inference Server process (the tritonserver binary bundled in the
-nvidia-pytriton wheel, Python backend), real Spark, Delta and MLflow."""
+nvidia-pytriton wheel, Python backend), real Spark, Delta and MLflow.
+
+The predictor-level contract every backend passes is in test_predictor_contract.py; here: whole jobs through each
+transport, the export, and failures injected at the real server (overload, unknown version, wrong request size,
+unloaded model, killed server), each checked for its type: transient failures are retried and end as
+`BackendUnavailableError` (exit 75), terminal ones are a `ModelError` (exit 1) at once.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 import time
@@ -16,13 +24,15 @@ import pytest
 from google.protobuf import text_format
 
 from scoring import build_job_config, demo, run
-from scoring.adapters import triton_server
+from scoring.adapters import triton_server as ts
 from scoring.adapters.registry import resolve_model
 from scoring.adapters.triton import TritonPredictor, TritonSpec
-from scoring.adapters.triton_export import export_model
+from scoring.adapters.triton_export import export_model, triton_model_name
 from scoring.config import TritonModelConfig
-from scoring.errors import BackendUnavailableError, ModelError
+from scoring.errors import EXIT_TERMINAL, EXIT_TRANSIENT, BackendUnavailableError, ModelError, exit_code_for
 from tests.integration.conftest import FEATURES, delta_version, features_of, read_delta
+
+pytest_plugins = ["tests.integration.triton_fixtures"]  # champion, triton_repository, triton_server (one a session)
 
 
 def _own_predict(model_uri: str, table: pa.Table):
@@ -30,24 +40,6 @@ def _own_predict(model_uri: str, table: pa.Table):
 
     session = onnxruntime.InferenceSession(mlflow.onnx.load_model(model_uri).SerializeToString())
     return session.run(["label", "probabilities"], {"X": features_of(table).astype(np.float32)})
-
-
-@pytest.fixture(scope="module")
-def champion(lake):
-    return resolve_model("models:/onnx_clf@champion")
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory, champion) -> Path:
-    repo = tmp_path_factory.mktemp("repository")
-    export_model(champion, repo, target="python")
-    return repo
-
-
-@pytest.fixture(scope="module")
-def server(repository):
-    with triton_server.running_server(repository) as handle:
-        yield handle
 
 
 def _triton_job(lake, output, handle, **triton):
@@ -67,11 +59,13 @@ BACKENDS = {
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_every_predictor_gives_the_models_own_predictions(spark, lake, server, champion, backend):
-    """One contract for every runtime: same rows in, the model's own predictions out."""
+def test_every_runtime_writes_the_models_own_predictions_through_a_whole_job(
+    spark, lake, triton_server, champion, backend
+):
+    """A whole job (Spark, Delta) through each runtime: same rows in, the model's own predictions written."""
     triton = BACKENDS[backend]
     output = f"contract_{backend.replace('-', '_')}"
-    tree = lake.job(output) if triton is None else _triton_job(lake, output, server, **triton)
+    tree = lake.job(output) if triton is None else _triton_job(lake, output, triton_server, **triton)
     summary = run(build_job_config(tree), spark=spark)
     assert summary.model_version == champion.version and summary.backend == ("embedded" if triton is None else "triton")
     out = read_delta(lake.root / output).sort_by("customer_id")
@@ -81,9 +75,10 @@ def test_every_predictor_gives_the_models_own_predictions(spark, lake, server, c
     assert summary.rows_written == lake.table.num_rows
 
 
-def test_the_python_target_config_parses_and_pins_the_version(repository, champion):
+def test_the_python_target_config_parses_and_pins_the_version(triton_repository, champion):
     from tritonclient.grpc import model_config_pb2 as mc
 
+    repository = triton_repository
     config = text_format.Parse((repository / "onnx_clf" / "config.pbtxt").read_text(), mc.ModelConfig())
     assert config.name == "onnx_clf" and config.backend == "python"
     assert list(config.version_policy.specific.versions) == [int(champion.version)]
@@ -152,13 +147,13 @@ def test_a_server_that_is_not_up_fails_within_the_timeout_naming_the_url(champio
     assert time.monotonic() - started < 10
 
 
-def test_a_server_serving_another_version_is_refused(spark, lake, server):
+def test_a_server_serving_another_version_is_refused(spark, lake, triton_server):
     clf = demo.train_classifier(lake.table, FEATURES, max_iter=100)
     version = demo.register(clf, lake.table, FEATURES, name="onnx_clf", flavor="onnx")
     path = lake.root / "guarded_triton"
     run(build_job_config(lake.job("guarded_triton")), spark=spark)
     before = delta_version(path)
-    tree = _triton_job(lake, "guarded_triton", server)
+    tree = _triton_job(lake, "guarded_triton", triton_server)
     tree["model"] = {"uri": f"models:/onnx_clf/{version}"}
     with pytest.raises(
         ModelError, match=rf"resolved models:/onnx_clf/{version}.*does not serve onnx_clf version {version}"
@@ -190,9 +185,9 @@ def test_launch_auto_starts_and_stops_its_own_sidecar(spark, lake, champion, tmp
     np.testing.assert_array_equal(out.column("label").to_numpy(), label)
 
 
-def test_launch_auto_uses_a_server_that_already_serves_the_version(spark, lake, server, champion, tmp_path):
+def test_launch_auto_uses_a_server_that_already_serves_the_version(spark, lake, triton_server, champion, tmp_path):
     repo = tmp_path / "not-needed"
-    triton = {"launch": "auto", "url": server.grpc_url, "repository": str(repo)}
+    triton = {"launch": "auto", "url": triton_server.grpc_url, "repository": str(repo)}
     summary = run(
         build_job_config(lake.job("auto_reuse_out", runtime={"backend": "triton", "triton": triton})), spark=spark
     )
@@ -200,63 +195,278 @@ def test_launch_auto_uses_a_server_that_already_serves_the_version(spark, lake, 
     assert not repo.exists()  # nothing exported, no sidecar started: the running server served it
 
 
-@pytest.fixture()
-def slow_server(tmp_path, champion):
-    """The champion model, but each execution sleeps 50 ms and the queue holds one request: easy to overload."""
-    settings = TritonModelConfig(max_batch_size=512, max_queue_size=1, max_queue_delay_us=0)
-    export_model(champion, tmp_path, target="python", model_config=settings)
-    model_py = tmp_path / "onnx_clf" / champion.version / "model.py"
+SLOW_MAX_BATCH = 512
+
+
+def _slow_repository(directory: Path, champion) -> Path:
+    """The champion model, but each execution sleeps 50 ms, the queue holds one request and a request may carry at
+    most 512 rows: easy to overload, easy to send too much."""
+    settings = TritonModelConfig(max_batch_size=SLOW_MAX_BATCH, max_queue_size=1, max_queue_delay_us=0)
+    export_model(champion, directory, target="python", model_config=settings)
+    model_py = directory / "onnx_clf" / champion.version / "model.py"
     source = model_py.read_text().replace(
         "    def execute(self, requests):\n",
         "    def execute(self, requests):\n        import time\n\n        time.sleep(0.05)\n",
     )
     assert "time.sleep(0.05)" in source
     model_py.write_text(source)
-    with triton_server.running_server(tmp_path) as handle:
+    return directory
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory, champion):
+    """One slow server for the module, in explicit model-control mode (a test unloads and reloads the model)."""
+    repo = _slow_repository(tmp_path_factory.mktemp("slow-repository"), champion)
+    with ts.running_server(repo, models=[triton_model_name(champion)]) as handle:
         yield handle
+
+
+@pytest.fixture()
+def doomed_server(tmp_path, champion):
+    """A slow server of its own, for a test that kills it."""
+    with ts.running_server(_slow_repository(tmp_path, champion)) as handle:
+        yield handle
+
+
+def _backend_regions(handle) -> list[Path]:
+    """The shared-memory regions the server made for its Python-backend stubs (named on the stubs' command lines)."""
+    import psutil
+
+    regions = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getpgid(proc.pid) != handle.pid:
+                continue
+        except OSError:
+            continue
+        regions += [
+            Path("/dev/shm") / a for a in proc.info["cmdline"] or () if a.startswith("triton_python_backend_shm")
+        ]
+    return regions
+
+
+def kill(handle) -> None:
+    """Kill the server (SIGTERM, then SIGKILL to its process group at once), and remove the shared-memory regions its
+    Python backend had made: a killed server cannot, and they would stay in /dev/shm."""
+    regions = _backend_regions(handle)
+    ts.stop_server(handle, timeout_s=0)
+    for region in regions:
+        region.unlink(missing_ok=True)
 
 
 def _batch(lake, rows):
     return pa.RecordBatch.from_pandas(lake.table.slice(0, rows).select(FEATURES).to_pandas(), preserve_index=False)
 
 
-def _overloading_predictor(champion, server, max_retries: int) -> TritonPredictor:
-    """Six 64-row requests in flight against a queue of one: most are rejected as overloaded at first."""
+def _url(handle, protocol: str) -> str:
+    return handle.grpc_url if protocol == "grpc" else handle.http_url
+
+
+def _predictor(champion, handle, protocol: str = "grpc", **options) -> TritonPredictor:
     spec = TritonSpec(
         champion.uri,
-        "onnx_clf",
+        triton_model_name(champion),
         champion.version,
         tuple(FEATURES),
-        server.grpc_url,
-        batch_rows=64,
-        max_inflight=6,
-        max_retries=max_retries,
-        timeout_s=20,
+        _url(handle, protocol),
+        protocol=protocol,
+        **{"timeout_s": 20, **options},
     )
     return TritonPredictor(spec)
 
 
-def test_an_overloaded_server_is_retried_with_backoff_until_it_answers(lake, champion, slow_server):
+def _overloading_predictor(champion, server, max_retries: int, protocol: str = "grpc") -> TritonPredictor:
+    """Six 64-row requests in flight against a queue of one: most are rejected as overloaded at first."""
+    return _predictor(champion, server, protocol, batch_rows=64, max_inflight=6, max_retries=max_retries)
+
+
+def _retries(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "scoring.adapters.triton" and "transient failure" in r.getMessage()]
+
+
+def _status_of(error: BaseException) -> str | None:
+    """The status tritonclient attached to the exception at the bottom of `error`'s chain."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    status = getattr(error, "status", None)
+    return status() if callable(status) else None
+
+
+def _root(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def test_an_overloaded_server_is_retried_with_backoff_until_it_answers(lake, champion, slow_server, caplog):
     predictor = _overloading_predictor(champion, slow_server, max_retries=30)
     try:
-        out = predictor.predict(_batch(lake, 768))
+        with caplog.at_level(logging.WARNING, logger="scoring.adapters.triton"):
+            out = predictor.predict(_batch(lake, 768))
     finally:
         predictor.close()
     label, _ = _own_predict(champion.uri, lake.table.slice(0, 768))
     np.testing.assert_array_equal(out.column("label").to_numpy(), label)
+    assert _retries(caplog), "no request was refused: the server was not overloaded"
 
 
-def test_an_overloaded_server_without_retries_gives_a_typed_error_not_a_hang(lake, champion, slow_server):
-    predictor = _overloading_predictor(champion, slow_server, max_retries=0)
-    started = time.monotonic()
+@pytest.mark.parametrize(("protocol", "status"), [("grpc", "StatusCode.UNAVAILABLE"), ("http", "503")])
+def test_an_overloaded_server_without_retries_gives_a_typed_transient_error_not_a_hang(
+    lake, champion, slow_server, protocol, status
+):
+    predictor = _overloading_predictor(champion, slow_server, max_retries=0, protocol=protocol)
     try:
         with pytest.raises(
             BackendUnavailableError, match=r"onnx_clf.*gave up after 1 attempt.*Exceeds maximum queue size"
-        ):
+        ) as excinfo:
             predictor.predict(_batch(lake, 768))
     finally:
         predictor.close()
-    assert time.monotonic() - started < 20
+    error = excinfo.value
+    assert exit_code_for(error) == EXIT_TRANSIENT
+    assert _url(slow_server, protocol) in str(error) and f"version {champion.version}" in str(error)
+    assert isinstance(error.__cause__, BackendUnavailableError)  # the attempt's own error, from the client call
+    assert _status_of(error) == status
+
+
+@pytest.mark.parametrize(("protocol", "status"), [("grpc", "StatusCode.INVALID_ARGUMENT"), ("http", "400")])
+def test_a_request_above_the_models_max_batch_size_is_a_model_error_at_once(
+    lake, champion, slow_server, caplog, protocol, status
+):
+    predictor = _predictor(champion, slow_server, protocol, batch_rows=SLOW_MAX_BATCH + 88, max_retries=5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="scoring.adapters.triton"):
+            with pytest.raises(ModelError, match=rf"batch-size must be <= {SLOW_MAX_BATCH}") as excinfo:
+                predictor.predict(_batch(lake, SLOW_MAX_BATCH + 88))
+    finally:
+        predictor.close()
+    error = excinfo.value
+    assert exit_code_for(error) == EXIT_TERMINAL
+    assert f"model onnx_clf version {champion.version} at {_url(slow_server, protocol)}" in str(error)
+    assert _status_of(error) == status and error.__cause__ is _root(error)  # straight from tritonclient
+    assert not _retries(caplog)
+
+
+def _wait_unloaded(admin, name: str, timeout_s: float = 60.0) -> None:
+    """Until the server's repository index no longer shows `name` ready, loading or unloading."""
+    deadline = time.monotonic() + timeout_s
+    while any(
+        m["name"] == name and m.get("state") in ("READY", "LOADING", "UNLOADING")
+        for m in admin.get_model_repository_index()
+    ):
+        assert time.monotonic() < deadline, f"{name} still not unloaded after {timeout_s:g} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("protocol", "status"), [("grpc", "StatusCode.UNAVAILABLE"), ("http", "503")])
+def test_a_model_unloaded_mid_job_is_unavailable_so_retried_then_a_transient_error(
+    lake, champion, slow_server, caplog, protocol, status
+):
+    """The server answers a request for an unloaded (pinned) version with UNAVAILABLE / 503, "not at ready state",
+    as it does while the version loads: the predictor retries, gives up typed as transient, and works again once the
+    model is back."""
+    import tritonclient.http as httpclient
+
+    name = triton_model_name(champion)
+    predictor = _predictor(champion, slow_server, protocol, max_retries=1)
+    admin = httpclient.InferenceServerClient(slow_server.http_url)
+    try:
+        predictor.predict(_batch(lake, 10))
+        admin.unload_model(name)
+        _wait_unloaded(admin, name)
+        caplog.clear()  # count the retries of the next call only
+        with caplog.at_level(logging.WARNING, logger="scoring.adapters.triton"):
+            with pytest.raises(BackendUnavailableError, match="gave up after 2 attempt.*not at ready state") as excinfo:
+                predictor.predict(_batch(lake, 10))
+        admin.load_model(name)
+        assert predictor.predict(_batch(lake, 10)).num_rows == 10
+    finally:
+        predictor.close()
+        if not ts.model_ready(slow_server, name):
+            admin.load_model(name)  # the module's other tests use it
+        admin.close()
+    assert exit_code_for(excinfo.value) == EXIT_TRANSIENT
+    assert _status_of(excinfo.value) == status
+    assert len(_retries(caplog)) == 1
+
+
+@pytest.mark.parametrize(("protocol", "status"), [("grpc", "StatusCode.NOT_FOUND"), ("http", "404")])
+def test_an_unknown_model_or_version_is_a_terminal_error_where_the_client_raises_it(
+    champion, triton_server, protocol, status
+):
+    """What the predictor's readiness check normally catches first, asked of the real server at the client boundary."""
+    import numpy as np
+
+    from scoring.adapters.triton import _Client
+
+    spec = TritonSpec(
+        champion.uri, "onnx_clf", champion.version, tuple(FEATURES), _url(triton_server, protocol), protocol
+    )
+    client = _Client(spec)
+    try:
+        with pytest.raises(ModelError, match=r"version 999 is not found") as unknown_version:
+            client.call("get_model_metadata", "onnx_clf", "999")
+        inp = client.mod.InferInput("X", [2, len(FEATURES)], "FP32")
+        inp.set_data_from_numpy(np.zeros((2, len(FEATURES)), np.float32))
+        with pytest.raises(ModelError, match=r"unknown model: 'no_such_model'") as unknown_model:
+            client.call("infer", "no_such_model", [inp])
+    finally:
+        client.close()
+    for error in (unknown_version.value, unknown_model.value):
+        assert exit_code_for(error) == EXIT_TERMINAL
+        assert _status_of(error) == status and _url(triton_server, protocol) in str(error)
+
+
+def test_a_version_the_server_does_not_serve_is_a_model_error_when_the_predictor_is_made(champion, triton_server):
+    spec = TritonSpec(champion.uri, "onnx_clf", "999", tuple(FEATURES), triton_server.grpc_url, timeout_s=20)
+    with pytest.raises(ModelError, match=r"does not serve onnx_clf version 999 \(served: onnx_clf/") as excinfo:
+        TritonPredictor(spec)
+    assert exit_code_for(excinfo.value) == EXIT_TERMINAL
+
+
+def test_a_killed_server_is_a_transient_failure_over_both_protocols(lake, champion, doomed_server, caplog):
+    predictors = {p: _predictor(champion, doomed_server, p, max_retries=1, timeout_s=3) for p in ("grpc", "http")}
+    errors = {}
+    try:
+        for predictor in predictors.values():
+            assert predictor.predict(_batch(lake, 10)).num_rows == 10
+        kill(doomed_server)
+        with caplog.at_level(logging.WARNING, logger="scoring.adapters.triton"):
+            for protocol, predictor in predictors.items():
+                with pytest.raises(BackendUnavailableError, match="gave up after 2 attempt") as excinfo:
+                    predictor.predict(_batch(lake, 10))
+                errors[protocol] = excinfo.value
+    finally:
+        for predictor in predictors.values():
+            predictor.close()
+    assert all(exit_code_for(e) == EXIT_TRANSIENT for e in errors.values())
+    assert _status_of(errors["grpc"]) == "StatusCode.UNAVAILABLE"
+    assert isinstance(_root(errors["http"]), ConnectionRefusedError)
+    assert len(_retries(caplog)) == 2  # one retry each
+
+
+def test_a_server_restarted_between_batches_gets_its_shared_memory_regions_registered_again(lake, champion, tmp_path):
+    """The clients reconnect by themselves, but the new server knows none of the old regions (NOT_FOUND / 404): the
+    predictor asks the server which regions it has, and registers its own again instead of failing the job."""
+    repo = _slow_repository(tmp_path, champion)
+    first = ts.start_server(repo)
+    second = None
+    predictors = {p: _predictor(champion, first, p, shared_memory="system", max_retries=2) for p in ("grpc", "http")}
+    try:
+        before = {p: predictor.predict(_batch(lake, 100)) for p, predictor in predictors.items()}
+        kill(first)
+        second = ts.start_server(
+            repo, http_port=first.http_port, grpc_port=first.grpc_port, metrics_port=first.metrics_port
+        )
+        for protocol, predictor in predictors.items():
+            after = predictor.predict(_batch(lake, 100))
+            assert after.equals(before[protocol]), protocol
+    finally:
+        for predictor in predictors.values():
+            predictor.close()
+        ts.stop_server(first)
+        if second is not None:
+            ts.stop_server(second)
 
 
 def _successes(handle) -> float:
@@ -266,7 +476,8 @@ def _successes(handle) -> float:
     )
 
 
-def test_a_server_killed_mid_job_fails_the_run_cleanly_and_commits_nothing(spark, lake, champion, slow_server):
+def test_a_server_killed_mid_job_fails_the_run_cleanly_and_commits_nothing(spark, lake, champion, doomed_server):
+    slow_server = doomed_server
     path = lake.root / "killed_out"
     run(build_job_config(lake.job("killed_out")), spark=spark)
     before, rows = delta_version(path), read_delta(path).num_rows
@@ -275,7 +486,7 @@ def test_a_server_killed_mid_job_fails_the_run_cleanly_and_commits_nothing(spark
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _successes(slow_server) < 1:
             time.sleep(0.05)
-        triton_server.stop_server(slow_server, timeout_s=0.1)
+        kill(slow_server)
 
     killer = threading.Thread(target=kill_after_first_request)
     tree = lake.job(

@@ -315,7 +315,8 @@ def sidecar_start(
     triton_server.save_state(handle, state)
     out.print(
         f"sidecar ready (pid {handle.pid}): grpc {handle.grpc_url}  http {handle.http_url}  "
-        f"metrics 127.0.0.1:{handle.metrics_port}\nlog: {handle.log_path}\nstop it with: scoring sidecar stop"
+        + (f"metrics 127.0.0.1:{handle.metrics_port}" if handle.metrics_enabled else "metrics off (see the log)")
+        + f"\nlog: {handle.log_path}\nstop it with: scoring sidecar stop"
     )
 
 

@@ -133,14 +133,16 @@ _PART_FILE = re.compile(r"^\.?part-\d{5}-[0-9a-f-]{36}(-c\d{3})?(\.c\d{3})?(\.\w
 
 def _only_orphans(folder: Path) -> bool:
     """Whether `folder` holds nothing but the data files of a first Delta write that never committed (a killed run):
-    Spark's part files, in partition folders, with no ``_SUCCESS`` marker (a plain Parquet write leaves one).
+    Spark's part files, in partition folders, and an empty ``_delta_log`` skeleton; no ``_SUCCESS`` marker (a plain
+    Parquet write leaves one).
     Delta ignores such files, so the next first run may write there."""
     for item in folder.rglob("*"):
+        inside_log = "_delta_log" in item.relative_to(folder).parts
         if item.is_dir():
-            if "=" not in item.name:
+            if "=" not in item.name and not inside_log:
                 return False
-        elif not _PART_FILE.match(item.name):
-            return False
+        elif inside_log or not _PART_FILE.match(item.name):
+            return False  # a file in the log (a commit) or one Delta did not write
     return True
 
 
@@ -169,20 +171,13 @@ class WriteResult:
     """The version of this write's commit (None when it was skipped as already committed)."""
     committed: bool
     """False when the table already recorded this transaction (a retried write): nothing was written again."""
-    rows_inserted: int = 0
-    rows_updated: int = 0
-    rows_deleted: int = 0
+    rows_written: int = 0
+    rows_replaced: int = 0
+    """Existing rows this write replaced (with a new score) or removed (set aside this time)."""
     rows_before: int | None = None
     """Rows in the table before this write (from the Delta log's file statistics)."""
-
-    @property
-    def rows_written(self) -> int:
-        return self.rows_inserted + self.rows_updated
-
-    @property
-    def rows_replaced(self) -> int:
-        """Existing rows this write replaced (updated with a new score) or removed (set aside this time)."""
-        return self.rows_updated + self.rows_deleted
+    how: str = ""
+    """``create``, ``replace-partitions`` (replaceWhere) or ``merge``."""
 
     @property
     def rows_kept(self) -> int | None:
@@ -227,6 +222,7 @@ def write_scoped(
     key: Sequence[str],
     partition_by: Sequence[str],
     partitions: Sequence[tuple[Any, ...]] | None,
+    selected=None,
     txn: Txn,
     metadata: Mapping[str, Any],
 ) -> WriteResult:
@@ -238,6 +234,11 @@ def write_scoped(
       name are deleted from the output, so the output never shows an older score for a row this run rejected.
     - `partitions`: the partition values the selection touches, when known: named as literals so that Delta reads
       only those partitions.
+    - `selected`: key and partition columns of every selected row (scored or not), read from the input; when given,
+      the write first asks whether the touched partitions hold any row the selection does not name. When none does
+      (a whole partition or the whole table re-scored: the nightly case), replacing those partitions is the same as
+      replacing the selected rows, and the write is a ``replaceWhere`` overwrite of them: Delta's cheapest atomic
+      replace. Otherwise it is a MERGE.
     The first write creates the table. The replace is a Delta MERGE on the key and partition columns (null-safe);
     `txn` makes it idempotent (a retried write of the same transaction is skipped, and reported as not committed),
     and `metadata` lands in the commit's ``userMetadata``. A concurrent writer that commits first makes this write
@@ -250,13 +251,18 @@ def write_scoped(
     done = committed_version(spark, path, txn)
     if done is not None and done >= txn.version:
         _LOGGER.warning("transaction %s had already committed to %s; nothing written again", txn, path)
-        return WriteResult(before, None, committed=False)
+        return _already(spark, path, txn, before)
     # A failed first write leaves its uncommitted part files behind (never removed here: a concurrent first writer
     # may be writing into the same folder); Delta ignores them, and check_target lets the next run write there.
+    how, scope = "create", None
     try:
         if before is None:
             _create(scored, path, partition_by, txn, user_metadata)
+        elif (scope := _whole_partitions(spark, path, selected, key, partition_by, partitions)) is not None:
+            how = "replace-partitions"
+            _replace_partitions(scored, path, scope, txn, user_metadata)
         else:
+            how = "merge"
             _merge(scored, removed, path, key, partition_by, partitions, txn, user_metadata)
     except Exception as e:
         if _conflict(e):
@@ -269,18 +275,30 @@ def write_scoped(
         raise
     version, metrics = find_commit(spark, path, txn)
     if version is None:  # Delta skipped it: a concurrent attempt of the same transaction committed first
-        return WriteResult(before, None, committed=False)
-    if before is None:
-        return WriteResult(None, version, True, rows_inserted=int(metrics.get("numOutputRows", 0)), rows_before=0)
-    return WriteResult(
-        before,
-        version,
-        True,
-        rows_inserted=int(metrics.get("numTargetRowsInserted", 0)),
-        rows_updated=int(metrics.get("numTargetRowsUpdated", 0)),
-        rows_deleted=int(metrics.get("numTargetRowsDeleted", 0)),
-        rows_before=table_rows(spark, path, version - 1),
-    )
+        return _already(spark, path, txn, before)
+    if how == "create":
+        return WriteResult(None, version, True, int(metrics.get("numOutputRows", 0)), 0, 0, how)
+    rows_before = table_rows(spark, path, version - 1)
+    if how == "replace-partitions":
+        replaced = rows_before if scope == "true" else _rows_where(spark, path, version - 1, scope)
+        return WriteResult(before, version, True, int(metrics.get("numOutputRows", 0)), replaced, rows_before, how)
+    written = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    replaced = int(metrics.get("numTargetRowsUpdated", 0)) + int(metrics.get("numTargetRowsDeleted", 0))
+    return WriteResult(before, version, True, written, replaced, rows_before, how)
+
+
+def _already(spark, path: str, txn: Txn, before: int | None) -> WriteResult:
+    """The result of a write skipped because `txn` had committed: that earlier commit's version and row count."""
+    version, metrics = find_commit(spark, path, txn, search=200)
+    written = metrics.get("numOutputRows") if "numTargetRowsInserted" not in metrics else None
+    if written is None:
+        written = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    return WriteResult(before, version, False, int(written))
+
+
+def _rows_where(spark, path: str, version: int, predicate: str) -> int:
+    """Rows of version `version` in the partitions `predicate` names (answered from the log's statistics)."""
+    return int(spark.read.format("delta").option("versionAsOf", version).load(path).where(predicate).count())
 
 
 def table_rows(spark, path: str, version: int) -> int:
@@ -299,6 +317,53 @@ def _create(scored, path: str, partition_by: Sequence[str], txn: Txn, user_metad
     )
     if partition_by:
         writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def _partition_predicate(partition_by: Sequence[str], partitions: Sequence[tuple[Any, ...]], alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    if len(partition_by) == 1:
+        values = ", ".join(_sql_literal(p[0]) for p in partitions)
+        if any(p[0] is None for p in partitions):
+            nulls = f" OR {prefix}`{partition_by[0]}` IS NULL"
+            values = ", ".join(_sql_literal(p[0]) for p in partitions if p[0] is not None) or "NULL"
+            return f"({prefix}`{partition_by[0]}` IN ({values}){nulls})"
+        return f"{prefix}`{partition_by[0]}` IN ({values})"
+    ors = [
+        "(" + " AND ".join(f"{prefix}`{c}` <=> {_sql_literal(v)}" for c, v in zip(partition_by, p, strict=True)) + ")"
+        for p in partitions
+    ]
+    return "(" + " OR ".join(ors) + ")"
+
+
+def _whole_partitions(spark, path, selected, key, partition_by, partitions) -> str | None:
+    """The predicate of the partitions the selection touches ("true" for an unpartitioned table) when they hold no
+    row the selection does not name, so that overwriting them replaces exactly the selected rows; None otherwise."""
+    if selected is None:
+        return None
+    if partition_by:
+        if not partitions or len(partitions) > MAX_PRUNED_PARTITIONS:
+            return None
+        scope = _partition_predicate(partition_by, partitions)
+    else:
+        scope = "true"
+    columns = list(dict.fromkeys([*key, *partition_by]))
+    there = spark.read.format("delta").load(path).where(scope).select(*[f"`{c}`" for c in columns])
+    cond = [there[f"`{c}`"].eqNullSafe(selected[f"`{c}`"]) for c in columns]
+    kept = there.join(selected.select(*[f"`{c}`" for c in columns]), on=cond, how="left_anti").limit(1).count()
+    return scope if kept == 0 else None
+
+
+def _replace_partitions(scored, path: str, scope: str, txn: Txn, user_metadata: str) -> None:
+    writer = (
+        scored.write.format("delta")
+        .mode("overwrite")
+        .option("txnAppId", txn.app_id)
+        .option("txnVersion", txn.version)
+        .option("userMetadata", user_metadata)
+    )
+    if scope != "true":
+        writer = writer.option("replaceWhere", scope)
     writer.save(path)
 
 
@@ -324,15 +389,7 @@ def _merge(scored, removed, path, key, partition_by, partitions, txn: Txn, user_
         source = source.unionByName(gone, allowMissingColumns=True)
     match = [f"t.`{c}` <=> s.`{c}`" for c in dict.fromkeys([*key, *partition_by])]
     if partition_by and partitions is not None and 0 < len(partitions) <= MAX_PRUNED_PARTITIONS:
-        if len(partition_by) == 1:
-            values = ", ".join(_sql_literal(p[0]) for p in partitions)
-            match.append(f"t.`{partition_by[0]}` IN ({values})")
-        else:
-            ors = [
-                "(" + " AND ".join(f"t.`{c}` <=> {_sql_literal(v)}" for c, v in zip(partition_by, p, strict=True)) + ")"
-                for p in partitions
-            ]
-            match.append("(" + " OR ".join(ors) + ")")
+        match.append(_partition_predicate(partition_by, partitions, "t"))
     settings = {
         "spark.databricks.delta.write.txnAppId": txn.app_id,
         "spark.databricks.delta.write.txnVersion": str(txn.version),

@@ -102,6 +102,14 @@ class PyfuncPredictor:
         import mlflow.pyfunc
 
         self._model = mlflow.pyfunc.load_model(str(path))
+        schema = self._model.metadata.get_input_schema()
+        names = schema.input_names() if schema is not None and schema.has_input_names() else None
+        if names is not None and sorted(names) != sorted(spec.features):
+            raise ModelError(
+                f"model {spec.model_uri} takes the features {list(names)} (its MLflow signature), "
+                f"the job gives {list(spec.features)}",
+                hint="set input.features to the model's feature columns, or leave it out to use the signature",
+            )
 
     def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
         import pandas as pd

@@ -115,6 +115,8 @@ class Plan:
     """The pinned, filtered snapshot: pass-through and feature columns of the valid selected rows."""
     rejected: Any = dataclasses.field(repr=False, default=None)
     """Quarantine-table frame of the rows with invalid features (``on_invalid_rows: skip``), or None."""
+    selected_keys: Any = dataclasses.field(repr=False, default=None)
+    """Key and partition columns of every selected row (scored or set aside): what the run replaces."""
 
     @property
     def passthrough(self) -> tuple[str, ...]:
@@ -321,6 +323,7 @@ def plan(
         resumes=pinned_model is not None,
         source=source,
         rejected=rejected,
+        selected_keys=selected_keys,
     )
 
 
@@ -525,6 +528,7 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
                     key=config.input.key,
                     partition_by=config.output.partition_by,
                     partitions=[tuple(p.values.values()) for p in plan.partitions],
+                    selected=plan.selected_keys,
                     txn=txn_for(plan.run_id),
                     metadata=record.to_commit_metadata(),
                 )
@@ -547,14 +551,11 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
             f"{record.rows_written}: please report this with the job config"
         )
         _LOGGER.error("%s", warnings[-1])
-    found_version = (
-        result.version if result.committed else delta.find_commit(spark, config.output.table, txn_for(plan.run_id))[0]
-    )
     return dataclasses.replace(
         record,
         output_version_before=result.version_before,
-        output_version=found_version,
-        rows_written=result.rows_written if result.committed else record.rows_written,
+        output_version=result.version,
+        rows_written=result.rows_written,
         rows_replaced=result.rows_replaced,
         rows_kept=result.rows_kept,
         committed=result.committed,

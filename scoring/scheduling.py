@@ -384,9 +384,13 @@ class ScoreFailure:
 
 def score_failure(exit_code: int | None, record: Mapping[str, Any] | None) -> ScoreFailure:
     """The failure of a ``score`` try from the job's exit code and what it left (its error record, or anything
-    else, e.g. nothing, or a summary from an earlier try)."""
+    else, e.g. nothing). When the exit code is unknown (the operator could not tell), the record's is used: the job
+    wrote it this try (the file is cleared before each try)."""
     error = record.get("error") if isinstance(record, Mapping) else None
-    return ScoreFailure(exit_code, error if isinstance(error, Mapping) else None)
+    error = error if isinstance(error, Mapping) else None
+    if exit_code is None and error is not None and isinstance(error.get("exit_code"), int):
+        exit_code = int(error["exit_code"])
+    return ScoreFailure(exit_code, error)
 
 
 # -- the gate reports -------------------------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ def test_a_job_that_left_no_record_is_judged_by_its_exit_code_alone():
     assert not scheduling.score_failure(1, {"run_id": "an earlier summary"}).retry
     assert "killed by signal 9" in scheduling.score_failure(-9, None).message()
     assert scheduling.score_failure(None, None).record()["error"]["exit_code"] is None
+    # an exit code the operator could not read is taken from the record the job wrote this try
+    assert not scheduling.score_failure(None, {"error": MODEL_ERROR}).retry
 
 
 def test_the_gate_reports_come_from_the_summary():

@@ -275,6 +275,10 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
             if want(name):
                 # from the second repetition on, a re-run over the same output: the scoped replace (a MERGE)
                 paths[name] = functools.partial(run, config, spark=spark)
+        if want("run-partial"):
+            # a tenth of the keys of every partition re-scored into the `run` output: the MERGE path
+            partial = job("run", input={"table": bench.input_table, "key": "customer_id", "where": "customer_id % 10 = 0"})
+            paths["run-partial"] = functools.partial(run, partial, spark=spark)
         if want("run-first-write"):
             # every repetition into a new output table: the first write of a run (no MERGE)
             fresh = itertools.count()
@@ -387,6 +391,11 @@ def _ratios(results: dict) -> dict[str, float]:
     ratios = {}
     if "run" in results and "run+gates" in results:
         ratios["run+gates / run"] = round(results["run+gates"]["rows_per_s"] / results["run"]["rows_per_s"], 3)
+    for name in ("run", "run-partial"):  # what the scoped replace costs against a first write (seconds, not rows/s)
+        if name in results and "run-first-write" in results:
+            ratios[f"{name} seconds / run-first-write seconds"] = round(
+                results[name]["median_s"] / results["run-first-write"]["median_s"], 3
+            )
     for name in results:
         key, _, path = name.rpartition("/")
         bases = {

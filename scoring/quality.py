@@ -8,7 +8,7 @@ A gate runs its expectations with Great Expectations on the Spark DataFrame, the
   the original row; the rest goes on, as long as the quarantined fraction is at most ``max_bad_fraction``.
   Table-level expectations (``unique``, ``row_count_between``, ``mean_between``) still fail the run.
 
-:func:`validate` runs one gate on its own (the Airflow DAG's ``validate_input`` / ``validate_output`` tasks).
+:func:`validate` runs one gate on its own, outside a run (e.g. to check a table by hand).
 """
 
 from __future__ import annotations

@@ -138,7 +138,9 @@ def test_rows_with_null_features_go_to_the_quarantine_table_in_skip_mode(spark, 
     assert (summary.rows_read, summary.rows_written, summary.rows_rejected) == (300, 298, 2)
     quarantined = read_delta(tmp_path / "q")
     assert sorted(quarantined.column("customer_id").to_pylist()) == [5, 6]
-    assert set(quarantined.column(QUARANTINE_REASON).to_pylist()) == {"null or NaN feature"}
+    assert set(quarantined.column(QUARANTINE_REASON).to_pylist()) == {
+        "invalid feature (null, NaN, infinite or beyond float32)"
+    }
 
 
 def test_validate_runs_a_gate_on_its_own(spark, lake, guarded):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 
-
 EXIT_OK = 0
 EXIT_TERMINAL = 1
 EXIT_CONFIG = 2

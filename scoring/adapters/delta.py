@@ -312,14 +312,14 @@ def table_rows(spark, path: str, version: int) -> int:
     return int(spark.read.format("delta").option("versionAsOf", version).load(path).count())
 
 
+def _writer(df, mode: str, txn: Txn, user_metadata: str | None = None):
+    """A Delta DataFrameWriter in `mode` that commits under `txn` (and with `user_metadata`, when given)."""
+    writer = df.write.format("delta").mode(mode).option("txnAppId", txn.app_id).option("txnVersion", txn.version)
+    return writer if user_metadata is None else writer.option("userMetadata", user_metadata)
+
+
 def _create(scored, path: str, partition_by: Sequence[str], txn: Txn, user_metadata: str) -> None:
-    writer = (
-        scored.write.format("delta")
-        .mode("errorifexists")
-        .option("txnAppId", txn.app_id)
-        .option("txnVersion", txn.version)
-        .option("userMetadata", user_metadata)
-    )
+    writer = _writer(scored, "errorifexists", txn, user_metadata)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
@@ -360,13 +360,7 @@ def _whole_partitions(spark, path, selected, key, partition_by, partitions) -> s
 
 
 def _replace_partitions(scored, path: str, scope: str, txn: Txn, user_metadata: str) -> None:
-    writer = (
-        scored.write.format("delta")
-        .mode("overwrite")
-        .option("txnAppId", txn.app_id)
-        .option("txnVersion", txn.version)
-        .option("userMetadata", user_metadata)
-    )
+    writer = _writer(scored, "overwrite", txn, user_metadata)
     if scope != "true":
         writer = writer.option("replaceWhere", scope)
     writer.save(path)
@@ -452,9 +446,7 @@ def append_once(df, path: str, *, txn: Txn) -> bool:
     if committed_version(df.sparkSession, path, txn) is not None:
         return False
     try:
-        df.write.format("delta").mode("append").option("mergeSchema", "true").option("txnAppId", txn.app_id).option(
-            "txnVersion", txn.version
-        ).save(path)
+        _writer(df, "append", txn).option("mergeSchema", "true").save(path)
     except Exception as e:
         if _conflict(e):
             raise ConflictError(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 from scoring.adapters import registry
 from scoring.config import JobConfig
+from scoring.core.stamp import Lineage
 from scoring.errors import ModelError
 
 
@@ -27,6 +29,11 @@ class PreparedModel:
     @property
     def uri(self) -> str:
         return self.ref.uri
+
+    def lineage(self, *, run_id: str, scored_at: dt.datetime, input_version: int | None = None) -> Lineage:
+        """What every row of one unit of work is stamped with: a batch run, a micro-batch (with the source's Delta
+        version), or an online request (no input version)."""
+        return Lineage(self.name, self.version, self.uri, input_version, run_id, scored_at)
 
 
 def prepare_model(config: JobConfig, *, uri: str | None = None) -> PreparedModel:

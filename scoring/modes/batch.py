@@ -27,7 +27,6 @@ from scoring import columns
 from scoring.adapters import delta
 from scoring.config import JobConfig
 from scoring.core.score import ScoringSpec
-from scoring.core.stamp import Lineage
 from scoring.engine import gates
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
@@ -455,14 +454,7 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
         raise
     except Exception as e:
         raise _translate(e) from None
-    lineage = Lineage(
-        model_name=model.name,
-        model_version=model.version,
-        model_uri=model.uri,
-        input_version=plan.input_version,
-        scoring_run_id=plan.run_id,
-        scored_at=plan.scored_at,
-    )
+    lineage = model.lineage(run_id=plan.run_id, scored_at=plan.scored_at, input_version=plan.input_version)
     everything_set_aside = len(output_schema) == 0
     spec = dataclasses.replace(spec, output_schema=output_schema)
     scored = None if everything_set_aside else spark_glue.score_dataframe(source, spec, predictor_spec, lineage)

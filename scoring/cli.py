@@ -142,19 +142,7 @@ def plan(
         _fail(e)
         return
     if as_json:
-        payload = {
-            "run_id": the_plan.run_id,
-            "model_uri": the_plan.model.uri,
-            "input_table": the_plan.config.input.table,
-            "input_version": the_plan.input_version,
-            "input_where": the_plan.config.input.where,
-            "output_table": the_plan.config.output.table,
-            "output_rows": the_plan.output_rows,
-            "rows_selected": the_plan.rows_read,
-            "rows_invalid": the_plan.rows_rejected,
-            "rows_to_replace": the_plan.rows_to_replace,
-            "partitions": [p.to_dict() for p in the_plan.partitions],
-        }
+        payload = the_plan.to_dict()
         print(json.dumps(payload, indent=2, default=str))
         return
     out.print(f"[bold]plan[/bold] for {config} (nothing is written)")

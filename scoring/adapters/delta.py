@@ -273,9 +273,10 @@ def write_scoped(
                 "writer's; to avoid it, do not run two jobs into the same output partitions at once",
             ) from None
         raise
-    version, metrics = find_commit(spark, path, txn)
-    if version is None:  # Delta skipped it: a concurrent attempt of the same transaction committed first
+    commit = find_commit(spark, path, txn)
+    if commit is None:  # Delta skipped it: a concurrent attempt of the same transaction committed first
         return _already(spark, path, txn, before)
+    version, metrics = commit.version, commit.metrics
     if how == "create":
         return WriteResult(None, version, True, int(metrics.get("numOutputRows", 0)), 0, 0, how)
     if how == "replace-partitions":
@@ -289,7 +290,8 @@ def write_scoped(
 
 def _already(spark, path: str, txn: Txn, before: int | None) -> WriteResult:
     """The result of a write skipped because `txn` had committed: that earlier commit's version and row count."""
-    version, metrics = find_commit(spark, path, txn, search=200)
+    commit = find_commit(spark, path, txn)
+    version, metrics = (commit.version, commit.metrics) if commit else (None, {})
     written = metrics.get("numOutputRows") if "numTargetRowsInserted" not in metrics else None
     if written is None:
         written = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
@@ -413,30 +415,30 @@ def _merge(scored, removed, path, key, partition_by, partitions, txn: Txn, user_
             spark.conf.unset(k)
 
 
-def find_commit(spark, path: str, txn: Txn, *, search: int = 50) -> tuple[int | None, dict[str, str]]:
-    """(version, operationMetrics) of the commit that carries `txn`, looked up by its identity in the commit
-    metadata among the newest `search` commits; (None, {}) when none does (the write was skipped)."""
+@dataclasses.dataclass(frozen=True)
+class Commit:
+    """The commit that carries a transaction: its version, Delta's operation metrics and our ``userMetadata``."""
+
+    version: int
+    metrics: dict[str, str]
+    metadata: dict[str, Any]
+
+
+def find_commit(spark, path: str, txn: Txn, *, search: int = 200) -> Commit | None:
+    """The commit that carries `txn`, looked up by its identity in the commit metadata among the newest `search`
+    commits (never "the latest commit"); None when none does (the write was skipped)."""
     from delta.tables import DeltaTable
 
-    needle = f'"txn_app_id": {json.dumps(txn.app_id)}'
     rows = (
         DeltaTable.forPath(spark, path).history(search).select("version", "userMetadata", "operationMetrics").collect()
     )
     for row in rows:
-        meta = row.userMetadata or ""
-        if needle in meta and f'"txn_version": {txn.version}' in meta:
-            return int(row.version), dict(row.operationMetrics or {})
-    return None, {}
-
-
-def commit_metadata(spark, path: str, txn: Txn) -> dict[str, Any] | None:
-    """The ``userMetadata`` of the commit that carries `txn`, parsed (None when not found)."""
-    from delta.tables import DeltaTable
-
-    needle = f'"txn_app_id": {json.dumps(txn.app_id)}'
-    for row in DeltaTable.forPath(spark, path).history(200).select("userMetadata").collect():
-        if row.userMetadata and needle in row.userMetadata:
-            return json.loads(row.userMetadata)
+        try:
+            meta = json.loads(row.userMetadata or "{}")
+        except ValueError:  # another writer's free-text metadata
+            continue
+        if isinstance(meta, dict) and meta.get("txn_app_id") == txn.app_id and meta.get("txn_version") == txn.version:
+            return Commit(int(row.version), dict(row.operationMetrics or {}), meta)
     return None
 
 

@@ -8,11 +8,13 @@ disagree.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from scoring import columns
+from scoring.core.stamp import Lineage
 
 _IN_COMMIT = (
     "job",
@@ -88,15 +90,15 @@ class RunRecord:
 
     @property
     def lineage(self) -> dict[str, Any]:
-        """The lineage values stamped on every row, JSON-ready."""
-        return {
-            columns.MODEL_NAME: self.model_name,
-            columns.MODEL_VERSION: self.model_version,
-            columns.MODEL_URI: self.model_uri,
-            columns.INPUT_VERSION: self.input_version,
-            columns.SCORING_RUN_ID: self.run_id,
-            columns.SCORED_AT: self.scored_at,
-        }
+        """The lineage values stamped on every row, JSON-ready (:meth:`scoring.core.stamp.Lineage.as_json_dict`)."""
+        return Lineage(
+            self.model_name,
+            self.model_version,
+            self.model_uri,
+            self.input_version,
+            self.run_id,
+            dt.datetime.fromisoformat(self.scored_at),
+        ).as_json_dict()
 
     # -- shapes ----------------------------------------------------------------------------------------------------
 

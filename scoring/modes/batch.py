@@ -27,7 +27,7 @@ from scoring import columns
 from scoring.adapters import delta
 from scoring.config import JobConfig
 from scoring.core.score import ScoringSpec
-from scoring.engine import gates
+from scoring.engine import checks, gates
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
 from scoring.engine.probe import PROBE_ROWS, probe
@@ -41,7 +41,6 @@ _LOGGER = logging.getLogger(__name__)
 RunSummary = RunRecord
 """The record a batch run returns (kept under its earlier name)."""
 
-_NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
 _SHOWN_PARTITIONS = 20
 
 
@@ -148,62 +147,27 @@ class Plan:
                 lines.append(f"replaces   {replaced:,} output rows (the selected keys); every other row is kept")
         return lines
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan, JSON-ready (``scoring plan --json``)."""
+        return {
+            "run_id": self.run_id,
+            "model_uri": self.model.uri,
+            "input_table": self.config.input.table,
+            "input_version": self.input_version,
+            "input_where": self.config.input.where,
+            "output_table": self.config.output.table,
+            "output_rows": self.output_rows,
+            "rows_selected": self.rows_read,
+            "rows_invalid": self.rows_rejected,
+            "rows_to_replace": self.rows_to_replace,
+            "resumes": self.resumes,
+            "partitions": [p.to_dict() for p in self.partitions],
+        }
+
     @property
     def rows_to_replace(self) -> int | None:
         counts = [p.rows_in_output for p in self.partitions]
         return None if any(n is None for n in counts) else sum(counts)  # type: ignore[arg-type]
-
-
-def _check_paths(config: JobConfig, spark) -> None:
-    """A run never writes into its input, and writes only where a Delta table is or can be."""
-    tables = {
-        "input.table": config.input.table,
-        "output.table": config.output.table,
-        "quality.quarantine_table": config.quarantine_table,
-    }
-    for a, b in (
-        ("input.table", "output.table"),
-        ("input.table", "quality.quarantine_table"),
-        ("output.table", "quality.quarantine_table"),
-    ):
-        if delta.same_table(tables[a], tables[b]):
-            raise ConfigError(
-                f"{b} is the same table as {a} ({tables[b]}): a run must never write into its input or mix "
-                "predictions and quarantined rows",
-                hint=f"point {b} at its own table",
-            )
-    delta.check_target(spark, config.output.table, key="output.table")
-    delta.check_target(spark, config.quarantine_table, key="quality.quarantine_table")
-
-
-def _check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
-    present = {f.name: f for f in schema.fields}
-    table = config.input.table
-    for key_name, wanted in (
-        ("input.key", config.input.key),
-        ("input.features", features),
-        ("output.partition_by", config.output.partition_by),
-    ):
-        missing = [c for c in wanted if c not in present]
-        if missing:
-            raise InputError(
-                f"{key_name}: column(s) {missing} not in the input table {table} (it has {sorted(present)})",
-                hint=f"fix {key_name} in the job config, or check that input.table points at the right table",
-            )
-    for name in features:
-        kind = type(present[name].dataType).__name__
-        if kind not in _NUMERIC:
-            raise InputError(
-                f"input.features: column {name!r} of {table} is {present[name].dataType.simpleString()}, "
-                "but models take numbers",
-                hint=f"cast {name} to a numeric type upstream, or drop it from input.features",
-            )
-    reserved = set(columns.LINEAGE) & set([*config.input.key, *config.output.partition_by])
-    if reserved:
-        raise InputError(
-            f"input column(s) {sorted(reserved)} clash with the lineage columns scoring adds",
-            hint="rename them upstream; the lineage column names are listed in the README",
-        )
 
 
 def _resume(config: JobConfig, spark, run_id: str) -> tuple[JobConfig, str | None]:
@@ -214,7 +178,8 @@ def _resume(config: JobConfig, spark, run_id: str) -> tuple[JobConfig, str | Non
     txn = txn_for(run_id)
     if delta.committed_version(spark, config.output.table, txn) is None:
         return config, None
-    meta = delta.commit_metadata(spark, config.output.table, txn) or {}
+    commit = delta.find_commit(spark, config.output.table, txn)
+    meta = commit.metadata if commit else {}
     if (meta.get("input_where") or None) != (config.input.where or None) or meta.get(
         "input_table", config.input.table
     ) != config.input.table:
@@ -239,7 +204,7 @@ def plan(
     run_id = config.run_id or new_run_id(scored_at)
     spark = spark or _session(config)
     clock.lap("session")
-    _check_paths(config, spark)
+    checks.check_paths(config, spark)
     config, pinned_model = _resume(config, spark, run_id)
     reporter.step(f"resolving {pinned_model or config.model.uri}")
     model = prepare_model(config, uri=pinned_model)
@@ -250,7 +215,7 @@ def plan(
 
     source, input_version = delta.read_snapshot(spark, config.input.table, config.input.version)
     reporter.step(f"input {config.input.table} at version {input_version}")
-    _check_columns(config, source.schema, model.features)
+    checks.check_columns(config, source.schema, model.features)
     if config.input.where is not None:
         try:
             source = source.where(config.input.where)

@@ -1,0 +1,63 @@
+"""Checks a run makes before it reads a row: where it writes, and whether the input has the columns the job and
+the model need. Each failure names the config key and how to fix it; nothing has been written when they fail."""
+
+from __future__ import annotations
+
+from scoring import columns
+from scoring.adapters import delta
+from scoring.config import JobConfig
+from scoring.errors import ConfigError, InputError
+
+_NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
+
+
+def check_paths(config: JobConfig, spark) -> None:
+    """A run never writes into its input, and writes only where a Delta table is or can be."""
+    tables = {
+        "input.table": config.input.table,
+        "output.table": config.output.table,
+        "quality.quarantine_table": config.quarantine_table,
+    }
+    for a, b in (
+        ("input.table", "output.table"),
+        ("input.table", "quality.quarantine_table"),
+        ("output.table", "quality.quarantine_table"),
+    ):
+        if delta.same_table(tables[a], tables[b]):
+            raise ConfigError(
+                f"{b} is the same table as {a} ({tables[b]}): a run must never write into its input or mix "
+                "predictions and quarantined rows",
+                hint=f"point {b} at its own table",
+            )
+    delta.check_target(spark, config.output.table, key="output.table")
+    delta.check_target(spark, config.quarantine_table, key="quality.quarantine_table")
+
+
+def check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
+    present = {f.name: f for f in schema.fields}
+    table = config.input.table
+    for key_name, wanted in (
+        ("input.key", config.input.key),
+        ("input.features", features),
+        ("output.partition_by", config.output.partition_by),
+    ):
+        missing = [c for c in wanted if c not in present]
+        if missing:
+            raise InputError(
+                f"{key_name}: column(s) {missing} not in the input table {table} (it has {sorted(present)})",
+                hint=f"fix {key_name} in the job config, or check that input.table points at the right table",
+            )
+    for name in features:
+        kind = type(present[name].dataType).__name__
+        if kind not in _NUMERIC:
+            raise InputError(
+                f"input.features: column {name!r} of {table} is {present[name].dataType.simpleString()}, "
+                "but models take numbers",
+                hint=f"cast {name} to a numeric type upstream, or drop it from input.features",
+            )
+    reserved = set(columns.LINEAGE) & set([*config.input.key, *config.output.partition_by])
+    if reserved:
+        raise InputError(
+            f"input column(s) {sorted(reserved)} clash with the lineage columns scoring adds",
+            hint="rename them upstream; the lineage column names are listed in the README",
+        )

@@ -17,6 +17,7 @@ from scoring.errors import ScoringError
 from scoring.modes.batch import RunSummary, plan, run
 
 __all__ = [
+    "stream",
     "JobConfig",
     "RunRecord",
     "RunSummary",
@@ -28,6 +29,16 @@ __all__ = [
     "run_job",
 ]
 __version__ = "0.1.0"
+
+
+def stream(config: JobConfig | str, overrides: Iterable[str] = (), *, spark=None, available_now: bool = False):
+    """Start the streaming query of a job config (a :class:`JobConfig`, or the path of a YAML file with ``key=value``
+    overrides) and return its running handle (:class:`scoring.modes.stream.StreamHandle`): ``.query`` is Spark's
+    StreamingQuery, ``.stop()`` stops after the micro-batch in progress, ``.close()`` returns the summary."""
+    from scoring.modes.stream import start
+
+    job = config if isinstance(config, JobConfig) else load_job_config(config, overrides)
+    return start(job, spark=spark, available_now=available_now)
 
 
 def run_job(path: str, overrides: Iterable[str] = (), *, spark=None) -> RunRecord:

@@ -277,7 +277,9 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
                 paths[name] = functools.partial(run, config, spark=spark)
         if want("run-partial"):
             # a tenth of the keys of every partition re-scored into the `run` output: the MERGE path
-            partial = job("run", input={"table": bench.input_table, "key": "customer_id", "where": "customer_id % 10 = 0"})
+            partial = job(
+                "run", input={"table": bench.input_table, "key": "customer_id", "where": "customer_id % 10 = 0"}
+            )
             paths["run-partial"] = functools.partial(run, partial, spark=spark)
         if want("run-first-write"):
             # every repetition into a new output table: the first write of a run (no MERGE)

@@ -92,8 +92,11 @@ def print_summary(summary) -> None:
     rows = [
         ("status", status),
         ("model", f"{summary.model_name} version {summary.model_version} ({summary.requested_model_uri})"),
-        ("input", f"{summary.input_table} @ version {summary.input_version}"
-         + (f" where {summary.input_where}" if summary.input_where else "")),
+        (
+            "input",
+            f"{summary.input_table} @ version {summary.input_version}"
+            + (f" where {summary.input_where}" if summary.input_where else ""),
+        ),
         ("output", f"{summary.output_table} @ version {summary.output_version} (was {summary.output_version_before})"),
         ("rows read", f"{summary.rows_read:,}"),
         ("rows written", f"{summary.rows_written:,}"),
@@ -187,6 +190,111 @@ def run(
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
         print_summary(summary)
+
+
+def print_stream_summary(record) -> None:
+    table = Table(title=f"scoring stream {record.query_id}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    lag = (
+        "no rows"
+        if record.lag_p50_s is None
+        else f"p50 {record.lag_p50_s:.3f} s, p95 {record.lag_p95_s:.3f} s, p99 {record.lag_p99_s:.3f} s, "
+        f"max {record.lag_max_s:.3f} s"
+    )
+    rows = [
+        (
+            "status",
+            {
+                "drained": "drained: everything available was processed",
+                "stopped": "stopped on request",
+                "failed": "failed",
+            }.get(record.stopped, record.stopped),
+        ),
+        ("source", record.source),
+        ("sinks", ", ".join(record.sinks) + (f" ({record.output_table})" if "delta" in record.sinks else "")),
+        ("checkpoint", record.checkpoint),
+        ("model", f"{record.model_uri} (versions used: {', '.join(record.model_versions)})"),
+        (
+            "micro-batches",
+            f"{record.batches:,}"
+            + (
+                f" ({record.batches_skipped:,} already committed before a restart: not written again)"
+                if record.batches_skipped
+                else ""
+            ),
+        ),
+        ("rows read", f"{record.rows_in:,}"),
+        ("rows written", f"{record.rows_written:,}"),
+        (
+            "rows set aside",
+            f"{record.rows_quarantined:,}" + (f" (in {record.quarantine_table})" if record.quarantine_table else ""),
+        ),
+        ("lag", lag + " (event or source commit time to output commit)"),
+        ("elapsed", f"{record.elapsed_s:.1f} s ({record.rows_per_s:,.0f} rows/s)"),
+        *([("metrics", record.metrics_url)] if record.metrics_url else []),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
+@app.command()
+def stream(
+    config: Annotated[Path, typer.Argument(help="YAML job config with a stream: section, e.g. conf/jobs/stream.yaml.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)] = None,
+    available_now: Annotated[
+        bool,
+        typer.Option("--available-now", help="Process what the source holds now, then stop (an incremental batch)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Score a stream continuously: new rows of an append-only Delta table, or JSON records of a Kafka topic, scored
+    with the same model, checks, gates and lineage as `scoring run`, each micro-batch committed to the output table
+    exactly once (and optionally sent to a Kafka topic).
+
+    Runs until stopped: Ctrl-C or SIGTERM stops it after the micro-batch in progress (a second Ctrl-C stops at once;
+    the checkpoint makes that safe too). With --available-now it processes what is there and exits, with a summary.
+    Progress shows one line per micro-batch: rows, rows/s, lag.
+
+    Config keys: stream.source (delta | kafka), stream.checkpoint, stream.trigger, stream.interval_s,
+    stream.max_files_per_trigger, stream.max_offsets_per_trigger, stream.event_time, stream.sinks, stream.kafka.*,
+    stream.kafka_sink.*, stream.follow_alias, stream.alias_check_interval_s, stream.metrics_port; and input.key,
+    input.features, model, runtime, quality, output as for `scoring run`. See the README's Streaming section.
+
+    Exit status as `scoring run`: 0 when stopped or drained; 1 when a micro-batch fails for the input's reason (a
+    gate with policy fail, invalid features): a restart meets the same micro-batch; 2 on a bad config; 75 when a
+    model server or broker is down: a restart resumes from the checkpoint.
+    """
+    import signal
+    import threading
+
+    from scoring import load_job_config
+    from scoring.modes.stream import run as run_stream
+    from scoring.progress import LogReporter
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        err.print(f"{signal.Signals(signum).name}: stopping after the micro-batch in progress", highlight=False)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        job = load_job_config(config, set_ or [])
+        record = run_stream(job, reporter=LogReporter(), available_now=available_now, stop=stop)
+    except ScoringError as e:
+        _fail(e)
+        return
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if as_json:
+        print(json.dumps(record.to_dict(), indent=2, default=str))
+    else:
+        print_stream_summary(record)
 
 
 @app.command()

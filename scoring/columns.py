@@ -29,3 +29,22 @@ LINEAGE = (MODEL_NAME, MODEL_VERSION, MODEL_URI, INPUT_VERSION, SCORING_RUN_ID, 
 
 PREDICTION = "prediction"
 """Name of the prediction column when the model has a single output."""
+
+# -- where a streamed row came from (``scoring stream``) -----------------------------------------------------------
+
+SOURCE_VERSION_FROM = "source_version_from"
+"""Delta source: the oldest source table version the row's micro-batch read (with :data:`INPUT_VERSION`, the newest:
+the micro-batch's version range)."""
+
+SOURCE_TOPIC = "source_topic"
+"""Kafka source: the topic of the row's record."""
+
+SOURCE_PARTITION = "source_partition"
+"""Kafka source: the partition of the row's record."""
+
+SOURCE_OFFSET = "source_offset"
+"""Kafka source: the offset of the row's record."""
+
+EVENT_TIME = "event_time"
+"""Stream: when the row's event happened, as far as the source knows: the Kafka record's timestamp, the Delta source's
+``stream.event_time`` column, or the commit time of the source version that added the row. Lag is measured from it."""

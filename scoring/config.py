@@ -147,8 +147,9 @@ def _as_list(value: Any) -> Any:
 
 
 class InputConfig(_Strict):
-    table: str
-    """Path (or URI) of the input Delta table."""
+    table: str | None = None
+    """Path (or URI) of the input Delta table. Required, except for a stream that reads Kafka (``stream.source:
+    kafka``), whose rows come from a topic."""
     key: list[str] = Field(min_length=1)
     """Key column(s) that identify a row; copied to the output. A string or a list."""
     features: list[str] | None = None
@@ -426,6 +427,108 @@ class SparkConfig(_Strict):
         return {k: _spark_text(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
+_FIELD_TYPES = Literal["string", "long", "int", "double", "boolean", "date", "timestamp"]
+
+
+class KafkaSourceConfig(_Strict):
+    bootstrap_servers: str
+    """Kafka brokers, ``host:port[,host:port...]``."""
+    topic: str
+    """Topic to read. Each record's value is a JSON object with the key, feature and partition fields by name."""
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    """Where a new query starts; a restarted query resumes from its checkpoint instead."""
+    fields: dict[str, _FIELD_TYPES] = {}
+    """Spark types of the non-feature fields read from the JSON value (key, partition, event time), e.g.
+    ``{customer_id: long}``. Default: ``string``. Features are always read as ``double``."""
+    options: dict[str, str] = {}
+    """Extra options for Spark's Kafka source, passed as given, e.g. ``kafka.security.protocol: SSL`` or
+    ``failOnDataLoss: false``."""
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _spark_spelling(cls, value: Any) -> Any:
+        return {k: _spark_text(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+class KafkaSinkConfig(_Strict):
+    bootstrap_servers: str | None = None
+    """Kafka brokers for the output topic. Default: ``stream.kafka.bootstrap_servers``."""
+    topic: str
+    """Topic the scores go to: one JSON record per scored row (key, partition, predictions, lineage, source),
+    keyed by the input key."""
+
+
+class StreamConfig(_Strict):
+    source: Literal["delta", "kafka"] = "delta"
+    """Where rows come from: ``delta`` (the append-only Delta table ``input.table``, read as a stream) or ``kafka``
+    (``stream.kafka``)."""
+    checkpoint: str
+    """Checkpoint folder of the query (Spark's offsets and commits). One per query: a restart with the same folder
+    resumes exactly where the query stopped."""
+    trigger: Literal["micro-batch", "available-now", "real-time"] = "micro-batch"
+    """``micro-batch``: a micro-batch every ``interval_s`` (0: as soon as the previous one ends); ``available-now``:
+    what is there now, then stop (as ``--available-now``); ``real-time``: Spark's Real-time Mode, Kafka to Kafka
+    only (see the README for what it does and does not promise)."""
+    interval_s: Annotated[_Seconds, Field(ge=0)] = 0.0
+    """Seconds between micro-batch starts (``trigger: micro-batch``)."""
+    max_files_per_trigger: (
+        Annotated[_Int, Field(ge=1), _at_most(_INT32_MAX, "Spark reads it as a 32-bit int")] | None
+    ) = None
+    """Delta source: most new files per micro-batch (Spark's default: 1,000)."""
+    max_offsets_per_trigger: Annotated[_Int, Field(ge=1), _at_most(_INT64_MAX, "Kafka offsets are 64-bit")] | None = (
+        None
+    )
+    """Kafka source: most records per micro-batch, over all partitions (default: no limit)."""
+    event_time: str | None = None
+    """Delta source: a timestamp column holding each row's event time; lag is measured from it. Default: the commit
+    time of the source version that added the row. (Kafka: the record's timestamp.)"""
+    sinks: list[Literal["delta", "kafka"]] = Field(default=["delta"], min_length=1)
+    """Where scores go: ``delta`` (``output.table``, exactly once), ``kafka`` (``stream.kafka_sink``, at least once),
+    or both."""
+    kafka: KafkaSourceConfig | None = None
+    """The Kafka source (``source: kafka``)."""
+    kafka_sink: KafkaSinkConfig | None = None
+    """The Kafka sink (``kafka`` in ``sinks``)."""
+    follow_alias: bool = False
+    """Re-resolve ``model.uri`` (an alias) between micro-batches and score with the version it points to from the
+    next micro-batch on. Default: the version resolved at start is pinned for the life of the query."""
+    alias_check_interval_s: Annotated[_Seconds, Field(ge=0)] = 30.0
+    """With ``follow_alias``: at most one registry lookup per this many seconds."""
+    metrics_port: Annotated[_Int, Field(ge=0, le=65_535)] | None = None
+    """Serve Prometheus metrics on ``127.0.0.1:<port>`` while the query runs (0: any free port). Default: none."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint listens on."""
+
+    _listify = field_validator("sinks", mode="before")(_as_list)
+
+    @model_validator(mode="after")
+    def _complete(self) -> StreamConfig:
+        if self.source == "kafka" and self.kafka is None:
+            raise ValueError(
+                "source: kafka needs a stream.kafka section (bootstrap_servers, topic); or use source: delta"
+            )
+        if "kafka" in self.sinks and self.kafka_sink is None:
+            raise ValueError("sinks lists kafka: add a stream.kafka_sink section (topic, and bootstrap_servers)")
+        if self.kafka_sink is not None and self.kafka_sink.bootstrap_servers is None and self.kafka is None:
+            raise ValueError("stream.kafka_sink.bootstrap_servers is needed when the source is not Kafka")
+        if len(set(self.sinks)) != len(self.sinks):
+            raise ValueError(f"sinks lists a sink twice: {self.sinks}")
+        if self.trigger == "real-time" and (self.source != "kafka" or self.sinks != ["kafka"]):
+            raise ValueError(
+                "trigger: real-time runs Kafka to Kafka only (Spark's Real-time Mode has no Delta source or sink, "
+                "and no foreachBatch): set source: kafka and sinks: [kafka], or use trigger: micro-batch"
+            )
+        if self.event_time is not None and self.source == "kafka":
+            raise ValueError("event_time is for a Delta source; a Kafka record's own timestamp is its event time")
+        return self
+
+    @property
+    def sink_servers(self) -> str | None:
+        if self.kafka_sink is None:
+            return None
+        return self.kafka_sink.bootstrap_servers or (self.kafka.bootstrap_servers if self.kafka else None)
+
+
 class JobConfig(_Strict):
     name: str = "job"
     """Job name, used in logs and in the commit metadata. Defaults to the config file's stem."""
@@ -440,6 +543,17 @@ class JobConfig(_Strict):
     quality: QualityConfig = QualityConfig()
     schedule: ScheduleConfig | None = None
     """When present, ``dags/`` builds an Airflow DAG for this job."""
+    stream: StreamConfig | None = None
+    """When present, ``scoring stream`` runs this job as a streaming query (see the README's Streaming section)."""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> JobConfig:
+        if self.input.table is None and (self.stream is None or self.stream.source != "kafka"):
+            raise ValueError(
+                "input.table is missing: name the input Delta table (only a stream that reads Kafka, "
+                "stream.source: kafka, has none)"
+            )
+        return self
 
     @property
     def quarantine_table(self) -> str:

@@ -63,6 +63,16 @@ def committed_version(spark, path: str, txn: Txn) -> int | None:
     return int(found.get()) if found.isDefined() else None
 
 
+def layout(spark, path: str):
+    """``(partition columns, schema)`` of the Delta table at `path`, or None when there is none."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    table = DeltaTable.forPath(spark, path)
+    return list(table.detail().select("partitionColumns").head()[0]), table.toDF().schema
+
+
 def table_properties(spark, path: str) -> dict[str, str]:
     snapshot = _snapshot(spark, path)
     conf = snapshot.metadata().configuration()
@@ -445,7 +455,8 @@ def find_commit(spark, path: str, txn: Txn, *, search: int = 200) -> Commit | No
 def append_once(df, path: str, *, txn: Txn) -> bool:
     """Append `df` to the Delta table at `path` (created if missing) at most once per transaction identity.
     Returns whether this call committed."""
-    if committed_version(df.sparkSession, path, txn) is not None:
+    done = committed_version(df.sparkSession, path, txn)
+    if done is not None and done >= txn.version:
         return False
     try:
         _writer(df, "append", txn).option("mergeSchema", "true").save(path)
@@ -457,3 +468,33 @@ def append_once(df, path: str, *, txn: Txn) -> bool:
             ) from None
         raise
     return True
+
+
+def append_batch(df, path: str, *, partition_by: Sequence[str], txn: Txn, metadata: Mapping[str, Any]) -> WriteResult:
+    """Append `df` to the Delta table at `path` (created, partitioned by `partition_by`, if missing) in one commit,
+    at most once per transaction identity: a stream's micro-batch, ``(query, batch id)``. A batch that the table
+    already records (a restart replaying the batch whose commit landed just before the crash) is skipped and reported
+    as not committed, with the version that did commit it."""
+    spark = df.sparkSession
+    before = latest_version(spark, path)
+    done = committed_version(spark, path, txn)
+    if done is not None and done >= txn.version:
+        return _already(spark, path, txn, before)
+    metadata = {**metadata, "txn_app_id": txn.app_id, "txn_version": txn.version}
+    writer = _writer(df, "append", txn, json.dumps(metadata, sort_keys=True, default=str))
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    try:
+        writer.save(path)
+    except Exception as e:
+        if _conflict(e):
+            raise ConflictError(
+                f"output.table: another writer committed to {path} while this micro-batch was writing "
+                f"({type(e).__name__}: {message_of(e)}); nothing of the micro-batch was committed",
+                hint="restart the query: it replays the micro-batch from its checkpoint",
+            ) from None
+        raise
+    commit = find_commit(spark, path, txn, search=20)
+    if commit is None:
+        return _already(spark, path, txn, before)
+    return WriteResult(before, commit.version, True, int(commit.metrics.get("numOutputRows", 0)), 0, None, "append")

@@ -130,6 +130,30 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
 
 
+def kafka_package() -> str:
+    """Maven coordinate of Spark's own Kafka connector for the installed pyspark, e.g.
+    ``org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0``: what a stream that reads or writes Kafka adds to
+    ``spark.jars.packages`` (resolved, as the Delta jars are, through Spark's package resolution)."""
+    import pyspark
+
+    return f"org.apache.spark:spark-sql-kafka-0-10_2.13:{pyspark.__version__}"
+
+
+def read_text(spark, path: str) -> str | None:
+    """The text of the file at `path` through Hadoop's file system (local, HDFS or an object store, as Spark sees it),
+    or None when there is no such file: e.g. a stream checkpoint's offset log."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hadoop_path):
+        return None
+    stream = fs.open(hadoop_path)
+    try:
+        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
 def spark_submit_command(config_path: str, overrides: list[str], master: str | None = None) -> list[str]:
     """The spark-submit command line that runs a job config through :mod:`scoring.spark_entry`."""
     from pathlib import Path

@@ -6,13 +6,18 @@ from __future__ import annotations
 from scoring import columns
 from scoring.adapters import delta
 from scoring.config import JobConfig
-from scoring.errors import ConfigError, InputError
+from scoring.errors import ConfigError, InputError, OutputError
 
 _NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
 
 
 def check_paths(config: JobConfig, spark) -> None:
     """A run never writes into its input, and writes only where a Delta table is or can be."""
+    if config.input.table is None:
+        raise ConfigError(
+            "input.table is missing: this job reads Kafka (stream.source: kafka), so only `scoring stream` runs it",
+            hint="run it with scoring stream, or name an input Delta table in input.table for a batch run",
+        )
     tables = {
         "input.table": config.input.table,
         "output.table": config.output.table,
@@ -60,4 +65,25 @@ def check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
         raise InputError(
             f"input column(s) {sorted(reserved)} clash with the lineage columns scoring adds",
             hint="rename them upstream; the lineage column names are listed in the README",
+        )
+
+
+def check_output_schema(spark, path: str, schema, partition_by: list[str]) -> None:
+    """Fail before scoring when the existing output table cannot take this run's (or micro-batch's) rows."""
+    layout = delta.layout(spark, path)
+    if layout is None:
+        return
+    current, schema_now = layout
+    if current != list(partition_by):
+        raise OutputError(
+            f"output.partition_by: {path} is partitioned by {current}, the job says {list(partition_by)}",
+            hint=f"set output.partition_by to {current}, or write to a new output.table",
+        )
+    existing = {f.name: f.dataType.simpleString() for f in schema_now.fields}
+    planned = {f.name: f.dataType.simpleString() for f in schema.fields}
+    if existing != planned:
+        diff = sorted(set(existing.items()) ^ set(planned.items()))
+        raise OutputError(
+            f"output.table: {path} has columns {existing}, this run writes {planned} (differences: {diff})",
+            hint="write to a new output.table, or keep the model's outputs, keys and partition columns the same",
         )

@@ -424,7 +424,7 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
     spec = dataclasses.replace(spec, output_schema=output_schema)
     scored = None if everything_set_aside else spark_glue.score_dataframe(source, spec, predictor_spec, lineage)
     if scored is not None:
-        _check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
+        checks.check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
     cached = None
     try:
         needs_second_look = config.quality.output.expectations or config.output.on_invalid_predictions == "quarantine"
@@ -546,26 +546,3 @@ def _empty_output(spark, path: str, source, passthrough):
             hint="fix the input rows or the gates; nothing was written",
         )
     return spark.read.format("delta").load(path).limit(0)
-
-
-def _check_output_schema(spark, path: str, schema, partition_by: list[str]) -> None:
-    """Fail before scoring when the existing output table cannot take this run's rows."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
-        return
-    table = DeltaTable.forPath(spark, path)
-    current = list(table.detail().select("partitionColumns").head()[0])
-    if current != list(partition_by):
-        raise OutputError(
-            f"output.partition_by: {path} is partitioned by {current}, the job says {list(partition_by)}",
-            hint=f"set output.partition_by to {current}, or write to a new output.table",
-        )
-    existing = {f.name: f.dataType.simpleString() for f in table.toDF().schema.fields}
-    planned = {f.name: f.dataType.simpleString() for f in schema.fields}
-    if existing != planned:
-        diff = sorted(set(existing.items()) ^ set(planned.items()))
-        raise OutputError(
-            f"output.table: {path} has columns {existing}, this run writes {planned} (differences: {diff})",
-            hint="write to a new output.table, or keep the model's outputs, keys and partition columns the same",
-        )

@@ -18,9 +18,17 @@ DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 
 @pytest.fixture(scope="session")
 def spark():
-    from scoring.adapters.spark import get_session
+    from scoring.adapters.spark import get_session, kafka_package
 
-    session = get_session("local[2]", {"spark.sql.shuffle.partitions": "1", "spark.default.parallelism": "2"})
+    # One session for the whole suite, started with Spark's Kafka connector too (the stream tests read and write Kafka).
+    session = get_session(
+        "local[2]",
+        {
+            "spark.sql.shuffle.partitions": "1",
+            "spark.default.parallelism": "2",
+            "spark.jars.packages": kafka_package(),
+        },
+    )
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

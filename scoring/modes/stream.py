@@ -252,7 +252,7 @@ class MicroBatchScorer:
             set_aside.append(cut.set_aside)
             gate = self.config.quality.input
             if gate.expectations:
-                cut = gates.apply_gate(source, gate, "input", stamp, source=f"micro-batch {batch_id}")
+                cut = gates.apply_gate(source, gate, "input", stamp, source=source_of(self.config))
                 source, quarantined_n = cut.kept, quarantined_n + cut.count
                 set_aside.append(cut.set_aside)
 
@@ -280,7 +280,7 @@ class MicroBatchScorer:
                         set_aside.append(cut.set_aside)
                     if self.config.quality.output.expectations:
                         cut = gates.apply_gate(
-                            out, self.config.quality.output, "output", stamp, source=f"micro-batch {batch_id}"
+                            out, self.config.quality.output, "output", stamp, source=source_of(self.config)
                         )
                         out, quarantined_n = cut.kept, quarantined_n + cut.count
                         set_aside.append(cut.set_aside)
@@ -783,6 +783,18 @@ class _Stopped(Exception):
     pass
 
 
+class _OwnErrorsOnly(logging.Filter):
+    """Py4J logs every exception a ``foreachBatch`` call raises, with its traceback; a micro-batch's ScoringError (or
+    a stop) is reported once, by the query's handle, as a plain message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ScoringError | _Stopping)
+
+
+_PY4J_FILTER = _OwnErrorsOnly()
+
+
 def _translate(e: Exception) -> Exception:
     text = delta.message_of(e) if hasattr(e, "java_exception") or hasattr(e, "getMessage") else str(e)
     if "DELTA_SOURCE_TABLE_IGNORE_CHANGES" in text or "DELTA_SOURCE_IGNORE_DELETE" in text:
@@ -823,6 +835,7 @@ def start(
         )
     reporter = reporter or LogReporter()
     started = time.monotonic()
+    logging.getLogger("py4j.clientserver").addFilter(_PY4J_FILTER)
     spark = spark or _session(config)
     _check_start(config, spark)
     reporter.step(f"resolving {config.model.uri}")

@@ -122,9 +122,11 @@ def evaluate(df, gate: GateConfig, which: Literal["input", "output"], *, source:
     return report
 
 
-def quarantine_frame(df, reason, stage: str, key: Sequence[str], run_id: str, scored_at):
+def quarantine_frame(
+    df, reason, stage: str, key: Sequence[str], run_id: str, scored_at, *, row: Sequence[str] | None = None
+):
     """Rows of `df` shaped for the quarantine table: run id, time, stage, reason, the key (and partition) columns,
-    the whole row as JSON."""
+    the whole row (or the `row` columns) as JSON."""
     from pyspark.sql import functions as F
 
     from scoring import columns
@@ -135,7 +137,7 @@ def quarantine_frame(df, reason, stage: str, key: Sequence[str], run_id: str, sc
         F.lit(stage).alias(QUARANTINE_STAGE),
         reason.alias(QUARANTINE_REASON),
         *[F.col(f"`{k}`") for k in key],
-        F.to_json(F.struct(*[F.col(c) for c in df.columns])).alias(QUARANTINE_ROW),
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in (df.columns if row is None else row)])).alias(QUARANTINE_ROW),
     )
 
 

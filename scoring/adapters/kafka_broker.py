@@ -446,6 +446,8 @@ class Broker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Keep every record however old its timestamp: tests and benchmarks produce records stamped in the past.
+            "log.retention.ms": "-1",
             # After a crash (kill), the controller holds the dead incarnation's registration until its session
             # expires (9 s by default) and refuses the new one (DUPLICATE_BROKER_REGISTRATION) until then.
             "broker.heartbeat.interval.ms": "500",

@@ -198,6 +198,8 @@ class MicroBatchScorer:
         self.rows_in = self.rows_written = self.rows_quarantined = 0
         self.versions: list[str] = [active.model.version]
         self.failure: ScoringError | None = None
+        self.last_batch_id: int | None = None
+        """The last micro-batch this scorer finished (committed, skipped as committed, or empty)."""
         self.stopping = threading.Event()
         self.busy = threading.Lock()
         self._last_alias_check = time.monotonic()
@@ -211,6 +213,7 @@ class MicroBatchScorer:
                 raise _Stopping(f"stopping before micro-batch {batch_id}")
             try:
                 self._one(df, int(batch_id))
+                self.last_batch_id = int(batch_id)
             except ScoringError as e:
                 self.failure = _in_batch(e, int(batch_id), self.query_id)
                 raise self.failure from None
@@ -402,7 +405,7 @@ class MicroBatchScorer:
         if n == 0:
             return gates.Split(kept, None, 0)
         frame = quality.quarantine_frame(
-            kafka.drop_parse_columns(bad), reason, "source", stamp.passthrough, stamp.run_id, stamp.at
+            bad, reason, "source", stamp.passthrough, stamp.run_id, stamp.at, row=kafka.drop_parse_columns(bad).columns
         )
         return gates.Split(kept, frame, n)
 
@@ -709,7 +712,15 @@ class StreamHandle:
         self._stopped_by_request = True
         self.scorer.stopping.set()
         with self.scorer.busy:  # wait for the micro-batch in progress
-            pass
+            last = self.scorer.last_batch_id
+        # ... and for Spark to record it in the checkpoint (it does so right after foreachBatch returns), so that a
+        # restart starts with the next micro-batch instead of replaying this one.
+        deadline = time.monotonic() + 30
+        while last is not None and self.query.isActive and time.monotonic() < deadline:
+            progress = self.query.lastProgress
+            if progress is not None and int(progress.get("batchId", -1)) >= last:
+                break
+            time.sleep(0.05)
         self.query.stop()
 
     def await_termination(self, timeout_s: float | None = None) -> bool:

@@ -154,12 +154,6 @@ _POISON: list[tuple[str, str | None, str]] = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stream.MicroBatchScorer._unparseable builds the quarantine frame from the records with the parse columns "
-    "already dropped (kafka.drop_parse_columns(bad)) while its reason column is kafka.bad_record_reason(), one of "
-    "those columns: AnalysisException UNRESOLVED_COLUMN _scoring_bad_record, the query fails at the first bad record",
-)
 def test_poison_records_go_to_quarantine_once_each_with_their_raw_value_and_origin_and_the_rest_is_scored(
     spark, lake, tmp_path, kafka_broker, kafka_topic_factory
 ):

@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--summary-json", type=Path, help="also write the run summary (or the error record) here")
     parser.add_argument("--debug", action="store_true", help=f"print tracebacks too (or {DEBUG_ENV}=1)")
+    parser.add_argument(
+        "--stream", action="store_true", help="run the job's stream: section (as `scoring stream`) instead of a batch"
+    )
+    parser.add_argument("--available-now", action="store_true", help="with --stream: process what is there, then stop")
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from scoring.errors import ScoringError
 
     try:
-        summary = run(load_job_config(args.config, args.overrides))
+        if args.stream:
+            summary = _stream(load_job_config(args.config, args.overrides), args.available_now)
+        else:
+            summary = run(load_job_config(args.config, args.overrides))
     except Exception as e:  # noqa: BLE001 - every failure becomes an exit code and an error record
         record = error_record(e)
         if debug:
@@ -133,6 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.summary_json, payload, "summary")
     print(f"SCORING_SUMMARY {payload}", flush=True)  # noqa: T201
     return 0
+
+
+def _stream(config, available_now: bool):
+    """The stream, until it drains (`available_now`) or SIGTERM/SIGINT asks it to stop after the micro-batch in
+    progress (what Kubernetes and YARN send a driver they stop)."""
+    import signal
+    import threading
+
+    from scoring.modes.stream import run as run_stream
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_stream(config, available_now=available_now, stop=stop)
 
 
 if __name__ == "__main__":

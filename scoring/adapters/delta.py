@@ -494,7 +494,35 @@ def append_batch(df, path: str, *, partition_by: Sequence[str], txn: Txn, metada
                 hint="restart the query: it replays the micro-batch from its checkpoint",
             ) from None
         raise
-    commit = find_commit(spark, path, txn, search=20)
+    commit = _commit_in_log(spark, path, txn, before)
     if commit is None:
         return _already(spark, path, txn, before)
     return WriteResult(before, commit.version, True, int(commit.metrics.get("numOutputRows", 0)), 0, None, "append")
+
+
+def _commit_in_log(spark, path: str, txn: Txn, after: int | None, *, most: int = 20) -> Commit | None:
+    """The commit after version `after` that carries `txn`, read from the commit files of the Delta log (a few small
+    JSON files; a history query is a Spark job, too slow for every micro-batch)."""
+    from scoring.adapters.spark import read_text
+
+    latest = latest_version(spark, path)
+    if latest is None:
+        return None
+    first = -1 if after is None else after
+    for version in range(latest, max(first, latest - most), -1):
+        text = read_text(spark, f"{path.rstrip('/')}/_delta_log/{version:020d}.json")
+        if text is None:
+            continue
+        actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+        ours = any(
+            a.get("txn", {}).get("appId") == txn.app_id and a["txn"].get("version") == txn.version for a in actions
+        )
+        if ours:
+            info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+            meta = info.get("userMetadata")
+            return Commit(
+                version,
+                {k: str(v) for k, v in (info.get("operationMetrics") or {}).items()},
+                json.loads(meta) if meta else {},
+            )
+    return None

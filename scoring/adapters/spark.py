@@ -154,8 +154,16 @@ def read_text(spark, path: str) -> str | None:
         stream.close()
 
 
-def spark_submit_command(config_path: str, overrides: list[str], master: str | None = None) -> list[str]:
-    """The spark-submit command line that runs a job config through :mod:`scoring.spark_entry`."""
+def spark_submit_command(
+    config_path: str,
+    overrides: list[str],
+    master: str | None = None,
+    *,
+    stream: bool = False,
+    available_now: bool = False,
+) -> list[str]:
+    """The spark-submit command line that runs a job config through :mod:`scoring.spark_entry` (its ``stream:``
+    section with `stream`, with Spark's Kafka connector among the packages)."""
     from pathlib import Path
 
     import pyspark
@@ -163,7 +171,8 @@ def spark_submit_command(config_path: str, overrides: list[str], master: str | N
     from scoring import spark_entry
 
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
-    command = [submit, "--master", master or "local[*]", "--packages", delta_package()]
+    packages = [delta_package(), *([kafka_package()] if stream else [])]
+    command = [submit, "--master", master or "local[*]", "--packages", ",".join(packages)]
     for key, value in DEFAULTS.items():
         command += ["--conf", f"{key}={value}"]
     command += [
@@ -175,6 +184,8 @@ def spark_submit_command(config_path: str, overrides: list[str], master: str | N
     command += [spark_entry.__file__, config_path]
     for item in overrides:
         command += ["--set", item]
+    if stream:
+        command += ["--stream", *(["--available-now"] if available_now else [])]
     return command
 
 

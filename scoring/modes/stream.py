@@ -119,6 +119,9 @@ class StreamRecord:
     quarantine_table: str | None = None
     metrics_url: str | None = None
     error: str | None = None
+    batch_timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Mean seconds per micro-batch in each phase: scoring's own (read, checks, plan, score+commit, ...) and
+    Spark's around them (``spark``: offsets, the checkpoint's logs, planning; from the query's progress reports)."""
 
     @property
     def rows_per_s(self) -> float:
@@ -198,6 +201,7 @@ class MicroBatchScorer:
         self.rows_in = self.rows_written = self.rows_quarantined = 0
         self.versions: list[str] = [active.model.version]
         self.failure: ScoringError | None = None
+        self.phase_s: dict[str, float] = {}
         self.last_batch_id: int | None = None
         """The last micro-batch this scorer finished (committed, skipped as committed, or empty)."""
         self.stopping = threading.Event()
@@ -228,6 +232,7 @@ class MicroBatchScorer:
         from scoring.adapters import spark as spark_glue
 
         started = time.monotonic()
+        lap = self._lap_from(started)
         scored_at = dt.datetime.now(dt.UTC)
         query_id = self.query_id = self.query_id or _query_id(self.spark, self.stream.checkpoint)
         self._follow_alias(batch_id)
@@ -241,16 +246,17 @@ class MicroBatchScorer:
         rows = rows.persist()
         cached = [rows]
         try:
-            rows_in = rows.count()
+            rows_in, unparseable, invalid = self._profile(rows)
+            lap("read")
             if rows_in == 0:
                 return
             set_aside: list[Any] = []
             source, quarantined_n = rows, 0
             if self.stream.source == "kafka":
-                cut = self._unparseable(source, stamp)
+                cut = self._unparseable(source, stamp, unparseable)
                 source, quarantined_n = cut.kept, quarantined_n + cut.count
                 set_aside.append(cut.set_aside)
-            cut = self._invalid_features(source, stamp)
+            cut = self._invalid_features(source, stamp, invalid)
             source, quarantined_n = cut.kept, quarantined_n + cut.count
             set_aside.append(cut.set_aside)
             gate = self.config.quality.input
@@ -259,6 +265,7 @@ class MicroBatchScorer:
                 source, quarantined_n = cut.kept, quarantined_n + cut.count
                 set_aside.append(cut.set_aside)
 
+            lap("checks")
             out = None
             if quarantined_n < rows_in:
                 lineage = model.lineage(run_id=run_id, scored_at=scored_at, input_version=version_to)
@@ -305,6 +312,7 @@ class MicroBatchScorer:
                 "rows_read": rows_in,
                 "rows_quarantined": quarantined_n,
             }
+            lap("plan")
             fault_point("stream-before-output-commit", batch=batch_id)
             written, committed, version = 0, False, None
             if "delta" in self.stream.sinks:
@@ -315,6 +323,7 @@ class MicroBatchScorer:
                     )
                     written, committed, version = result.rows_written, result.committed, result.version
             committed_at = time.time()
+            lap("score+commit")
             fault_point("stream-after-output-commit", batch=batch_id)
             if "kafka" in self.stream.sinks and out is not None:
                 from scoring.adapters import kafka
@@ -323,14 +332,16 @@ class MicroBatchScorer:
                 assert sink is not None
                 kafka.write_records(out, self.stream.sink_servers, sink.topic, self._key)
                 if "delta" not in self.stream.sinks:
-                    written, committed = out.count(), True
+                    written, committed = rows_in - quarantined_n, True
                 committed_at = time.time()
             quarantined = gates.union(set_aside)
             if quarantined is not None:
                 delta.append_once(quarantined, self.config.quarantine_table, txn=quarantine_txn_for(query_id, batch_id))
+            lap("kafka+quarantine")
             fault_point("stream-after-quarantine-commit", batch=batch_id)
 
             lags = self._lags(rows, committed_at)
+            lap("lag")
             self.lags.add(lags)
             self.batches += 1
             self.batches_skipped += 0 if committed else 1
@@ -359,6 +370,18 @@ class MicroBatchScorer:
         finally:
             for frame in cached:
                 frame.unpersist()
+
+    def _lap_from(self, started: float) -> Callable[[str], None]:
+        """A function that adds the seconds since its last call to ``phase_s[phase]`` (where a micro-batch's time
+        goes; the summary shows the mean per micro-batch)."""
+        mark = [started]
+
+        def lap(phase: str) -> None:
+            now = time.monotonic()
+            self.phase_s[phase] = self.phase_s.get(phase, 0.0) + now - mark[0]
+            mark[0] = now
+
+        return lap
 
     # -- the pieces -----------------------------------------------------------------------------------------------
 
@@ -393,35 +416,57 @@ class MicroBatchScorer:
         rows = rows.withColumn(columns.EVENT_TIME, F.timestamp_millis(millis)).drop(_FILE)
         return rows, version_from, version_to
 
-    def _unparseable(self, rows, stamp: gates.Stamp) -> gates.Split:
+    def _profile(self, rows) -> tuple[int, int, int]:
+        """One pass over the (cached) micro-batch: its rows, the Kafka records that cannot be parsed, and the rows
+        with invalid features among the others."""
+        from pyspark.sql import functions as F
+
+        valid = gates.valid_features(rows.schema, self.active.model.features)
+        if self.stream.source == "kafka":
+            from scoring.adapters import kafka
+
+            parsed = kafka.bad_record_reason().isNull()
+        else:
+            parsed = F.lit(True)
+        row = rows.agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.when(~parsed, 1).otherwise(0)).alias("unparseable"),
+            F.sum(F.when(parsed & ~valid, 1).otherwise(0)).alias("invalid"),
+        ).head()
+        return int(row["n"]), int(row["unparseable"] or 0), int(row["invalid"] or 0)
+
+    def _unparseable(self, rows, stamp: gates.Stamp, n: int) -> gates.Split:
         """Kafka records that cannot be scored (not JSON, a wrong type, a missing field): set aside with why."""
         from scoring import quality
         from scoring.adapters import kafka
 
         reason = kafka.bad_record_reason()
-        bad = rows.where(reason.isNotNull())
-        n = bad.count()
-        kept = kafka.drop_parse_columns(rows.where(reason.isNull()))
+        kept = kafka.drop_parse_columns(rows.where(reason.isNull()) if n else rows)
         if n == 0:
             return gates.Split(kept, None, 0)
+        bad = rows.where(reason.isNotNull())
         frame = quality.quarantine_frame(
             bad, reason, "source", stamp.passthrough, stamp.run_id, stamp.at, row=kafka.drop_parse_columns(bad).columns
         )
         return gates.Split(kept, frame, n)
 
-    def _invalid_features(self, rows, stamp: gates.Stamp) -> gates.Split:
+    def _invalid_features(self, rows, stamp: gates.Stamp, n: int) -> gates.Split:
+        if n == 0:
+            return gates.Split(rows, None, 0)
         valid = gates.valid_features(rows.schema, self.active.model.features)
         if self.config.input.on_invalid_rows == "skip":
-            return gates.split(rows, valid, "invalid feature (null, NaN, infinite or beyond float32)", "input", stamp)
-        first = rows.where(~valid).limit(1).collect()
-        if first:
-            key = ", ".join(f"{k}={first[0][k]!r}" for k in self.config.input.key)
-            raise InvalidRowsError(
-                f"input: a row has null, NaN, infinite or out-of-range (beyond float32) features, first at {key}",
-                hint="set input.on_invalid_rows: skip to set such rows aside in the quarantine table and score the "
-                "rest, or clean the source",
+            cut = gates.split(
+                rows, valid, "invalid feature (null, NaN, infinite or beyond float32)", "input", stamp, count=False
             )
-        return gates.Split(rows, None, 0)
+            return dataclasses.replace(cut, count=n)
+        first = rows.where(~valid).limit(1).collect()[0]
+        key = ", ".join(f"{k}={first[k]!r}" for k in self.config.input.key)
+        raise InvalidRowsError(
+            f"input: {n} row(s) of the micro-batch have null, NaN, infinite or out-of-range (beyond float32) "
+            f"features, first at {key}",
+            hint="set input.on_invalid_rows: skip to set such rows aside in the quarantine table and score the "
+            "rest, or clean the source",
+        )
 
     def _score(self, source, lineage, version_from: int | None, spark_glue):
         """Pass-through, source and prediction columns, then the lineage (and the source version range)."""
@@ -787,7 +832,20 @@ class StreamHandle:
             quarantine_table=self.config.quarantine_table if s.rows_quarantined else None,
             metrics_url=f"http://{stream.metrics_host}:{self.metrics.port}/metrics" if self.metrics else None,
             error=str(error) if error else None,
+            batch_timings_s=self._timings(),
         )
+
+    def _timings(self) -> dict[str, float]:
+        s = self.scorer
+        out = {phase: round(total / s.batches, 3) for phase, total in s.phase_s.items()} if s.batches else {}
+        spark_s = []
+        for progress in self.query.recentProgress or []:
+            d = progress.get("durationMs", {}) if isinstance(progress, dict) else {}
+            if progress.get("numInputRows") and "triggerExecution" in d:
+                spark_s.append((d["triggerExecution"] - d.get("addBatch", 0)) / 1000)
+        if spark_s:
+            out["spark"] = round(float(np.mean(spark_s)), 3)
+        return out
 
 
 class _Stopped(Exception):

@@ -146,3 +146,26 @@ def test_sigterm_stops_after_the_batch_in_progress_and_sigkill_mid_stream_loses_
     assert done.returncode == 0, done.stderr[-3000:]
     keys = _keys(output)
     assert len(keys) == len(set(keys)) and set(keys) == good
+
+
+def test_spark_submit_runs_the_stream_and_prints_its_summary(lake, source, tmp_path):
+    import json
+
+    from scoring.adapters.spark import spark_submit_command, spark_submit_env
+
+    path, good, _bad = source
+    config = _config(lake, tmp_path, path, max_files_per_trigger=10)
+    summary = tmp_path / "summary.json"
+    command = spark_submit_command(config, [], "local[2]", stream=True, available_now=True)
+    done = subprocess.run(
+        [*command, "--summary-json", str(summary)],
+        env={**spark_submit_env(), **_env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(summary.read_text())
+    assert record["stopped"] == "drained" and record["rows_written"] == len(good)
+    keys = _keys(str(tmp_path / "out"))
+    assert len(keys) == len(set(keys)) and set(keys) == good

@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo demo-triton test test-fast lint bench doctor clean help
+.PHONY: setup demo demo-triton demo-stream test test-fast lint bench bench-stream doctor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -27,6 +27,9 @@ demo: setup  ## create a demo lake + model + registry under .demo/ and run conf/
 demo-triton: setup  ## the demo scored through a local Triton sidecar (conf/jobs/demo-triton.yaml)
 	$(BIN)/scoring demo --config conf/jobs/demo-triton.yaml
 
+demo-stream: setup  ## stream rows appended to a Delta table through the demo model for a few seconds (conf/jobs/stream.yaml)
+	$(BIN)/scoring demo-stream
+
 test: setup  ## the whole suite (real Spark, Delta, MLflow); .ci/run calls this
 	$(BIN)/python -m pytest -q
 
@@ -38,6 +41,9 @@ lint: setup  ## ruff
 
 bench: setup  ## throughput of the engine against the floors and mlflow spark_udf (writes bench-results.json)
 	$(BIN)/scoring bench
+
+bench-stream: setup  ## streaming lag and throughput, Delta/Kafka -> Delta/Kafka at 10,000 events/s (writes bench-stream-results.json)
+	$(BIN)/scoring bench-stream
 
 doctor: setup  ## check Java, Spark, the Delta jars and the registry
 	$(BIN)/scoring doctor

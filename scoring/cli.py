@@ -556,6 +556,81 @@ def bench(
     out.print(f"written to {output}")
 
 
+@app.command("bench-stream")
+def bench_stream(
+    rate: Annotated[float, typer.Option(help="Events per second the producer sends (20 float features).")] = 10_000,
+    duration_s: Annotated[float, typer.Option(help="Seconds of production per run (after a warm-up).")] = 60.0,
+    repeat: Annotated[int, typer.Option(help="Runs of each path; medians and min-max are reported.")] = 1,
+    path: Annotated[
+        list[str] | None, typer.Option(help="Paths to run (repeatable): delta-delta, kafka-delta, kafka-kafka.")
+    ] = None,
+    trigger: Annotated[
+        str | None, typer.Option(help="Trigger of the kafka-kafka path (stream.trigger), e.g. real-time.")
+    ] = None,
+    interval_s: Annotated[float, typer.Option(help="stream.interval_s of the micro-batch paths.")] = 0.0,
+    commit_interval_s: Annotated[
+        float, typer.Option(help="delta-delta: seconds between the producer's source commits.")
+    ] = 0.1,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON results.")] = Path(
+        "bench-stream-results.json"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Scratch directory: tables, checkpoints, registry, broker.")] = Path(
+        ".bench/stream"
+    ),
+) -> None:
+    """Measure the streaming mode end to end: a producer process sends events at a fixed rate (to a Delta table or a
+    local Kafka broker), an independent reader records when each row reaches the sink; prints delivered, duplicate
+    and missing rows, throughput, lag p50/p95/p99/max beside the stream's own, and where a micro-batch's time goes."""
+    from scoring.bench_stream import paths_for, run_bench_stream
+
+    try:
+        run_bench_stream(
+            rate=rate,
+            duration_s=duration_s,
+            repeat=repeat,
+            paths=paths_for(path, trigger, interval_s),
+            output=output,
+            workdir=workdir,
+            commit_interval_s=commit_interval_s,
+            console=out,
+        )
+    except ScoringError as e:
+        _fail(e)
+    out.print(f"written to {output}")
+
+
+@app.command("demo-stream")
+def demo_stream(
+    config: Annotated[Path, typer.Option(help="Stream job config (Delta -> Delta).")] = Path("conf/jobs/stream.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)] = None,
+    appends: Annotated[int, typer.Option(help="Commits appended to the source while the stream runs.")] = 5,
+    rows: Annotated[int, typer.Option(help="Rows per appended commit.")] = 1_000,
+    every_s: Annotated[float, typer.Option(help="Seconds between appended commits.")] = 1.0,
+) -> None:
+    """Stream new rows of a Delta table through the demo model for a few seconds: create the source table (and the
+    demo model, as `scoring demo`), start the stream of conf/jobs/stream.yaml, append rows, stop it cleanly, and show
+    the scored rows with their lineage, the commits and the lag."""
+    from scoring.demo import DEMO_DIR
+    from scoring.demo_stream import print_result, run_demo_stream
+    from scoring.progress import default_reporter
+
+    try:
+        result = run_demo_stream(
+            DEMO_DIR,
+            config,
+            set_ or [],
+            appends=appends,
+            rows_per_append=rows,
+            every_s=every_s,
+            reporter=default_reporter(),
+        )
+    except ScoringError as e:
+        _fail(e)
+        return
+    print_stream_summary(result.record)
+    print_result(out, result)
+
+
 def main() -> None:
     """Run the CLI. A ScoringError is a plain message (each command turns it into its exit code); anything else that
     escapes is a bug or an environment problem: one plain line, exit 1, the traceback only with --debug."""

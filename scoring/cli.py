@@ -305,14 +305,21 @@ def submit(
     print_only: Annotated[
         bool, typer.Option("--print", help="Print the spark-submit command instead of running it.")
     ] = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Run the job's stream: section (as `scoring stream`), not a batch run.")
+    ] = False,
+    available_now: Annotated[
+        bool, typer.Option("--available-now", help="With --stream: process what is there, then stop.")
+    ] = False,
 ) -> None:
-    """Run a job through spark-submit (the way Airflow's SparkSubmitOperator does), with the Delta jars as --packages."""
+    """Run a job through spark-submit (the way Airflow's SparkSubmitOperator does), with the Delta jars (and, for a
+    stream, Spark's Kafka connector) as --packages."""
     import shlex
     import subprocess
 
     from scoring.adapters.spark import spark_submit_command, spark_submit_env
 
-    command = spark_submit_command(str(config), set_ or [], master)
+    command = spark_submit_command(str(config), set_ or [], master, stream=stream, available_now=available_now)
     if print_only:
         print(shlex.join(command))
         return

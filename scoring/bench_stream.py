@@ -215,10 +215,6 @@ def _source_rows(pool: np.ndarray, keys: np.ndarray, first: int, at: float):
 
 
 def _delta_sender(spec: _ProducerSpec, pool: np.ndarray, keys: np.ndarray, sent: np.ndarray):
-    from deltalake import DeltaTable, write_deltalake
-
-    table = DeltaTable(spec.target)
-
     def send(total: int, started: float) -> float:
         done, behind_max = 0, 0.0
         next_commit = started + spec.commit_interval_s
@@ -229,7 +225,9 @@ def _delta_sender(spec: _ProducerSpec, pool: np.ndarray, keys: np.ndarray, sent:
             at = time.time()
             due = min(total, int((at - started) * spec.rate))
             if due > done:
-                write_deltalake(table, _source_rows(pool, keys[done:due], done, at), mode="append")
+                demo.write_delta(
+                    spec.target, _source_rows(pool, keys[done:due], done, at), partition_by=(), mode="append"
+                )
                 sent[done:due] = at
                 done = due
             behind_max = max(behind_max, time.time() - next_commit)
@@ -444,12 +442,6 @@ def _wait(condition, timeout_s: float, handle=None, what: str = "") -> bool:
     return condition()
 
 
-def _settle(handle, timeout_s: float = 15.0) -> None:
-    """Wait until Spark has reported every micro-batch the scorer finished, so that the progress reports read next are
-    complete (the handle's stop also waits for the last one to be recorded in the checkpoint)."""
-    _wait(lambda: len(_progress_of(handle.query)) >= handle.scorer.batches, timeout_s)
-
-
 def _progress_of(query) -> list[dict[str, Any]]:
     """The query's micro-batches that read rows, from Spark's own progress reports."""
     out = []
@@ -552,8 +544,7 @@ def run_once(ctx: _Context, path: StreamPath, repetition: int, on_phase=None) ->
                 f"{path.name}: the {WARMUP_ROWS:,} warm-up rows did not reach the sink within "
                 f"{ctx.warmup_timeout_s:g} s (seen {warm_seen.value:,})"
             )
-        _settle(handle)
-        handle.close()
+        handle.close()  # after Spark recorded the warm-up's micro-batches in the checkpoint: no replay
         handle = None
         phases["warm_up_s"] = time.monotonic() - clock
 
@@ -585,9 +576,9 @@ def run_once(ctx: _Context, path: StreamPath, repetition: int, on_phase=None) ->
         clock = time.monotonic()
         _wait(lambda: timed_seen.value >= produced, ctx.drain_s, handle, "draining")
         phases["drain_s"] = time.monotonic() - clock
-        _settle(handle)
-        batches = _progress_of(handle.query)
-        record = handle.close()
+        query = handle.query
+        record = handle.close()  # after the micro-batch in progress, once Spark has reported it
+        batches = _progress_of(query)
         load_after = os.getloadavg()[0]
         handle = None
     finally:
@@ -616,9 +607,10 @@ def run_once(ctx: _Context, path: StreamPath, repetition: int, on_phase=None) ->
 
 def _table_keys(table: Path) -> np.ndarray:
     """The output table's keys, read with delta-rs (an independent reader)."""
-    from deltalake import DeltaTable
+    from scoring.adapters import deltalog
 
-    return DeltaTable(str(table)).to_pyarrow_table(columns=[KEY]).column(0).to_numpy()
+    keys = deltalog.read(str(table), [KEY], key="output.table")
+    return np.empty(0, dtype=np.int64) if keys is None else keys.column(0).to_numpy()
 
 
 # -- figures ----------------------------------------------------------------------------------------------------------
@@ -894,7 +886,9 @@ def _cell(summary: dict, name: str, fmt: str, scale: float = 1.0, repeat: int = 
         return "-"
     text = format(value * scale, fmt)
     if repeat > 1 and summary["min"].get(name) is not None:
-        text += f" ({format(summary['min'][name] * scale, fmt)}-{format(summary['max'][name] * scale, fmt)})"
+        low, high = format(summary["min"][name] * scale, fmt), format(summary["max"][name] * scale, fmt)
+        if low != high:
+            text += f" ({low}-{high})"
     return text
 
 
@@ -903,7 +897,7 @@ def print_report(console, report: dict) -> None:
     from rich.table import Table
 
     if not console.is_terminal:  # a file or a pipe: do not squeeze the tables into 80 columns
-        console = Console(file=console.file, width=180)
+        console = Console(file=console.file, width=200)
     repeat = report["repeat"]
     spread = ", medians (min-max)" if repeat > 1 else ""
     lag = Table(
@@ -938,7 +932,7 @@ def print_report(console, report: dict) -> None:
         "addBatch (score+write) p50",
         "overhead p50",
         "lag p50 1st->4th quarter ms",
-        "load 1m before/after",
+        "load avg 1m",
     ):
         batch.add_column(col, justify="left" if col == "path" else "right")
     for name, p in report["paths"].items():
@@ -956,11 +950,11 @@ def print_report(console, report: dict) -> None:
             name,
             first["trigger"] + (f" {first['interval_s']:g} s" if first["trigger"] == "micro-batch" else ""),
             c("produced"),
-            c("producer_rate"),
+            _cell(p, "producer_rate", ",.0f"),
             c("delivered"),
             c("duplicates"),
             c("missing"),
-            c("throughput_rows_per_s"),
+            _cell(p, "throughput_rows_per_s", ",.0f"),
             c("lag_p50_s", scale=1000),
             c("lag_p95_s", scale=1000),
             c("lag_p99_s", scale=1000),
@@ -980,7 +974,7 @@ def print_report(console, report: dict) -> None:
             c("add_batch_ms_p50"),
             c("overhead_ms_p50"),
             quarters,
-            ", ".join(f"{r['load_avg_1m'][0]:.1f}/{r['load_avg_1m'][1]:.1f}" for r in ok),
+            f"{min(min(r['load_avg_1m']) for r in ok):.1f}-{max(max(r['load_avg_1m']) for r in ok):.1f}",
         )
     console.print(lag)
     console.print(batch)

@@ -467,8 +467,8 @@ class StreamConfig(_Strict):
     resumes exactly where the query stopped."""
     trigger: Literal["micro-batch", "available-now", "real-time"] = "micro-batch"
     """``micro-batch``: a micro-batch every ``interval_s`` (0: as soon as the previous one ends); ``available-now``:
-    what is there now, then stop (as ``--available-now``); ``real-time``: Spark's Real-time Mode, Kafka to Kafka
-    only (see the README for what it does and does not promise)."""
+    what is there now, then stop (as ``--available-now``); ``real-time``: refused at start: Spark's Real-time Mode
+    holds our Python scoring UDF's results until each real-time batch ends (see the README's Streaming section)."""
     interval_s: Annotated[_Seconds, Field(ge=0)] = 0.0
     """Seconds between micro-batch starts (``trigger: micro-batch``)."""
     max_files_per_trigger: (

@@ -104,13 +104,17 @@ def parse_records(df, fields: Mapping[str, str], features: Sequence[str]):
             schema,
             {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT, "allowNonNumericNumbers": "false"},
         ).alias("_r"),
-        # The same fields as text: a field present here but null above holds a value of the wrong type.
-        F.from_json(value, as_text, {"mode": "PERMISSIVE"}).alias("_t"),
         value.alias(RAW_VALUE),
         F.col("topic").alias(columns.SOURCE_TOPIC),
         F.col("partition").alias(columns.SOURCE_PARTITION),
         F.col("offset").alias(columns.SOURCE_OFFSET),
         F.col("timestamp").alias(columns.EVENT_TIME),
+    )
+    # The same fields as text, parsed again only for the records the typed parse refused: a field present there but
+    # null in the typed parse holds a value of the wrong type.
+    parsed = parsed.withColumn(
+        "_t",
+        F.when(F.col(f"_r.{_CORRUPT}").isNotNull(), F.from_json(F.col(RAW_VALUE), as_text, {"mode": "PERMISSIVE"})),
     )
 
     def typed(f) -> Any:

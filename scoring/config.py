@@ -546,14 +546,29 @@ class JobConfig(_Strict):
     stream: StreamConfig | None = None
     """When present, ``scoring stream`` runs this job as a streaming query (see the README's Streaming section)."""
 
-    @model_validator(mode="after")
-    def _has_a_source(self) -> JobConfig:
-        if self.input.table is None and (self.stream is None or self.stream.source != "kafka"):
-            raise ValueError(
-                "input.table is missing: name the input Delta table (only a stream that reads Kafka, "
-                "stream.source: kafka, has none)"
-            )
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _has_a_source(cls, data: Any, handler: Any) -> JobConfig:
+        """``input.table`` is required except for a stream that reads Kafka: reported as a missing key, beside any
+        other problem of the document (so a typo such as ``tabel`` shows both the unknown key and the missing one)."""
+        stream = data.get("stream") if isinstance(data, dict) else None
+        reads_kafka = isinstance(stream, dict) and stream.get("source") == "kafka"
+        given = data.get("input") if isinstance(data, dict) else None
+        missing = isinstance(given, dict) and given.get("table") is None and not reads_kafka
+        if not missing:
+            return handler(data)
+        problem = {"type": "missing", "loc": ("input", "table"), "input": given}
+        try:
+            handler(data)
+        except ValidationError as e:
+            errors = [
+                {"type": err["type"], "loc": err["loc"], "input": err.get("input"), "ctx": err.get("ctx", {})}
+                if err.get("ctx")
+                else {"type": err["type"], "loc": err["loc"], "input": err.get("input")}
+                for err in e.errors()
+            ]
+            raise ValidationError.from_exception_data(e.title, [*errors, problem]) from None
+        raise ValidationError.from_exception_data(cls.__name__, [problem])
 
     @property
     def quarantine_table(self) -> str:

@@ -39,7 +39,7 @@ def test_a_kafka_stream_needs_no_input_table_but_a_kafka_section():
 
 
 def test_a_batch_job_still_needs_an_input_table():
-    with pytest.raises(ConfigError, match="input.table is missing"):
+    with pytest.raises(ConfigError, match="input.table: required key is missing"):
         build_job_config({**BASE, "input": {"key": "customer_id"}})
 
 

@@ -342,14 +342,8 @@ class MicroBatchScorer:
 
             lags = self._lags(rows, committed_at)
             lap("lag")
-            self.lags.add(lags)
-            self.batches += 1
-            self.batches_skipped += 0 if committed else 1
-            self.rows_in += rows_in
-            self.rows_written += written if committed else 0
-            self.rows_quarantined += quarantined_n
             duration = time.monotonic() - started
-            if self.metrics is not None:
+            if self.metrics is not None:  # first: whoever watches the counts below then finds the metrics current
                 self.metrics.batch(
                     outcome="committed" if committed else "already-committed",
                     rows_in=rows_in,
@@ -359,6 +353,12 @@ class MicroBatchScorer:
                     lags_s=lags,
                     model_version=model.version,
                 )
+            self.lags.add(lags)
+            self.batches_skipped += 0 if committed else 1
+            self.rows_in += rows_in
+            self.rows_written += written if committed else 0
+            self.rows_quarantined += quarantined_n
+            self.batches += 1
             p50, p95 = np.percentile(lags, [50, 95]) if len(lags) else (float("nan"), float("nan"))
             self.reporter.step(
                 f"batch {batch_id}: {rows_in:,} rows in {duration:.2f} s ({rows_in / max(duration, 1e-9):,.0f} rows/s)"

@@ -40,7 +40,6 @@ import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
@@ -318,6 +317,8 @@ def _kafka_poller(spec: _ReaderSpec):
 def _delta_poller(spec: _ReaderSpec):
     import pyarrow.parquet as pq
 
+    from scoring.adapters import deltalog
+
     table = Path(spec.target)
     state = {"version": 0}
 
@@ -329,16 +330,7 @@ def _delta_poller(spec: _ReaderSpec):
         except FileNotFoundError:
             return False
         seen = time.time()
-        committed, files = None, []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            action = json.loads(line)
-            if "commitInfo" in action:
-                info = action["commitInfo"]
-                committed = info.get("inCommitTimestamp") or info.get("timestamp")
-            elif "add" in action and action["add"].get("dataChange", True):
-                files.append(unquote(action["add"]["path"]))
+        committed, files = deltalog.commit_summary(text)
         arrived = committed / 1000 if committed is not None else seen
         for name in files:
             keys = pq.read_table(table / name, columns=[KEY]).column(0).to_numpy()

@@ -260,3 +260,22 @@ def append(path: str, rows: pa.Table, *, key: str = "table") -> None:
 
     _check_path(str(path), key)
     write_deltalake(str(path), rows, mode="append")
+
+
+def commit_summary(text: str) -> tuple[int | None, list[str]]:
+    """One Delta commit file's text -> its commit time (epoch ms; the in-commit timestamp when the table has one) and
+    the paths (unquoted) of the data files it added: which rows a version brought, and when."""
+    import json
+    from urllib.parse import unquote
+
+    committed, added = None, []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        action = json.loads(line)
+        if "commitInfo" in action:
+            info = action["commitInfo"]
+            committed = info.get("inCommitTimestamp") or info.get("timestamp")
+        elif "add" in action and action["add"].get("dataChange", True):
+            added.append(unquote(action["add"]["path"]))
+    return committed, added

@@ -31,12 +31,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
 from scoring import columns
-from scoring.adapters import delta
+from scoring.adapters import delta, deltalog
 from scoring.config import JobConfig
 from scoring.core.score import ScoringSpec
 from scoring.engine import checks, gates
@@ -626,17 +625,8 @@ def _commit_times(spark, table: str, version_from: int | None, version_to: int |
         text = read_text(spark, f"{table.rstrip('/')}/_delta_log/{version:020d}.json")
         if text is None:
             continue
-        at, added = None, []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            action = json.loads(line)
-            if "commitInfo" in action:
-                info = action["commitInfo"]
-                at = info.get("inCommitTimestamp") or info.get("timestamp")
-            elif "add" in action:
-                added.append(posixpath.basename(unquote(action["add"]["path"])))
-        for name in added:
+        at, added = deltalog.commit_summary(text)
+        for name in map(posixpath.basename, added):
             if at is not None:
                 times[name] = int(at)
     return times

@@ -61,8 +61,29 @@ class Snapshot:
     table: DeltaTable = dataclasses.field(repr=False, compare=False)
 
     def dataset(self) -> pds.Dataset:
-        """The snapshot's files as a pyarrow dataset (partition columns typed as in the table)."""
-        return self.table.to_pyarrow_dataset()
+        """The snapshot's files as a pyarrow dataset (partition columns typed as in the table).
+
+        A local table's files are read through pyarrow's own local filesystem, not delta-rs's: Arrow's reader threads
+        calling into delta-rs's Python filesystem handler abort the interpreter at exit ("terminate called without an
+        active exception", exit 134) in most processes that scanned a table that way (delta-rs#2184, arrow#34314).
+        """
+        return self.table.to_pyarrow_dataset(filesystem=_local_filesystem(self.path))
+
+
+def _local_filesystem(path: str) -> Any:
+    """pyarrow's local filesystem rooted at a local table's folder; None (delta-rs's own) for an object-store URI."""
+    import os
+    from urllib.parse import unquote, urlparse
+
+    import pyarrow.fs as pfs
+
+    if path.startswith("file:"):
+        folder = unquote(urlparse(path).path)
+    elif "://" in path:
+        return None
+    else:
+        folder = path
+    return pfs.SubTreeFileSystem(os.path.abspath(folder), pfs.LocalFileSystem())
 
 
 def snapshot(path: str | Any, *, key: str = "table") -> Snapshot | None:

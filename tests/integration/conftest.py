@@ -92,10 +92,13 @@ def lake(tmp_path_factory, registry) -> Lake:
 
 
 def read_delta(path) -> pa.Table:
-    """Read a table with delta-rs: an independent reader, not the Spark that wrote it."""
+    """Read a table with delta-rs: an independent reader, not the Spark that wrote it. Its files are read through
+    pyarrow's local filesystem (see scoring.adapters.deltalog.Snapshot.dataset: delta-rs's own aborts at exit)."""
+    import pyarrow.fs as pfs
     from deltalake import DeltaTable
 
-    return DeltaTable(str(path)).to_pyarrow_table()
+    local = pfs.SubTreeFileSystem(str(Path(path).resolve()), pfs.LocalFileSystem())
+    return DeltaTable(str(path)).to_pyarrow_table(filesystem=local)
 
 
 def delta_version(path) -> int | None:

@@ -110,3 +110,25 @@ def test_files_without_statistics_in_the_log_are_counted_from_their_footers(tmp_
     commit.write_text("\n".join(json.dumps(a) for a in actions) + "\n")
     snap = deltalog.snapshot(str(path))
     assert deltalog.partition_rows(snap, "ds") == {"2026-11-01": 1, "2026-11-02": 2, "2026-11-03": 3}
+
+
+def test_a_process_that_read_a_table_exits_cleanly(tmp_path):
+    """Reading through delta-rs's own filesystem aborted the interpreter at exit in most processes (exit 134,
+    "terminate called without an active exception"): the adapter reads local files through pyarrow's. Several fresh
+    processes, since the abort was a race (about 4 in 5 here before the fix)."""
+    import subprocess
+    import sys
+
+    write_deltalake(tmp_path / "plain", _table(), partition_by=["ds"])
+    write_deltalake(tmp_path / "plain", _table(), partition_by=["ds"], mode="append")
+    script = (
+        "import sys\n"
+        "from scoring.adapters import deltalog\n"
+        "rows = deltalog.read(sys.argv[1], ['id', 'ds'])\n"
+        "print(rows.num_rows, deltalog.count_where(sys.argv[1], 'ds', '2026-11-03'))\n"
+    )
+    for _ in range(6):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "plain")], capture_output=True, text=True, timeout=120
+        )
+        assert (done.returncode, done.stdout.split()) == (0, ["12", "6"]), done.stderr[-2000:]

@@ -20,6 +20,10 @@ OUTSIDE = {
     "skl2onnx",
     "pytriton",
     "kubernetes",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "redis",
 }
 ALLOWED = {
     "adapters",  # one outside library each: the rule

@@ -1,0 +1,479 @@
+"""``scoring serve``'s HTTP face: FastAPI routes over :class:`scoring.modes.online.OnlineService`, run by uvicorn.
+
+The routes only translate: they parse the request, ask the service, and turn its answer (or a client's mistake, or
+live inference being unavailable) into a status and a JSON body. Every body is encoded with orjson; a precomputed hit
+is the stored record with a short header, not re-encoded. Status codes:
+
+- 400 malformed JSON or request shape, 401 missing or wrong bearer token, 404 unknown key / model / version,
+  413 body or key list too large, 422 a field with a wrong, missing, extra or non-finite value: each with
+  ``{"error": message, "field": name}``;
+- 503 with ``Retry-After`` when live inference cannot answer (backend down, circuit breaker open, deadline missed);
+- 500 only for a bug, with one line and no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from scoring.core import kserve
+from scoring.engine.live import LiveUnavailable, RequestError
+from scoring.modes.online import OnlineService, describe_live_failure
+
+_LOGGER = logging.getLogger(__name__)
+
+_JSON = "application/json"
+_OPEN = ("/v2/health/live", "/v2/health/ready")
+
+
+def _error(status: int, message: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _unavailable(error: LiveUnavailable) -> Response:
+    return _error(503, str(error), headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s)))})
+
+
+class _Guard:
+    """Pure ASGI middleware: bearer-token auth (constant-time), the body size limit, and the in-flight gauge."""
+
+    def __init__(self, app, service: OnlineService) -> None:
+        self.app = app
+        self.service = service
+        token = service.auth_token
+        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.limit = service.serve.max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] not in _OPEN:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _error(
+                    401,
+                    "missing or wrong bearer token: send Authorization: Bearer <token>",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _error(413, f"the body is larger than serve.max_body_bytes ({self.limit} bytes)", field="body")(
+                scope, receive, send
+            )
+            return
+        metrics = self.service.metrics
+        metrics.in_flight(1)
+        try:
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            metrics.in_flight(-1)
+
+    def _limited(self, receive):
+        seen = 0
+        limit = self.limit
+
+        async def inner():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        return inner
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestError(f"the body is not valid JSON: {e}", field="body", status=400) from None
+
+
+def build_app(service: OnlineService) -> Any:
+    """The ASGI application serving `service` (wrapped in the auth / size guard)."""
+    app = FastAPI(
+        title="scoring serve",
+        summary="Precomputed scores with live inference as the fallback, version-aware",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    metrics = service.metrics
+    serve = service.serve
+    wait_s = serve.deadline_s + serve.batch_window_ms / 1000 + 0.05
+
+    @app.exception_handler(_TooLarge)
+    async def _too_large(request: Request, exc: _TooLarge) -> Response:
+        return _error(413, f"the body is larger than serve.max_body_bytes ({serve.max_body_bytes} bytes)", field="body")
+
+    @app.exception_handler(RequestError)
+    async def _bad_request(request: Request, exc: RequestError) -> Response:
+        return _error(exc.status, str(exc), field=exc.field)
+
+    @app.exception_handler(kserve.ProtocolError)
+    async def _bad_protocol(request: Request, exc: kserve.ProtocolError) -> Response:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        _LOGGER.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); the service log has the details")
+
+    # -- health and metrics ----------------------------------------------------------------------------------------
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return Response(b'{"live":true}', media_type=_JSON)
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        ok, why = service.ready()
+        return Response(orjson.dumps({"ready": ok, "reason": why}), status_code=200 if ok else 503, media_type=_JSON)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/status")
+    async def status() -> Response:
+        ok, why = service.ready()
+        model = service.model
+        body = {
+            "ready": ok,
+            "reason": why,
+            "model_name": model.name,
+            "model_version": model.version,
+            "model_uri": model.uri,
+            "requested_model_uri": service.config.model.uri,
+            "index": serve.index,
+            "table": service.table,
+            "table_version": service.index_version,
+            "index_error": service.index_error,
+        }
+        return Response(orjson.dumps(body), media_type=_JSON)
+
+    # -- precomputed -----------------------------------------------------------------------------------------------
+
+    @app.get("/v1/scores/{key:path}")
+    async def get_score(key: str) -> Response:
+        started = time.perf_counter()
+        parts = key.split("/")
+        found = service.lookup(service.key_from_path(parts))
+        shown: Any = parts[0] if len(parts) == 1 else dict(zip(service.key_columns, parts, strict=True))
+        if found.outcome == "hit" or (found.outcome == "stale" and serve.serve_stale):
+            metrics.lookup(found.outcome)
+            metrics.request("scores", "precomputed", time.perf_counter() - started)
+            return Response(service.precomputed_body(shown, found), media_type=_JSON)
+        metrics.lookup(found.outcome)
+        if found.outcome == "stale":
+            return _error(
+                404,
+                f"the precomputed score for {shown!r} is stale ({found.reason}); POST /v1/score with its features "
+                "to score it live (or set serve.serve_stale: true to serve it marked stale)",
+                field="key",
+            )
+        return _error(
+            404,
+            f"no precomputed score for key {shown!r} in {service.table} (version {service.index_version}); POST "
+            "/v1/score with its features to score it live",
+            field="key",
+        )
+
+    async def _answer(items: Sequence[Any], single: bool) -> list[tuple[int, bytes, dict[str, str] | None]]:
+        """Answer each item: precomputed when current, else live (all live items in one submission)."""
+        answers: list[tuple[int, bytes, dict[str, str] | None] | None] = [None] * len(items)
+        live_rows: list[dict[str, Any]] = []
+        live_at: list[tuple[int, Any, Any]] = []
+        for i, item in enumerate(items):
+            where = "" if single else f"[{i}]"
+            if not isinstance(item, dict):
+                raise RequestError(f"{where or 'the body'}: expected an object with key and features", field="body")
+            unknown = [k for k in item if k not in ("key", "features")]
+            if unknown:
+                raise RequestError(
+                    f"{where}{unknown[0]}: unknown field (expected key and features)", field=str(unknown[0])
+                )
+            if "key" not in item:
+                raise RequestError(f"{where}key: required", field="key")
+            key_value = item["key"]
+            key = service.key_of(key_value)
+            found = service.lookup(key)
+            features = item.get("features")
+            if found.outcome == "hit":
+                metrics.lookup("hit")
+                answers[i] = (
+                    200,
+                    service.precomputed_body(key_value, found, features_given=features is not None),
+                    None,
+                )
+                continue
+            if features is None or not serve.live:
+                if found.outcome == "stale" and serve.serve_stale:
+                    metrics.lookup("stale")
+                    answers[i] = (200, service.precomputed_body(key_value, found, features_given=False), None)
+                    continue
+                metrics.lookup(found.outcome)
+                why = (
+                    f"its precomputed score is stale ({found.reason})"
+                    if found.outcome == "stale"
+                    else "it has no precomputed score"
+                )
+                how = "send its features to score it live" if serve.live else "live inference is off (serve.live)"
+                answers[i] = (404, orjson.dumps({"error": f"key {key_value!r}: {why}; {how}", "field": "key"}), None)
+                continue
+            live_rows.append(features)
+            live_at.append((i, key_value, found))
+        if live_rows:
+            where = None if single else [f"[{i}]" for i, _, _ in live_at]
+            prepared, future = service.submit_live(live_rows, where=where)
+            try:
+                result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=wait_s)
+            except BaseException as e:  # noqa: BLE001 - every live failure becomes a 503 (or a stale answer)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                failure = describe_live_failure(e)
+                metrics.live_error(failure.kind)
+                for i, key_value, found in live_at:
+                    if found.outcome == "stale" and serve.serve_stale:
+                        metrics.lookup("stale")
+                        answers[i] = (200, service.precomputed_body(key_value, found, features_given=True), None)
+                    else:
+                        retry = str(max(1, math.ceil(failure.retry_after_s)))
+                        body = orjson.dumps({"error": str(failure), "key": key_value})
+                        answers[i] = (503, body, {"Retry-After": retry})
+            else:
+                metrics.lookup("live", len(live_at))
+                for row, (i, key_value, _) in enumerate(live_at):
+                    answers[i] = (200, orjson.dumps(service.live_answer(key_value, prepared, result, row)), None)
+        return [a for a in answers if a is not None]
+
+    @app.post("/v1/score")
+    async def score(request: Request) -> Response:
+        started = time.perf_counter()
+        payload = _json_body(await request.body())
+        single = not isinstance(payload, list)
+        items = [payload] if single else payload
+        if not single and len(items) > serve.max_batch_keys:
+            return _error(413, f"{len(items)} items; serve.max_batch_keys allows {serve.max_batch_keys}", field="body")
+        if not items:
+            return Response(b"[]", media_type=_JSON)
+        answers = await _answer(items, single)
+        source = "live" if any(b'"source":"live"' in body for _, body, _ in answers) else "precomputed"
+        metrics.request("score", source, time.perf_counter() - started)
+        if single:
+            status, body, headers = answers[0]
+            return Response(body, status_code=status, media_type=_JSON, headers=headers)
+        joined = b"[" + b",".join(_with_status(status, body) for status, body, _ in answers) + b"]"
+        return Response(joined, media_type=_JSON)
+
+    # -- KServe v2 / Open Inference Protocol -----------------------------------------------------------------------
+
+    def _served(name: str, version: str | None) -> Response | None:
+        model = service.model
+        names = {model.name, _triton_name(service)}
+        if name not in names:
+            return _error(404, f"model {name!r} is not served here; this service serves {model.name!r}")
+        if version is not None and version != model.version:
+            return _error(
+                404,
+                f"model {name!r} version {version} is not served; the alias {service.config.model.uri} points to "
+                f"version {model.version}",
+            )
+        return None
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return Response(
+            orjson.dumps({"name": "scoring", "version": "1", "extensions": ["binary_tensor_data"]}), media_type=_JSON
+        )
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        refused = _served(name, version)
+        if refused is not None:
+            return refused
+        model = service.model
+        types = service.feature_types()
+        body = {
+            "name": name,
+            "versions": [model.version],
+            "platform": "scoring",
+            "inputs": [{"name": f, "datatype": _v2_type(t), "shape": [-1]} for f, t in types.items()],
+            "outputs": [],
+        }
+        return Response(orjson.dumps(body), media_type=_JSON)
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        refused = _served(name, version)
+        if refused is not None:
+            return refused
+        ok, why = service.ready()
+        return Response(orjson.dumps({"ready": ok, "reason": why}), status_code=200 if ok else 503, media_type=_JSON)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        started = time.perf_counter()
+        refused = _served(name, version)
+        if refused is not None:
+            return refused
+        header = request.headers.get("inference-header-content-length")
+        if header is not None and not header.isdigit():
+            return _error(400, "Inference-Header-Content-Length must be a number of bytes")
+        types = service.feature_types()
+        parsed = kserve.parse_request(
+            await request.body(),
+            header_length=None if header is None else int(header),
+            features=list(types),
+            types=types,
+        )
+        if parsed.features.num_rows == 0:
+            return _error(422, "the inputs hold no rows")
+        try:
+            prepared, future = service.submit_batch(parsed.features)
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=wait_s)
+        except BaseException as e:  # noqa: BLE001 - every live failure becomes a 503
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            failure = describe_live_failure(e)
+            metrics.live_error(failure.kind)
+            return _unavailable(failure)
+        body, json_length = kserve.encode_response(
+            result.predictions,
+            model_name=name,
+            model_version=prepared.version,
+            request=parsed,
+            parameters={"source": "live", "backend": result.backend, "fallback": result.fallback},
+        )
+        metrics.lookup("live", parsed.features.num_rows)
+        metrics.request("infer", "live", time.perf_counter() - started)
+        headers = None if json_length is None else {"Inference-Header-Content-Length": str(json_length)}
+        return Response(body, media_type="application/octet-stream" if headers else _JSON, headers=headers)
+
+    return _Guard(app, service)
+
+
+def _with_status(status: int, body: bytes) -> bytes:
+    if status == 200:
+        return body
+    return body[:-1] + b',"status":' + str(status).encode() + b"}"
+
+
+def _v2_type(kind: Any) -> str:
+    import pyarrow as pa
+
+    return {
+        pa.float32(): "FP32",
+        pa.float64(): "FP64",
+        pa.int32(): "INT32",
+        pa.int64(): "INT64",
+        pa.bool_(): "BOOL",
+    }.get(kind, "FP64")
+
+
+def _triton_name(service: OnlineService) -> str:
+    from scoring.adapters.triton_export import triton_model_name
+
+    return triton_model_name(service.model.ref)
+
+
+# -- running it ----------------------------------------------------------------------------------------------------
+
+
+def _uvicorn_config(app: Any, host: str, port: int):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+
+
+class Running:
+    """A service listening on a thread of this process (tests, notebooks, embedding): ``.url``, ``.stop()``."""
+
+    def __init__(self, service: OnlineService, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.service = service
+        self._server = uvicorn.Server(_uvicorn_config(build_app(service), host, port))
+        self._server.install_signal_handlers = lambda: None  # the embedding process keeps its own handlers
+        self._thread = threading.Thread(target=self._server.run, name="scoring-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {host}:{port}")
+            time.sleep(0.02)
+        sockets = [s for server in self._server.servers for s in server.sockets]
+        self.host = host
+        self.port = int(sockets[0].getsockname()[1])
+        self.url = f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_forever(service: OnlineService, host: str, port: int, *, on_started=None) -> None:
+    """Listen until SIGINT / SIGTERM (uvicorn's handlers: in-flight requests finish, then it stops)."""
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(build_app(service), host, port))
+    if on_started is not None:
+
+        async def _watch() -> None:
+            while not server.started:
+                await asyncio.sleep(0.02)
+            sockets = [s for srv in server.servers for s in srv.sockets]
+            on_started(int(sockets[0].getsockname()[1]))
+
+        original = server.startup
+
+        async def startup(sockets=None) -> None:
+            await original(sockets)
+            asyncio.get_running_loop().create_task(_watch())
+
+        server.startup = startup
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()

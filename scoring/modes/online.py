@@ -1,0 +1,525 @@
+"""Online mode: precomputed scores from memory (or Redis), live inference as the fallback, version-aware.
+
+The third way the same model is consumed. :class:`OnlineService` holds no HTTP: it answers lookups and live
+requests, and the HTTP routes (``scoring.adapters.http_api``) only translate. Its parts:
+
+- **the model**, resolved from ``model.uri`` at start (as batch and streaming do) and re-resolved every
+  ``serve.alias_check_interval_s``: when the alias moves, live inference switches to the new version, and every
+  precomputed score made by another version becomes **stale**;
+- **the precomputed index**: the batch output table (``serve.table``, default ``output.table``) read with delta-rs
+  (no Spark) into a :class:`~scoring.core.index.PrecomputedIndex`, rebuilt in a background thread when the table
+  gets a new version and swapped in whole (a request holds the index it started with); or, with
+  ``serve.index: redis``, what ``scoring publish-online`` loaded, read per request;
+- **live inference**: a :class:`~scoring.engine.live.LiveScorer` over the shared predictor (Triton or embedded, from
+  ``runtime``), micro-batched, with deadlines and a circuit breaker.
+
+A precomputed score is **current** when its model version is the version the alias points to now and it is younger
+than ``serve.max_age_s`` (when set); otherwise it is stale: a request with features is scored live instead; without
+features, or with live down, the stale score is served marked ``stale: true`` only when ``serve.serve_stale`` allows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from scoring.adapters import deltalog
+from scoring.adapters.metrics import ServeMetrics
+from scoring.config import JobConfig, ServeConfig
+from scoring.core.index import Hit, Key, Layout, PrecomputedIndex, decode_hit, dumps, key_text
+from scoring.core.score import ScoringSpec
+from scoring.engine.live import (
+    Breaker,
+    LiveResult,
+    LiveScorer,
+    LiveUnavailable,
+    RequestError,
+    feature_types,
+    features_batch,
+)
+from scoring.engine.model import PreparedModel, prepare_model
+from scoring.errors import ConfigError, InputError, ScoringError
+from scoring.progress import LogReporter, Reporter
+
+_LOGGER = logging.getLogger(__name__)
+
+REDIS_KEY_SEPARATOR = "\x1f"
+"""Joins a composite key's parts into one Redis key text (the ASCII unit separator: never in a real key)."""
+
+
+def redis_key(key: Key) -> str:
+    return key if isinstance(key, str) else REDIS_KEY_SEPARATOR.join(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """What the index says about a key: ``hit`` (current), ``stale`` (with why) or ``miss``."""
+
+    outcome: str
+    hit: Hit | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass
+class _Model:
+    prepared: PreparedModel
+    types: dict[str, pa.DataType]
+    live: LiveScorer | None
+
+
+class _RedisIndex:
+    """The Redis index as the service sees it: the published version, refreshed; a lookup per request."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        from scoring.adapters.redis_store import RedisReader
+
+        self.reader = RedisReader(url, prefix)
+        self.url = url
+        self.prefix = prefix
+        self.published = None
+
+    def refresh(self) -> bool:
+        """Re-read the published version; True when it changed."""
+        current = self.reader.current()
+        changed = current is not None and (self.published is None or current.version != self.published.version)
+        if current is not None:
+            self.published = current
+        return changed
+
+    @property
+    def table_version(self) -> int | None:
+        return None if self.published is None else self.published.version
+
+    def get(self, key: Key) -> Hit | None:
+        if self.published is None:
+            return None
+        record = self.reader.get(self.published.version, redis_key(key))
+        if record is None:
+            self.refresh()  # a publish may have switched versions under us
+            record = self.reader.get(self.published.version, redis_key(key))
+        return None if record is None else decode_hit(record)
+
+    def __len__(self) -> int:
+        return 0 if self.published is None else int(self.published.keys)
+
+
+class OnlineService:
+    """Answers ``scoring serve``'s routes without HTTP; see the module's docstring. Use :meth:`start` and
+    :meth:`close` (or ``with``)."""
+
+    def __init__(self, config: JobConfig, *, reporter: Reporter | None = None, clock=time.time) -> None:
+        self.config = config
+        self.serve: ServeConfig = config.serve or ServeConfig()
+        self.reporter = reporter or LogReporter()
+        self.metrics = ServeMetrics(config.name)
+        self.table = self.serve.table or config.output.table
+        self.key_columns = tuple(config.input.key)
+        self._clock = clock
+        self._index: PrecomputedIndex | _RedisIndex | None = None
+        self._model: _Model | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stack = contextlib.ExitStack()
+        self._token = self._auth_token()
+        self._swap_lock = threading.Lock()
+        self.index_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> OnlineService:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, *, wait_index: bool = True) -> OnlineService:
+        """Resolve the model, open live inference, load the index (waiting for it unless told not to) and start the
+        background refreshers."""
+        try:
+            self._model = self._open_model(prepare_model(self.config))
+            self.metrics.model_version(self._model.prepared.version)
+            self.reporter.step(
+                f"model {self.config.model.uri} -> version {self._model.prepared.version}"
+                + ("" if self._model.live is None else f"; live inference through {self._model.live.primary_name}")
+            )
+            self._load_index_once()
+        except BaseException:
+            self.close()
+            raise
+        loader = self._thread(self._refresh_loop, "index-refresh")
+        self._thread(self._alias_loop, "alias-check")
+        if wait_index:
+            loader.join(timeout=0)  # the first index was loaded above
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self._model is not None and self._model.live is not None:
+            self._model.live.close()
+        self._stack.close()
+        if isinstance(self._index, _RedisIndex):
+            self._index.reader.close()
+
+    def _thread(self, target, name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    # -- the model -------------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> PreparedModel:
+        assert self._model is not None, "start() first"
+        return self._model.prepared
+
+    def _open_model(self, prepared: PreparedModel) -> _Model:
+        from scoring.adapters import registry
+
+        types = feature_types(registry.signature_inputs(prepared.ref), prepared.features)
+        live = self._open_live(prepared) if self.serve.live else None
+        return _Model(prepared, types, live)
+
+    def _open_live(self, prepared: PreparedModel) -> LiveScorer:
+        from scoring.adapters.runtime import cached_predictor
+        from scoring.engine.runtime import open_predictor
+
+        serve = self.serve
+        spec = self._stack.enter_context(open_predictor(self.config, prepared, self.reporter))
+        name = self.config.runtime.backend
+        if name == "triton":  # one attempt per call, bounded by the deadline: the breaker, not retries, copes
+            spec = dataclasses.replace(
+                spec, timeout_s=serve.deadline_s, max_retries=0, max_inflight=1, batch_rows=serve.max_batch_rows
+            )
+        fallback = None
+        if serve.live_fallback == "embedded" and name == "triton":
+            from scoring.adapters.embedded import EmbeddedSpec
+
+            ref = prepared.ref
+            embedded = EmbeddedSpec(
+                model_uri=ref.uri,
+                local_path=ref.local_path,
+                flavors=ref.flavors,
+                features=prepared.features,
+                threads=self.config.runtime.embedded.threads,
+                tracking_uri=ref.tracking_uri,
+                registry_uri=ref.registry_uri,
+            )
+            fallback = embedded.create
+        scoring_spec = ScoringSpec(
+            features=prepared.features, passthrough=(), key=(), model=prepared.uri, output_schema=None
+        )
+        live = LiveScorer(
+            spec=scoring_spec,
+            primary=spec.create if name == "triton" else (lambda: cached_predictor(spec)),
+            primary_name=name,
+            fallback=fallback,
+            window_s=serve.batch_window_ms / 1000,
+            max_rows=serve.max_batch_rows,
+            breaker=Breaker(serve.breaker_failures, serve.breaker_reset_s),
+            on_event=self.metrics.live_event,
+        )
+        if not live.connect() and name == "triton":
+            live.breaker.failure()
+            self.reporter.step(
+                f"live backend {name} is not reachable yet; precomputed scores are served, live requests get 503 "
+                "until it answers" + (" (the embedded fallback answers them)" if fallback else "")
+            )
+        return live
+
+    def _alias_loop(self) -> None:
+        while not self._stop.wait(self.serve.alias_check_interval_s):
+            try:
+                self.check_alias()
+            except ScoringError as e:
+                _LOGGER.warning(
+                    "re-resolving %s failed (keeping version %s): %s", self.config.model.uri, self.model.version, e
+                )
+
+    def check_alias(self) -> bool:
+        """Re-resolve ``model.uri`` now; True when it moved (live switches, older precomputed scores go stale)."""
+        current = prepare_model(self.config)
+        old = self._model
+        if old is None or current.version == old.prepared.version:
+            return False
+        new = self._open_model(current)
+        with self._swap_lock:
+            self._model = new
+        self.metrics.model_version(current.version)
+        _LOGGER.warning(
+            "model %s moved: version %s -> %s; precomputed scores of version %s are stale from now on",
+            self.config.model.uri,
+            old.prepared.version,
+            current.version,
+            old.prepared.version,
+        )
+        if old.live is not None:
+            threading.Timer(max(1.0, self.serve.deadline_s * 2), old.live.close).start()
+        return True
+
+    # -- the index -------------------------------------------------------------------------------------------------
+
+    def _load_index_once(self) -> None:
+        if self.serve.index == "redis":
+            prefix = self.serve.redis.prefix or f"scoring:{self.config.name}"
+            index = _RedisIndex(self.serve.redis.url, prefix)
+            index.refresh()
+            self._index = index
+            self._record_index()
+            if index.published is None:
+                self.reporter.step(
+                    f"no scores published under {prefix} at {self.serve.redis.url} yet: run scoring publish-online"
+                )
+            return
+        self._swap(self._build_index())
+
+    def _build_index(self) -> PrecomputedIndex:
+        started = time.perf_counter()
+        snap = deltalog.snapshot(self.table, key="serve.table" if self.serve.table else "output.table")
+        if snap is None:
+            raise InputError(
+                f"no Delta table at {self.table}: nothing precomputed to serve",
+                hint="run the batch job first (scoring run CONFIG), or point serve.table at its output",
+            )
+        missing = [p for p in self.serve.partition if p not in snap.partition_columns]
+        if missing:
+            raise ConfigError(
+                f"serve.partition names {missing}, which are not partition columns of {self.table} "
+                f"(partition columns: {list(snap.partition_columns) or 'none'})",
+                hint="name partition columns of the output table, or leave serve.partition out",
+            )
+        dataset = snap.dataset()
+        where = None
+        if self.serve.partition:
+            import pyarrow.dataset as pds
+
+            for column, value in self.serve.partition.items():
+                field_type = dataset.schema.field(column).type
+                condition = pds.field(column) == pa.scalar(value).cast(field_type)
+                where = condition if where is None else where & condition
+        table = dataset.to_table(filter=where)
+        try:
+            layout = Layout.of(table.schema, self.key_columns, snap.partition_columns)
+        except ValueError as e:
+            raise InputError(
+                f"{self.table} is not a scoring output table: {e}",
+                hint="point serve.table at a table written by scoring run (key, lineage and prediction columns)",
+            ) from None
+        index = PrecomputedIndex.build(table, layout, table_version=snap.version, source=self.table)
+        _LOGGER.info(
+            "index of %s version %d: %d keys from %d rows in %.2f s",
+            self.table,
+            snap.version,
+            len(index),
+            index.rows,
+            time.perf_counter() - started,
+        )
+        return index
+
+    def _swap(self, index: PrecomputedIndex) -> None:
+        with self._swap_lock:
+            self._index = index
+        self.reporter.step(f"serving {len(index):,} precomputed keys from {self.table} version {index.table_version}")
+        self._record_index()
+
+    def _record_index(self) -> None:
+        index = self._index
+        if index is None:
+            return
+        self.metrics.index(version=index.table_version, keys=len(index), built_at=self._clock())
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.serve.refresh_interval_s):
+            try:
+                self.refresh_index()
+            except ScoringError as e:
+                self.index_error = e.message
+                _LOGGER.warning("refreshing the index failed (keeping the one served): %s", e)
+            except Exception as e:  # noqa: BLE001 - a refresh must never kill the thread; the old index stays
+                self.index_error = f"{type(e).__name__}: {e}"
+                _LOGGER.warning("refreshing the index failed (keeping the one served)", exc_info=True)
+
+    def refresh_index(self) -> bool:
+        """Check the table (or Redis) for a new version now; build and swap when there is one. True when swapped."""
+        index = self._index
+        if isinstance(index, _RedisIndex):
+            changed = index.refresh()
+            if changed:
+                self._record_index()
+            return changed
+        latest = deltalog.version(self.table)
+        if latest is None or (index is not None and latest == index.table_version):
+            return False
+        self._swap(self._build_index())
+        self.index_error = None
+        return True
+
+    @property
+    def index_version(self) -> int | None:
+        return None if self._index is None else self._index.table_version
+
+    # -- answering -------------------------------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when the index is loaded and live inference (when enabled) can answer; with why not."""
+        if self._index is None or (isinstance(self._index, _RedisIndex) and self._index.published is None):
+            return False, "the precomputed index is not loaded"
+        model = self._model
+        if model is not None and model.live is not None and not model.live.ready():
+            return False, f"the live backend ({model.live.primary_name}) is not ready"
+        return True, "ready"
+
+    def key_of(self, value: Any) -> Key:
+        """A request's key (a scalar, or for a composite key an object by column or a list in key order) as the
+        index's key; a malformed one raises :class:`RequestError`."""
+        columns = self.key_columns
+        if len(columns) == 1:
+            if isinstance(value, Mapping) and set(value) == {columns[0]}:
+                value = value[columns[0]]
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                return key_text(value)
+            raise RequestError(f"key: expected a string or a number for {columns[0]}, got {value!r}", field="key")
+        if isinstance(value, Mapping):
+            missing = [c for c in columns if c not in value]
+            extra = [c for c in value if c not in columns]
+            if missing or extra:
+                raise RequestError(
+                    f"key: the key columns are {', '.join(columns)}"
+                    + (f"; missing {', '.join(missing)}" if missing else "")
+                    + (f"; unknown {', '.join(map(str, extra))}" if extra else ""),
+                    field="key",
+                )
+            value = [value[c] for c in columns]
+        if not isinstance(value, list | tuple) or len(value) != len(columns):
+            raise RequestError(
+                f"key: expected {len(columns)} parts ({', '.join(columns)}), as an object or a list in that order",
+                field="key",
+            )
+        for part, column in zip(value, columns, strict=True):
+            if not isinstance(part, str | int | float) or isinstance(part, bool):
+                raise RequestError(f"key.{column}: expected a string or a number, got {part!r}", field=column)
+        return tuple(key_text(p) for p in value)
+
+    def key_from_path(self, segments: Sequence[str]) -> Key:
+        if len(segments) != len(self.key_columns):
+            raise RequestError(
+                f"the key has {len(self.key_columns)} part(s) ({'/'.join(self.key_columns)}), "
+                f"the path gives {len(segments)}",
+                field="key",
+                status=404,
+            )
+        return segments[0] if len(segments) == 1 else tuple(segments)
+
+    def lookup(self, key: Key) -> Lookup:
+        index = self._index
+        if index is None:
+            return Lookup("miss", reason="the index is not loaded")
+        hit = index.get(key)
+        if hit is None:
+            return Lookup("miss")
+        current = self.model.version
+        if hit.model_version != current:
+            return Lookup(
+                "stale", hit, f"scored by model version {hit.model_version}; the alias points to {current} now"
+            )
+        max_age = self.serve.max_age_s
+        if max_age is not None:
+            age = self._clock() - hit.scored_at_us / 1e6
+            if age > max_age:
+                return Lookup("stale", hit, f"scored {age:.0f} s ago, older than serve.max_age_s ({max_age:g} s)")
+        return Lookup("hit", hit)
+
+    def precomputed_body(self, key: Any, lookup: Lookup, *, features_given: bool | None = None) -> bytes:
+        """The JSON answer for a precomputed (or stale) score: the stored record with where it came from."""
+        assert lookup.hit is not None
+        head = {"key": key, "source": "precomputed", "stale": lookup.outcome == "stale"}
+        if lookup.outcome == "stale":
+            head["stale_reason"] = lookup.reason
+        if features_given is not None:
+            head["features_used"] = False
+        return dumps(head)[:-1] + b"," + lookup.hit.record[1:]
+
+    def submit_live(self, rows: Sequence[Mapping[str, Any]], *, where: Sequence[str] | None = None):
+        """Queue feature rows for live inference: ``(model, future of LiveResult)``; bad features raise
+        :class:`RequestError`, live switched off or down raises :class:`LiveUnavailable` (via the future)."""
+        model = self._model
+        assert model is not None
+        if model.live is None:
+            raise LiveUnavailable(
+                "live inference is switched off (serve.live: false)", retry_after_s=60.0, kind="disabled"
+            )
+        batch = features_batch(rows, model.types, where=where)
+        return model.prepared, model.live.submit(batch)
+
+    def submit_batch(self, batch: pa.RecordBatch):
+        """Queue an already-typed feature batch (the KServe v2 route): ``(model, future of LiveResult)``."""
+        model = self._model
+        assert model is not None
+        if model.live is None:
+            raise LiveUnavailable(
+                "live inference is switched off (serve.live: false)", retry_after_s=60.0, kind="disabled"
+            )
+        return model.prepared, model.live.submit(batch)
+
+    def feature_types(self) -> dict[str, pa.DataType]:
+        """The model's features and their types, in its order."""
+        assert self._model is not None, "start() first"
+        return dict(self._model.types)
+
+    def live_answer(self, key: Any, prepared: PreparedModel, result: LiveResult, row: int) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "key": key,
+            "source": "live",
+            "stale": False,
+            "backend": result.backend,
+            "fallback": result.fallback,
+            "features_used": True,
+            "model_name": prepared.name,
+            "model_version": prepared.version,
+            "model_uri": prepared.uri,
+            "scored_at": dt.datetime.fromtimestamp(result.scored_at, dt.UTC).isoformat().replace("+00:00", "Z"),
+            "predictions": {
+                name: result.predictions.column(name)[row].as_py() for name in result.predictions.schema.names
+            },
+        }
+        return answer
+
+    # -- auth ------------------------------------------------------------------------------------------------------
+
+    def _auth_token(self) -> str | None:
+        name = self.serve.auth_token_env
+        if name is None:
+            return None
+        token = os.environ.get(name, "")
+        if not token:
+            raise ConfigError(
+                f"serve.auth_token_env names {name}, which is not set (or empty) in the environment",
+                hint=f"export {name}=<a long random token> before starting the service, or leave "
+                "serve.auth_token_env out to serve without auth",
+            )
+        return token
+
+    @property
+    def auth_token(self) -> str | None:
+        return self._token
+
+
+def describe_live_failure(error: BaseException) -> LiveUnavailable:
+    """Any failure of a live future as :class:`LiveUnavailable` (a deadline passing included)."""
+    if isinstance(error, LiveUnavailable):
+        return error
+    if isinstance(error, concurrent.futures.TimeoutError | TimeoutError):
+        return LiveUnavailable("live inference missed its deadline", retry_after_s=1.0, kind="deadline")
+    return LiveUnavailable(f"live inference failed: {error}", retry_after_s=1.0, kind="error")

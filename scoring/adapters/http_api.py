@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -455,25 +456,26 @@ class Running:
         self.stop()
 
 
-def serve_forever(service: OnlineService, host: str, port: int, *, on_started=None) -> None:
-    """Listen until SIGINT / SIGTERM (uvicorn's handlers: in-flight requests finish, then it stops)."""
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port` (0: any free port); OSError when it cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_forever(service: OnlineService, sock: socket.socket) -> None:
+    """Serve on `sock` until SIGINT / SIGTERM (uvicorn's handlers: in-flight requests finish, then it stops)."""
     import uvicorn
 
+    host, port = sock.getsockname()[:2]
     server = uvicorn.Server(_uvicorn_config(build_app(service), host, port))
-    if on_started is not None:
-
-        async def _watch() -> None:
-            while not server.started:
-                await asyncio.sleep(0.02)
-            sockets = [s for srv in server.servers for s in srv.sockets]
-            on_started(int(sockets[0].getsockname()[1]))
-
-        original = server.startup
-
-        async def startup(sockets=None) -> None:
-            await original(sockets)
-            asyncio.get_running_loop().create_task(_watch())
-
-        server.startup = startup
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run(sockets=[sock])

@@ -266,6 +266,12 @@ class PrecomputedIndex:
             int(self._scored_at_us[i]),
         )
 
+    def items(self) -> Iterator[tuple[Key, bytes]]:
+        """Every key with its record (the newest row of each key)."""
+        offsets, codes, runs, data = self._offsets, self._run_codes, self._run_parts, self._data
+        for key, i in self._position.items():
+            yield key, b"{" + runs[codes[i]] + data[offsets[i] : offsets[i + 1]]
+
     def model_versions(self) -> Mapping[str, int]:
         """Keys per model version (the newest row of each key)."""
         chosen = np.fromiter(self._position.values(), dtype=np.int64, count=len(self._position))

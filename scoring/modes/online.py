@@ -286,47 +286,7 @@ class OnlineService:
         self._swap(self._build_index())
 
     def _build_index(self) -> PrecomputedIndex:
-        started = time.perf_counter()
-        snap = deltalog.snapshot(self.table, key="serve.table" if self.serve.table else "output.table")
-        if snap is None:
-            raise InputError(
-                f"no Delta table at {self.table}: nothing precomputed to serve",
-                hint="run the batch job first (scoring run CONFIG), or point serve.table at its output",
-            )
-        missing = [p for p in self.serve.partition if p not in snap.partition_columns]
-        if missing:
-            raise ConfigError(
-                f"serve.partition names {missing}, which are not partition columns of {self.table} "
-                f"(partition columns: {list(snap.partition_columns) or 'none'})",
-                hint="name partition columns of the output table, or leave serve.partition out",
-            )
-        dataset = snap.dataset()
-        where = None
-        if self.serve.partition:
-            import pyarrow.dataset as pds
-
-            for column, value in self.serve.partition.items():
-                field_type = dataset.schema.field(column).type
-                condition = pds.field(column) == pa.scalar(value).cast(field_type)
-                where = condition if where is None else where & condition
-        table = dataset.to_table(filter=where)
-        try:
-            layout = Layout.of(table.schema, self.key_columns, snap.partition_columns)
-        except ValueError as e:
-            raise InputError(
-                f"{self.table} is not a scoring output table: {e}",
-                hint="point serve.table at a table written by scoring run (key, lineage and prediction columns)",
-            ) from None
-        index = PrecomputedIndex.build(table, layout, table_version=snap.version, source=self.table)
-        _LOGGER.info(
-            "index of %s version %d: %d keys from %d rows in %.2f s",
-            self.table,
-            snap.version,
-            len(index),
-            index.rows,
-            time.perf_counter() - started,
-        )
-        return index
+        return build_index(self.config)
 
     def _swap(self, index: PrecomputedIndex) -> None:
         with self._swap_lock:
@@ -523,3 +483,95 @@ def describe_live_failure(error: BaseException) -> LiveUnavailable:
     if isinstance(error, concurrent.futures.TimeoutError | TimeoutError):
         return LiveUnavailable("live inference missed its deadline", retry_after_s=1.0, kind="deadline")
     return LiveUnavailable(f"live inference failed: {error}", retry_after_s=1.0, kind="error")
+
+
+def build_index(config: JobConfig) -> PrecomputedIndex:
+    """The precomputed index of the job's output table (``serve.table``, default ``output.table``), latest version,
+    restricted to ``serve.partition`` when set; read with delta-rs."""
+    serve = config.serve or ServeConfig()
+    table_path = serve.table or config.output.table
+    started = time.perf_counter()
+    snap = deltalog.snapshot(table_path, key="serve.table" if serve.table else "output.table")
+    if snap is None:
+        raise InputError(
+            f"no Delta table at {table_path}: nothing precomputed to serve",
+            hint="run the batch job first (scoring run CONFIG), or point serve.table at its output",
+        )
+    missing = [p for p in serve.partition if p not in snap.partition_columns]
+    if missing:
+        raise ConfigError(
+            f"serve.partition names {missing}, which are not partition columns of {table_path} "
+            f"(partition columns: {list(snap.partition_columns) or 'none'})",
+            hint="name partition columns of the output table, or leave serve.partition out",
+        )
+    dataset = snap.dataset()
+    where = None
+    if serve.partition:
+        import pyarrow.dataset as pds
+
+        for column, value in serve.partition.items():
+            field_type = dataset.schema.field(column).type
+            try:
+                typed = pa.scalar(value).cast(field_type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise ConfigError(
+                    f"serve.partition.{column}: {value!r} is not a {field_type} value",
+                    hint=f"give {column} as the table stores it (e.g. 2026-11-01 for a date)",
+                ) from None
+            condition = pds.field(column) == typed
+            where = condition if where is None else where & condition
+    table = dataset.to_table(filter=where)
+    try:
+        layout = Layout.of(table.schema, tuple(config.input.key), snap.partition_columns)
+    except ValueError as e:
+        raise InputError(
+            f"{table_path} is not a scoring output table: {e}",
+            hint="point serve.table at a table written by scoring run (key, lineage and prediction columns)",
+        ) from None
+    index = PrecomputedIndex.build(table, layout, table_version=snap.version, source=table_path)
+    _LOGGER.info(
+        "index of %s version %d: %d keys from %d rows in %.2f s",
+        table_path,
+        snap.version,
+        len(index),
+        index.rows,
+        time.perf_counter() - started,
+    )
+    return index
+
+
+def publish(config: JobConfig, *, reporter: Reporter | None = None) -> dict[str, Any]:
+    """``scoring publish-online``: the index of the output table's latest version, written to Redis under
+    ``serve.redis.prefix`` and switched to in one step (see :func:`scoring.adapters.redis_store.publish`)."""
+    from scoring.adapters import redis_store
+
+    reporter = reporter or LogReporter()
+    serve = config.serve or ServeConfig()
+    prefix = serve.redis.prefix or f"scoring:{config.name}"
+    index = build_index(config)
+    reporter.step(f"{index.source} version {index.table_version}: {len(index):,} keys to publish to {prefix}")
+    total = len(index)
+
+    def progress(done: int) -> None:
+        reporter.tasks("publishing keys", done, total)
+
+    result = redis_store.publish(
+        serve.redis.url,
+        prefix,
+        int(index.table_version or 0),
+        ((redis_key(key), record) for key, record in index.items()),
+        source=index.source,
+        batch_keys=serve.redis.batch_keys,
+        on_progress=progress,
+    )
+    reporter.close()
+    return {
+        "table": index.source,
+        "table_version": index.table_version,
+        "url": serve.redis.url,
+        "prefix": prefix,
+        "keys": result.keys if result.published else total,
+        "published": result.published,
+        "previous_version": result.previous_version,
+        "elapsed_s": result.elapsed_s,
+    }

@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo demo-triton demo-stream test test-fast lint bench bench-stream doctor clean help
+.PHONY: setup demo demo-triton demo-stream demo-serve test test-fast lint bench bench-stream doctor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -29,6 +29,9 @@ demo-triton: setup  ## the demo scored through a local Triton sidecar (conf/jobs
 
 demo-stream: setup  ## stream rows appended to a Delta table through the demo model for a few seconds (conf/jobs/stream.yaml)
 	$(BIN)/scoring demo-stream
+
+demo-serve: setup  ## serve the demo's scores over HTTP and show a hit, a live answer and a stale key (conf/jobs/serve.yaml)
+	$(BIN)/scoring demo-serve
 
 test: setup  ## the whole suite (real Spark, Delta, MLflow); .ci/run calls this
 	$(BIN)/python -m pytest -q

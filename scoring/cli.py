@@ -706,6 +706,27 @@ def publish_online(
     )
 
 
+@app.command("demo-serve")
+def demo_serve(
+    config: Annotated[Path, typer.Option(help="Serve job config.")] = Path("conf/jobs/serve.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)] = None,
+) -> None:
+    """Serve the demo's scores over HTTP for a moment and show a few requests with their answers: a key the batch
+    job scored (precomputed), a key it never saw (scored live), and, after the model alias moves to a newly registered
+    version, the same scored key gone stale (then scored live by the new version). Creates the demo lake, model and
+    batch output first when they are missing; puts the alias back at the end."""
+    from scoring.demo import DEMO_DIR
+    from scoring.demo_serve import print_exchanges, run_demo_serve
+    from scoring.progress import default_reporter
+
+    try:
+        exchanges = run_demo_serve(DEMO_DIR, config, set_ or [], reporter=default_reporter())
+    except ScoringError as e:
+        _fail(e)
+        return
+    print_exchanges(out, exchanges)
+
+
 @app.command("demo-stream")
 def demo_stream(
     config: Annotated[Path, typer.Option(help="Stream job config (Delta -> Delta).")] = Path("conf/jobs/stream.yaml"),

@@ -114,7 +114,10 @@ def _numbers(values: pa.Array) -> pa.Array:
         text = pc.if_else(values, "true", "false")
     else:
         text = pc.cast(values, pa.string())
-        if pa.types.is_floating(values.type):
+        if pa.types.is_floating(values.type):  # a whole float stays a float in JSON: 1.0, not 1
+            text = pc.if_else(
+                pc.match_substring_regex(text, "[.eE]"), text, pc.binary_join_element_wise(text, ".0", "")
+            )
             text = pc.if_else(pc.is_finite(values), text, pa.scalar(None, pa.string()))
     return pc.fill_null(text, "null")
 

@@ -114,6 +114,16 @@ def _tensor(spec: Any, i: int, binary: memoryview, at: int) -> tuple[str, np.nda
         )
     if dtype.kind in "iu" and values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
         raise ProtocolError(f"{where}: datatype {datatype} but 'data' holds non-integers", status=422)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        outside = (values < info.min) | (values > info.max)
+    else:
+        finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+        outside = finite & (np.abs(values.astype(np.float64)) > np.finfo(dtype).max)
+    if outside.any():
+        raise ProtocolError(
+            f"{where}: {values.flat[int(np.flatnonzero(outside)[0])]!r} is beyond the range of {datatype}", status=422
+        )
     return name, values.astype(dtype).reshape(shape), at
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scoring.core import kserve
 from scoring.engine.live import LiveUnavailable, RequestError
@@ -136,6 +137,14 @@ def build_app(service: OnlineService) -> Any:
     @app.exception_handler(kserve.ProtocolError)
     async def _bad_protocol(request: Request, exc: kserve.ProtocolError) -> Response:
         return _error(exc.status, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return _error(404, f"no route {request.url.path}; see /docs for the routes")
+        if exc.status_code == 405:
+            return _error(405, f"{request.method} is not allowed on {request.url.path}; see /docs for the routes")
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:

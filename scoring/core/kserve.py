@@ -174,7 +174,9 @@ def parse_request(
             if values.ndim == 2 and values.shape[1] == 1:
                 values = values[:, 0]
             if values.ndim != 1:
-                raise ProtocolError(f"input {f!r} must be [rows] or [rows, 1], got shape {list(values.shape)}", 422)
+                raise ProtocolError(
+                    f"input {f!r} must be [rows] or [rows, 1], got shape {list(values.shape)}", status=422
+                )
             columns[f] = values
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
@@ -236,7 +238,9 @@ def encode_response(
     if request.requested is not None:
         unknown = [n for n in request.requested if n not in names]
         if unknown:
-            raise ProtocolError(f"unknown output(s) {', '.join(unknown)}; the model returns {', '.join(names)}", 400)
+            raise ProtocolError(
+                f"unknown output(s) {', '.join(unknown)}; the model returns {', '.join(names)}", status=400
+            )
         names = list(request.requested)
     outputs = []
     blobs = []

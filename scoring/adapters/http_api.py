@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import logging
 import math
+import signal
 import socket
 import threading
 import time
@@ -481,10 +482,23 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve_forever(service: OnlineService, sock: socket.socket) -> None:
-    """Serve on `sock` until SIGINT / SIGTERM (uvicorn's handlers: in-flight requests finish, then it stops)."""
+    """Serve on `sock` until SIGINT / SIGTERM (uvicorn's handlers: in-flight requests finish, then it stops), and
+    return, so that the caller can close the service and exit 0."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(_uvicorn_config(build_app(service), host, port))
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
+    # Once it has shut down, uvicorn raises the signal it stopped on again, to the handler that was there before it:
+    # for SIGTERM that was the default one, which killed the process before the caller could close the service.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

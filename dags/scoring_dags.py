@@ -111,14 +111,34 @@ class ScoringSparkSubmitOperator(SparkSubmitOperator):
 class ScoringSparkKubernetesOperator(SparkKubernetesOperator):
     """A SparkApplication that fails for good unless the driver exited with 75 (transient).
 
+    Each try renders the job's manifests when it starts (:func:`scoring.scheduling.kubernetes_manifests`, the same
+    rendering as ``scoring render k8s``): the model alias is resolved then, once, and the driver and every pod's
+    sidecar get that version. It creates or replaces the job's ConfigMap, then submits the SparkApplication.
+
     When the driver pod fails, the operator's ``cleanup`` raises; this reads the driver's exit code and the error
     record from the pod's status (its termination message), or the exit code from the SparkApplication's status,
     and decides (:func:`scoring.kubernetes.driver_outcome`). A driver that never exited on its own (evicted, node
     lost) is retried. On success the task returns the run's summary, read from the output table's commit."""
 
-    def __init__(self, *, job: scheduling.ScheduledJob, **kwargs: Any) -> None:
+    template_fields = (*SparkKubernetesOperator.template_fields, "run_overrides")
+
+    def __init__(self, *, job: scheduling.ScheduledJob, run_overrides: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job = job
+        self.run_overrides = run_overrides  # the run's --set overrides: templates until Airflow renders the try
+
+    def render_manifests(self) -> kubernetes.Manifests:
+        """This try's manifests; the SparkApplication becomes the operator's ``template_spec``."""
+        manifests = scheduling.kubernetes_manifests(self.job, list(self.run_overrides))
+        self.template_spec = manifests.application
+        self.log.info(
+            "rendered %s in %s: %s pinned to %s",
+            manifests.name,
+            manifests.namespace,
+            manifests.model.requested_uri,
+            manifests.model.uri,
+        )
+        return manifests
 
     def _application(self) -> dict[str, Any] | None:
         group, version = kubernetes.API_VERSION.split("/")
@@ -143,15 +163,19 @@ class ScoringSparkKubernetesOperator(SparkKubernetesOperator):
             _fail(scheduling.score_failure(outcome.exit_code, outcome.record), context or get_current_context(), e)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        manifests = self.render_manifests()
+        done = kubernetes.apply_config_map(self.client, manifests.config_map)
+        self.log.info("%s ConfigMap %s", done, manifests.config_map["metadata"]["name"])
         super().execute(context)
         return scheduling.committed_summary(self.job.config, _run_id(self.job, context))
 
 
 def _score_task(job: scheduling.ScheduledJob):
     """``score``: the job through spark-submit and the job's Spark connection (``deploy: local``), or a
-    SparkApplication through spark-operator (``deploy: kubernetes``). The Kubernetes variant is built, its templates
-    render and its failure decision is tested on pod and SparkApplication statuses in the tests, but it has not run
-    against a cluster: there is none where this project is developed."""
+    SparkApplication through spark-operator (``deploy: kubernetes``), rendered per run. The Kubernetes variant is
+    built, its manifests validate against the Kubernetes and spark-operator schemas and its failure decision is tested
+    on pod and SparkApplication statuses in the tests, but it has not run against a cluster: there is none where this
+    project is developed."""
     schedule = job.schedule
     retry = {
         "retries": schedule.retries,
@@ -162,14 +186,14 @@ def _score_task(job: scheduling.ScheduledJob):
         operator = ScoringSparkKubernetesOperator(
             task_id="score",
             job=job,
-            template_spec=scheduling.kubernetes_manifest(job),
-            namespace=schedule.namespace,
+            run_overrides=scheduling.kubernetes_overrides(job),
+            namespace=kubernetes.namespace_for(job.config),
             kubernetes_conn_id=schedule.kubernetes_conn_id,
             get_logs=True,
             **retry,
         )
         # The operator would read every templated string ending in "yaml" as a template file; the manifest's paths
-        # (the job config, the pod template) are values, not templates.
+        # (the job config) are values, not templates.
         operator.template_ext = ()
         return operator
 

@@ -1,17 +1,31 @@
-"""A SparkApplication manifest (Kubeflow spark-operator, ``sparkoperator.k8s.io/v1beta2``) for a job config.
+"""The Kubernetes manifests of a job: a ConfigMap with its config and a SparkApplication (Kubeflow spark-operator v2,
+``sparkoperator.k8s.io/v1beta2``) whose pods carry everything inline: the Triton sidecar, the model export, the
+credentials' references, sizes and placement.
 
-The manifest runs the same entry point as ``spark-submit`` (:mod:`scoring.spark_entry`) from an image that holds this
-project at :data:`APP_ROOT` (``conf/``, ``sidecars/`` and the ``scoring`` package installed with ``pip install -e``),
-with the Delta jars as ``deps.packages`` and the Delta settings in ``sparkConf``. With ``runtime.backend: triton`` the
-executors get the Triton sidecar pod template (``sidecars/k8s/executor-pod-template.yaml``).
+    manifests = render(load_job_config(path), path)          # resolves the model alias once (a registry call)
+    write([manifests], "deploy/")                              # kubectl apply -f deploy/
 
-    manifest = render_manifest(load_job_config("conf/jobs/nightly.yaml"), "conf/jobs/nightly.yaml")
-    print(to_yaml(manifest))
+What is rendered (docs/kubernetes.md has the whole story):
 
-Nothing here talks to a cluster: the DAGs hand the dict to ``SparkKubernetesOperator`` (``schedule.deploy:
-kubernetes``), which creates the object. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new
-Airflow try, and a new SparkApplication, with the same scoring run id, as with ``spark-submit``; it finishes what an
-earlier try started.
+- a ConfigMap ``<app>-job`` holding the config file as written, mounted at :data:`CONFIG_DIR` in the driver and in
+  the export init containers (``${VAR}`` in it expand there, from the pods' environment);
+- a SparkApplication ``<app>`` running :mod:`scoring.spark_entry` from the image (``sidecars/k8s/Dockerfile``) with
+  the config, the caller's ``--set`` overrides and the **pinned** model version (``--set model.uri=models:/<name>/<v>``).
+  Both pod templates are inline (``spec.driver.template``, ``spec.executor.template``): spark-operator 2.1 and later
+  write their own pod template files after the user's ``sparkConf``, so nothing about pod templates may go there
+  (:data:`POD_TEMPLATE_KEYS` are refused). With a template, the operator's webhook leaves the pods alone, so the
+  templates carry the node selector, tolerations, priority class, volumes and environment themselves.
+- With ``runtime.backend: triton``, every executor pod and the driver pod (the run checks the model's outputs on a few
+  rows on the driver before scoring) get an init container that runs ``scoring export <pinned version>`` into an
+  ``emptyDir`` model repository, then NVIDIA's Triton server as a native sidecar (an init container with
+  ``restartPolicy: Always``, Kubernetes 1.29+) bound to the pod's loopback, with a startup probe on
+  ``/v2/health/ready``: Spark's container starts only once the server is ready. Both share an in-memory ``/dev/shm``.
+  The driver's config is forced to ``runtime.triton.launch=external`` at ``127.0.0.1``.
+
+Nothing here talks to a cluster, except :func:`apply_config_map` (the DAG's ``score`` task uses it). The DAG renders
+per run (:func:`scoring.scheduling.kubernetes_manifests`) and hands the SparkApplication to
+``SparkKubernetesOperator``. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new Airflow try, and
+a new SparkApplication, with the same scoring run id, as with ``spark-submit``; it finishes what an earlier try started.
 
 How a failed driver reaches Airflow: the driver container (``spark-kubernetes-driver``) runs spark-submit in client
 mode, which exits with :mod:`scoring.spark_entry`'s status (75 transient, 1 terminal, 2 config), and spark_entry
@@ -23,30 +37,63 @@ Error"). :func:`driver_outcome` reads them back, so that the DAG's operator retr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
+import os
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from scoring.config import JobConfig
+from scoring.config import JobConfig, KubernetesConfig, KubernetesPodConfig
+from scoring.errors import ConfigError, ModelError
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
 KIND = "SparkApplication"
 IMAGE_PLACEHOLDER = "<registry>/scoring:<version>"
-"""Stands in for the image until a deployment names its own (``image=``)."""
+"""Stands in for the image until a deployment names its own (``kubernetes.image``, ``$SCORING_IMAGE``, ``--image``)."""
+IMAGE_ENV = "SCORING_IMAGE"
+"""Environment variable naming the driver/executor image when the config does not."""
 APP_ROOT = "/opt/scoring"
-"""Where the image holds the project: ``conf/``, ``sidecars/`` and ``scoring/spark_entry.py`` below it."""
+"""Where the image holds the project: ``scoring/spark_entry.py`` below it (``sidecars/k8s/Dockerfile``)."""
 ENTRY_FILE = "scoring/spark_entry.py"
-EXECUTOR_POD_TEMPLATE = "sidecars/k8s/executor-pod-template.yaml"
-EXECUTOR_CONTAINER = "spark-kubernetes-executor"
-"""The container of the pod template that Spark fills in with the executor (the template's first container)."""
-SERVICE_ACCOUNT = "spark"
+CONFIG_DIR = "/etc/scoring/jobs"
+"""Where the job's ConfigMap is mounted: the config file keeps its own name there (the job name defaults to it)."""
+MODEL_REPOSITORY = "/models"
+"""The sidecar's model repository in the pod (an ``emptyDir`` the export init container fills)."""
+EXPORT_TARGET = "onnxruntime"
+"""What the export writes for NVIDIA's image: its ONNX Runtime backend runs ``model.onnx`` (the ``python`` target
+needs onnxruntime inside Triton's Python environment, which NVIDIA's image does not have)."""
 DRIVER_CONTAINER = "spark-kubernetes-driver"
 """The driver pod's container that Spark (and spark-operator) name, running spark-submit in client mode."""
+EXECUTOR_CONTAINER = "spark-kubernetes-executor"
+"""The executor pod's container that spark-operator names in the template it writes (Spark fills it in)."""
+TRITON_CONTAINER = "tritonserver"
+EXPORT_CONTAINER = "export-model"
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+ALLOW_CLIENT_SHM_SINCE = (26, 4)
+"""First NVIDIA Triton release (yy.mm) that refuses client shared memory unless started with
+``--allow-client-shm=true`` (triton-inference-server/server #8721, merged for the release as #8739, 2026-04). Older
+servers allow it without the flag and do not know the flag."""
+PROBE_PERIOD_S = 5
+POD_TEMPLATE_KEYS = (
+    "spark.kubernetes.driver.podTemplateFile",
+    "spark.kubernetes.driver.podTemplateContainerName",
+    "spark.kubernetes.executor.podTemplateFile",
+    "spark.kubernetes.executor.podTemplateContainerName",
+)
+"""Spark settings spark-operator 2.1+ overrides with its own (kubeflow/spark-operator
+``internal/controller/sparkapplication/submission.go``): a sidecar given through them would silently disappear."""
+EXPORT_READS = ("runtime.triton.model", "input.features", "model.tracking_uri", "model.registry_uri")
+"""Config keys the export init container reads from the ConfigMap's file: a ``--set`` of them at render time would
+reach the driver only, so it is refused (put them in the file)."""
 TERMINATION_LOG = "/dev/termination-log"
 """Kubernetes' default ``terminationMessagePath``: what a container writes there becomes its termination message."""
 TERMINATION_LOG_ENV = "SCORING_TERMINATION_LOG"
@@ -54,84 +101,498 @@ TERMINATION_LOG_ENV = "SCORING_TERMINATION_LOG"
 TERMINATION_MESSAGE_MAX_BYTES = 4096
 """Kubernetes keeps at most this much of a termination message."""
 
+_VOLUME_JOB = "job-config"
+_VOLUME_MODELS = "model-repository"
+_VOLUME_SHM = "dshm"
+_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))")
+
 
 def image_path(path: str, app_root: str = APP_ROOT) -> str:
     """`path` inside the image: project-relative paths are placed under `app_root`, absolute ones are kept."""
     return path if posixpath.isabs(path) else posixpath.join(app_root, path)
 
 
+def _dns_name(text: str, limit: int = 63) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].rstrip("-")
+
+
 def application_name(config: JobConfig) -> str:
-    """A DNS-1123 name for the SparkApplication (the operator may add a suffix per run)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", f"scoring-{config.name}".lower()).strip("-")
-    return name[:63].rstrip("-")
+    """A DNS-1123 name for the SparkApplication (the operator may add a suffix per run); at most 57 characters, so
+    that the operator's ``-driver`` pod name and our ``-job`` ConfigMap still fit 63."""
+    return _dns_name(f"scoring-{config.name}", 57)
 
 
-def spark_conf(config: JobConfig, *, app_root: str = APP_ROOT) -> dict[str, str]:
-    """The Delta/Spark defaults, the job's own ``spark.conf`` and, for Triton, the executor pod template."""
+def namespace_for(config: JobConfig) -> str:
+    """``kubernetes.namespace``, else ``schedule.namespace``, else ``default``: one answer for the manifests and the
+    DAG's operator."""
+    if config.kubernetes is not None and config.kubernetes.namespace:
+        return config.kubernetes.namespace
+    return config.schedule.namespace if config.schedule else "default"
+
+
+def image_for(config: JobConfig, image: str | None = None) -> str:
+    """The driver/executor image: `image`, else ``kubernetes.image``, else ``$SCORING_IMAGE``, else the placeholder."""
+    configured = config.kubernetes.image if config.kubernetes is not None else None
+    return image or configured or os.environ.get(IMAGE_ENV) or IMAGE_PLACEHOLDER
+
+
+def spark_conf(config: JobConfig) -> dict[str, str]:
+    """The Delta/Spark defaults and the job's own ``spark.conf``; never a pod template setting (refused)."""
     from scoring.adapters.spark import DEFAULTS
 
-    conf = {**DEFAULTS, **config.spark.conf}
-    if config.runtime.backend == "triton":
-        # Spark reads the template where spark-submit runs (the operator's submission pod with spark-operator): the
-        # file must be there at this path, as it is in our image. spark-operator 2.x can take it inline instead
-        # (spec.executor.template).
-        conf["spark.kubernetes.executor.podTemplateFile"] = image_path(EXECUTOR_POD_TEMPLATE, app_root)
-        conf["spark.kubernetes.executor.podTemplateContainerName"] = EXECUTOR_CONTAINER
-    return conf
+    given = sorted(set(config.spark.conf) & set(POD_TEMPLATE_KEYS))
+    if given:
+        raise ConfigError(
+            f"spark.conf sets {', '.join(given)}: spark-operator 2.1+ replaces them with its own pod template, so "
+            "whatever they add (a sidecar) silently disappears",
+            hint="remove them; the rendered SparkApplication carries its pod templates inline "
+            "(kubernetes: section, docs/kubernetes.md)",
+        )
+    return {**DEFAULTS, **config.spark.conf}
 
 
-def render_manifest(
-    config: JobConfig,
-    config_file: str,
-    *,
-    overrides: Sequence[str] = (),
-    image: str = IMAGE_PLACEHOLDER,
-    app_root: str = APP_ROOT,
-    namespace: str | None = None,
-    service_account: str = SERVICE_ACCOUNT,
-    executor_instances: int = 2,
-) -> dict[str, Any]:
-    """The SparkApplication for `config` as a dict.
+# -- the model version, pinned once -----------------------------------------------------------------------------------
 
-    `config_file` is the job config's path inside the image (relative paths are under `app_root`); `overrides` are
-    ``key=value`` strings passed as ``--set`` (they may hold Airflow templates, rendered by the operator).
-    `namespace` defaults to ``schedule.namespace``, else ``default``.
-    """
-    from pyspark import __version__ as spark_version
 
-    from scoring.adapters.spark import delta_package
+@dataclasses.dataclass(frozen=True)
+class PinnedModel:
+    """The registered model version a rendered run scores with, in the driver's config and in every export."""
 
-    name = application_name(config)
-    labels = {"app.kubernetes.io/part-of": "scoring", "scoring/job": name}
-    arguments = [image_path(config_file, app_root)]
-    for item in overrides:
-        arguments += ["--set", item]
-    namespace = namespace or (config.schedule.namespace if config.schedule else "default")
+    name: str
+    version: str
+    requested_uri: str
+    """What the config asked for, e.g. ``models:/churn@champion``."""
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def resolve_alias(name: str, alias: str, *, tracking_uri: str | None = None, registry_uri: str | None = None) -> str:
+    """The version `alias` points to now: one registry API call, no artifact download."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    registry = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking
+    try:
+        return str(
+            MlflowClient(tracking_uri=tracking, registry_uri=registry).get_model_version_by_alias(name, alias).version
+        )
+    except MlflowException as e:
+        raise ModelError(
+            f"cannot resolve models:/{name}@{alias} in the registry at {registry}: {e.message}",
+            hint="check the model name and alias; set model.registry_uri or MLFLOW_REGISTRY_URI if this is the wrong "
+            "registry, or render with a pinned version (--set model.uri=models:/<name>/<version>)",
+        ) from None
+
+
+def pin_model(config: JobConfig) -> PinnedModel:
+    """``model.uri`` pinned to a version: as given when it names one, else its alias resolved once, now."""
+    found = _MODEL_URI.fullmatch(config.model.uri)
+    if found is None:  # the config already refused it; kept for a config built by hand
+        raise ConfigError(f"model.uri {config.model.uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+    if found["version"]:
+        return PinnedModel(found["name"], found["version"], config.model.uri)
+    version = resolve_alias(
+        found["name"], found["alias"], tracking_uri=config.model.tracking_uri, registry_uri=config.model.registry_uri
+    )
+    return PinnedModel(found["name"], version, config.model.uri)
+
+
+# -- the manifests ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifests:
+    """What one job renders to: the ConfigMap, then the SparkApplication that mounts it."""
+
+    name: str
+    namespace: str
+    model: PinnedModel
+    config_map: dict[str, Any]
+    application: dict[str, Any]
+
+    def objects(self) -> list[dict[str, Any]]:
+        """In the order to apply them."""
+        return [self.config_map, self.application]
+
+    def files(self) -> dict[str, str]:
+        """File name -> YAML; ``kubectl apply -f`` on the folder applies them in name order (the ConfigMap first)."""
+        return {
+            f"{self.name}-configmap.yaml": to_yaml(self.config_map),
+            f"{self.name}-sparkapplication.yaml": to_yaml(self.application),
+        }
+
+
+def _megabytes(mib: int) -> str:
+    """Spark's spelling of a size in MiB (``2048m``)."""
+    return f"{mib}m"
+
+
+def _env(k8s: KubernetesConfig) -> dict[str, Any]:
+    """The ``env`` / ``envFrom`` of every container that runs scoring code: plain values and Secret references."""
+    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in sorted(k8s.env.items())]
+    env += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+        for name, ref in sorted(k8s.secret_env.items())
+    ]
+    env_from = [{"secretRef": {"name": name}} for name in k8s.env_from_secrets]
+    return {**({"env": env} if env else {}), **({"envFrom": env_from} if env_from else {})}
+
+
+def _tolerations(pod: KubernetesPodConfig) -> list[dict[str, Any]]:
+    out = []
+    for t in pod.tolerations:
+        item: dict[str, Any] = {"operator": t.operator}
+        if t.key:
+            item["key"] = t.key
+        if t.value is not None:
+            item["value"] = t.value
+        if t.effect:
+            item["effect"] = t.effect
+        if t.toleration_s is not None:
+            item["tolerationSeconds"] = t.toleration_s
+        out.append(item)
+    return out
+
+
+def _allow_client_shm(image: str) -> bool:
+    """Whether `image` needs (and knows) ``--allow-client-shm=true``: tags ``yy.mm...`` from
+    :data:`ALLOW_CLIENT_SHM_SINCE` on, and any tag or digest we cannot date (a flag too many fails fast; one too few
+    fails every shared-memory request)."""
+    tag = image.rpartition("/")[2].partition(":")[2]
+    found = re.match(r"(\d{2})\.(\d{2})", tag)
+    return found is None or (int(found[1]), int(found[2])) >= ALLOW_CLIENT_SHM_SINCE
+
+
+def _health_probe(route: str) -> list[str]:
+    """An exec probe asking the loopback-bound server `route` (the kubelet's httpGet would connect to the pod's IP,
+    where nothing listens): bash's /dev/tcp, no curl needed in the image."""
+    request = f"GET {route} HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
+    return [
+        "/bin/bash",
+        "-c",
+        f"exec 3<>/dev/tcp/127.0.0.1/{TRITON_HTTP_PORT} && printf '{request}' >&3 && head -n 1 <&3 | grep -q ' 200 '",
+    ]
+
+
+def _sidecar(config: JobConfig, k8s: KubernetesConfig) -> dict[str, Any]:
+    """NVIDIA's Triton server as a native sidecar: started before Spark's container, ready before it starts, stopped
+    after it; inference on loopback only, metrics on the pod's address for Prometheus."""
+    sidecar = k8s.sidecar
+    args = [
+        f"--model-repository={MODEL_REPOSITORY}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--http-address=127.0.0.1",
+        f"--http-port={TRITON_HTTP_PORT}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={TRITON_GRPC_PORT}",
+        "--metrics-address=0.0.0.0",
+        f"--metrics-port={TRITON_METRICS_PORT}",
+        "--exit-timeout-secs=10",
+    ]
+    if config.runtime.triton.shared_memory == "system" and _allow_client_shm(sidecar.image):
+        args.append("--allow-client-shm=true")
+    args += sidecar.extra_args
+    requests: dict[str, Any] = {"cpu": f"{sidecar.cpu_millicores}m", "memory": f"{sidecar.memory_mib}Mi"}
+    limits: dict[str, Any] = {"memory": f"{sidecar.memory_mib}Mi"}
+    if sidecar.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(sidecar.gpus)
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
-        "spec": {
-            "type": "Python",
-            "pythonVersion": "3",
-            "mode": "cluster",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "mainApplicationFile": f"local://{image_path(ENTRY_FILE, app_root)}",
-            "arguments": arguments,
-            "sparkVersion": spark_version,
-            "deps": {"packages": [delta_package()]},
-            "sparkConf": spark_conf(config, app_root=app_root),
-            "restartPolicy": {"type": "Never"},
-            "driver": {"cores": 1, "memory": "2g", "serviceAccount": service_account, "labels": dict(labels)},
-            "executor": {"instances": executor_instances, "cores": 1, "memory": "2g", "labels": dict(labels)},
+        "name": TRITON_CONTAINER,
+        "image": sidecar.image,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "command": ["tritonserver"],
+        "args": args,
+        "ports": [
+            {"name": "triton-http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
+            {"name": "triton-grpc", "containerPort": TRITON_GRPC_PORT, "protocol": "TCP"},
+            {"name": "triton-metrics", "containerPort": TRITON_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": {
+            "exec": {"command": _health_probe("/v2/health/ready")},
+            "periodSeconds": PROBE_PERIOD_S,
+            "timeoutSeconds": 3,
+            "failureThreshold": max(1, math.ceil(sidecar.startup_timeout_s / PROBE_PERIOD_S)),
         },
+        "livenessProbe": {
+            "exec": {"command": _health_probe("/v2/health/live")},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 6,
+        },
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [
+            {"name": _VOLUME_MODELS, "mountPath": MODEL_REPOSITORY, "readOnly": True},
+            {"name": _VOLUME_SHM, "mountPath": "/dev/shm"},
+        ],
     }
 
 
-def to_yaml(manifest: dict[str, Any]) -> str:
-    """The manifest as YAML, keys in the order written (``kubectl apply -f`` takes it as is)."""
-    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False, width=120)
+def _export(k8s: KubernetesConfig, image: str, model: PinnedModel, config_path: str) -> dict[str, Any]:
+    """``scoring export`` of the pinned version into the model repository, before the sidecar starts. It holds the
+    model as the server does, so it gets the sidecar's memory."""
+    memory = f"{k8s.sidecar.memory_mib}Mi"
+    return {
+        "name": EXPORT_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["scoring", "export", model.uri],
+        "args": ["--repository", MODEL_REPOSITORY, "--target", EXPORT_TARGET, "--config", config_path],
+        **_env(k8s),
+        "resources": {"requests": {"cpu": "1", "memory": memory}, "limits": {"memory": memory}},
+        "volumeMounts": [
+            {"name": _VOLUME_JOB, "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": _VOLUME_MODELS, "mountPath": MODEL_REPOSITORY},
+        ],
+    }
+
+
+def _pod_template(
+    pod: KubernetesPodConfig,
+    labels: Mapping[str, str],
+    container: dict[str, Any],
+    *,
+    init_containers: Sequence[dict[str, Any]] = (),
+    volumes: Sequence[dict[str, Any]] = (),
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"labels": dict(labels)}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    spec: dict[str, Any] = {}
+    if pod.priority_class:
+        spec["priorityClassName"] = pod.priority_class
+    if pod.node_selector:
+        spec["nodeSelector"] = dict(sorted(pod.node_selector.items()))
+    if pod.tolerations:
+        spec["tolerations"] = _tolerations(pod)
+    if init_containers:
+        spec["initContainers"] = list(init_containers)
+    spec["containers"] = [container]
+    if volumes:
+        spec["volumes"] = list(volumes)
+    return {"metadata": metadata, "spec": spec}
+
+
+def _check(config: JobConfig, k8s: KubernetesConfig, overrides: Sequence[str]) -> None:
+    problems = []
+    if config.spark.master:
+        problems.append(
+            f"spark.master is {config.spark.master!r}: on Kubernetes spark-operator sets the master (remove it, or "
+            "--set spark.master=null)"
+        )
+    if config.runtime.backend == "triton":
+        if config.runtime.triton.model.instance_kind == "KIND_GPU" and not k8s.sidecar.gpus:
+            problems.append(
+                "runtime.triton.model.instance_kind is KIND_GPU but kubernetes.sidecar.gpus is 0: the server could "
+                "not load the model (set kubernetes.sidecar.gpus, or instance_kind KIND_CPU)"
+            )
+        for item in overrides:
+            key = item.partition("=")[0].strip()
+            if any(key == read or key.startswith(f"{read}.") for read in EXPORT_READS):
+                problems.append(
+                    f"--set {key}: the model export in each pod reads it from the config file, where this override "
+                    "does not reach (write it in the file)"
+                )
+    if problems:
+        raise ConfigError(
+            f"job {config.name!r} cannot be rendered for Kubernetes:\n" + "\n".join(f"  {p}" for p in problems),
+            hint="see docs/kubernetes.md",
+        )
+
+
+def render(
+    config: JobConfig,
+    config_file: str | os.PathLike[str],
+    *,
+    config_text: str | None = None,
+    overrides: Sequence[str] = (),
+    image: str | None = None,
+    model: PinnedModel | None = None,
+    app_root: str = APP_ROOT,
+) -> Manifests:
+    """The manifests of `config` (loaded from `config_file` with `overrides` applied).
+
+    The ConfigMap holds `config_text` (default: the file's text) under the file's name; `overrides` (``key=value``,
+    possibly Airflow templates) go to the driver as ``--set``, followed by the pinned model version (`model`, else
+    resolved now: :func:`pin_model`) and, for Triton, the sidecar's loopback address.
+    """
+    k8s = config.kubernetes or KubernetesConfig()
+    _check(config, k8s, overrides)
+    conf = spark_conf(config)
+    file_name = Path(config_file).name
+    if config_text is None:
+        config_text = Path(config_file).read_text()
+    model = model or pin_model(config)
+    image = image_for(config, image)
+    name = application_name(config)
+    namespace = namespace_for(config)
+    config_map_name = f"{name}-job"
+    config_path = posixpath.join(CONFIG_DIR, file_name)
+    labels = {"app.kubernetes.io/name": "scoring", "app.kubernetes.io/part-of": "scoring", "scoring/job": name}
+    annotations = {"scoring/model-uri": model.uri, "scoring/requested-model-uri": model.requested_uri}
+    triton = config.runtime.backend == "triton"
+
+    arguments = [config_path]
+    for item in overrides:
+        if item.partition("=")[0].strip() != "model.uri":  # pinned below
+            arguments += ["--set", item]
+    arguments += ["--set", f"model.uri={model.uri}"]
+    if triton:
+        port = TRITON_GRPC_PORT if config.runtime.triton.protocol == "grpc" else TRITON_HTTP_PORT
+        arguments += ["--set", "runtime.triton.launch=external", "--set", f"runtime.triton.url=127.0.0.1:{port}"]
+
+    job_volume = {"name": _VOLUME_JOB, "configMap": {"name": config_map_name}}
+    job_mount = {"name": _VOLUME_JOB, "mountPath": CONFIG_DIR, "readOnly": True}
+    shm_mount = {"name": _VOLUME_SHM, "mountPath": "/dev/shm"}
+    sidecar_volumes = [
+        {"name": _VOLUME_MODELS, "emptyDir": {}},
+        {"name": _VOLUME_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": f"{k8s.sidecar.shm_size_mib}Mi"}},
+    ]
+
+    def pod_init() -> list[dict[str, Any]]:
+        return [_export(k8s, image, model, config_path), _sidecar(config, k8s)] if triton else []
+
+    metrics = {"prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS_PORT)} if triton else {}
+
+    driver_labels = {**labels, "scoring/role": "driver"}
+    driver_mounts = [job_mount, shm_mount] if triton else [job_mount]
+    driver_container = {"name": DRIVER_CONTAINER, **_env(k8s), "volumeMounts": driver_mounts}
+    driver_template = _pod_template(
+        k8s.driver,
+        driver_labels,
+        driver_container,
+        init_containers=pod_init(),
+        volumes=[job_volume, *(sidecar_volumes if triton else [])],
+        annotations={**annotations, **metrics},
+    )
+    executor_labels = {**labels, "scoring/role": "executor"}
+    executor_container = {"name": EXECUTOR_CONTAINER, **_env(k8s), **({"volumeMounts": [shm_mount]} if triton else {})}
+    executor_template = _pod_template(
+        k8s.executor,
+        executor_labels,
+        executor_container,
+        init_containers=pod_init(),
+        volumes=[job_volume, *sidecar_volumes] if triton else [],
+        annotations={**annotations, **metrics},
+    )
+
+    from pyspark import __version__ as spark_version
+
+    driver: dict[str, Any] = {
+        "cores": k8s.driver.cores,
+        "memory": _megabytes(k8s.driver.memory_mib),
+        **({"memoryOverhead": _megabytes(k8s.driver.memory_overhead_mib)} if k8s.driver.memory_overhead_mib else {}),
+        "serviceAccount": k8s.service_account,
+        "labels": driver_labels,
+        "template": driver_template,
+    }
+    executor: dict[str, Any] = {
+        **({} if k8s.executor.dynamic_allocation else {"instances": k8s.executor.instances}),
+        "cores": k8s.executor.cores,
+        "memory": _megabytes(k8s.executor.memory_mib),
+        **(
+            {"memoryOverhead": _megabytes(k8s.executor.memory_overhead_mib)} if k8s.executor.memory_overhead_mib else {}
+        ),
+        "labels": executor_labels,
+        "template": executor_template,
+    }
+    spec: dict[str, Any] = {
+        "type": "Python",
+        "pythonVersion": "3",
+        "mode": "cluster",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        **({"imagePullSecrets": list(k8s.image_pull_secrets)} if k8s.image_pull_secrets else {}),
+        "mainApplicationFile": f"local://{image_path(ENTRY_FILE, app_root)}",
+        "arguments": arguments,
+        "sparkVersion": spark_version,
+        "sparkConf": conf,
+        "restartPolicy": {"type": "Never"},
+        "driver": driver,
+        "executor": executor,
+    }
+    dynamic = k8s.executor.dynamic_allocation
+    if dynamic is not None:
+        spec["dynamicAllocation"] = {
+            "enabled": True,
+            "initialExecutors": dynamic.initial_executors or dynamic.min_executors,
+            "minExecutors": dynamic.min_executors,
+            "maxExecutors": dynamic.max_executors,
+        }
+    application = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "annotations": dict(annotations)},
+        "spec": spec,
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_map_name, "namespace": namespace, "labels": dict(labels)},
+        "data": {file_name: config_text},
+    }
+    return Manifests(name, namespace, model, copy.deepcopy(config_map), copy.deepcopy(application))
+
+
+def write(rendered: Iterable[Manifests], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write each job's manifests into `out_dir` (created); two jobs of one name are refused."""
+    rendered = list(rendered)
+    names = [item.name for item in rendered]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"several jobs render to the name(s) {', '.join(twice)}", hint="give each job its own name")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in rendered:
+        for file_name, text in item.files().items():
+            path = out / file_name
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block scalars for multi-line strings (the config file in the ConfigMap reads as it was written); no YAML
+    anchors and aliases, so that every object reads whole."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value and not any(line != line.rstrip() for line in value.splitlines()):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(manifest: Mapping[str, Any]) -> str:
+    """A manifest as YAML, keys in the order written (``kubectl apply -f`` takes it as is)."""
+    return yaml.dump(dict(manifest), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def apply_config_map(api: Any, config_map: Mapping[str, Any]) -> str:
+    """Create or replace `config_map` through `api` (a ``kubernetes.client.CoreV1Api``); returns what was done."""
+    from kubernetes.client.exceptions import ApiException
+
+    metadata = config_map["metadata"]
+    try:
+        api.replace_namespaced_config_map(metadata["name"], metadata["namespace"], dict(config_map))
+        return "replaced"
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    api.create_namespaced_config_map(metadata["namespace"], dict(config_map))
+    return "created"
 
 
 def termination_message(record: Mapping[str, Any]) -> str:

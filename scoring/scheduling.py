@@ -47,7 +47,8 @@ RUNS_DIR_ENV = "SCORING_RUNS_DIR"
 """Folder where ``spark-submit`` leaves the run's summary (or error record) for the ``score`` task, on the worker
 that runs it (default: ``$AIRFLOW_HOME/scoring-runs``). The task hands it on as XCom."""
 IMAGE_ENV = "SCORING_IMAGE"
-"""Container image for ``schedule.deploy: kubernetes`` (default: a placeholder to replace)."""
+"""Container image for ``schedule.deploy: kubernetes`` when the config's ``kubernetes.image`` names none (default: a
+placeholder to replace); read by :func:`scoring.kubernetes.image_for`."""
 DAG_PREFIX = "scoring__"
 RUNS_SUFFIX = "_runs"
 RESCORE_PARAM = "rescore"
@@ -319,18 +320,23 @@ def spark_conf(config: JobConfig) -> dict[str, str]:
     return {**DEFAULTS, **config.spark.conf}
 
 
-def kubernetes_manifest(job: ScheduledJob) -> dict[str, Any]:
-    """The SparkApplication for ``deploy: kubernetes``, with the same templated arguments as ``spark-submit`` (no
-    summary file: the driver runs in a pod; its error record comes back in the pod's termination message, and a
-    committed run is read from the output table's commit)."""
+def kubernetes_overrides(job: ScheduledJob) -> list[str]:
+    """The ``--set`` overrides of a ``deploy: kubernetes`` run, as Airflow templates (the ``score`` task renders them):
+    the same partition filter and run id as ``spark-submit``. No summary file: the driver runs in a pod; its error
+    record comes back in the pod's termination message, and a committed run is read from the output table's commit."""
+    return [f"input.where={where_template()}", f"run_id={scoring_run_id_template(job.dag_id)}"]
+
+
+def kubernetes_manifests(job: ScheduledJob, overrides: list[str] | None = None):
+    """The manifests (:class:`scoring.kubernetes.Manifests`) of one ``deploy: kubernetes`` run, rendered when the run
+    starts: the model alias is resolved now, once, and the driver and every sidecar's export get that version. The
+    same rendering as ``scoring render k8s``; `overrides` are :func:`kubernetes_overrides` as rendered for the run."""
     from scoring import kubernetes
 
-    return kubernetes.render_manifest(
+    return kubernetes.render(
         job.config,
-        f"conf/jobs/{job.path.name}",
-        overrides=[f"input.where={where_template()}", f"run_id={scoring_run_id_template(job.dag_id)}"],
-        image=os.environ.get(IMAGE_ENV, kubernetes.IMAGE_PLACEHOLDER),
-        namespace=job.schedule.namespace,
+        job.path,
+        overrides=kubernetes_overrides(job) if overrides is None else overrides,
     )
 
 

@@ -252,10 +252,12 @@ def test_a_backfill_gets_one_run_per_day_each_scoring_its_own_partition(conf_dir
     assert all(info.data_interval.end - info.data_interval.start == dt.timedelta(days=1) for info in infos)
 
 
-def test_a_kubernetes_job_gets_a_spark_application_that_renders(conf_dir):
+def test_a_kubernetes_job_gets_a_spark_application_rendered_per_run(conf_dir, monkeypatch):
     import inspect
 
     from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
+
+    from scoring import kubernetes
 
     tree = yaml.safe_load((ROOT / "conf" / "jobs" / "nightly.yaml").read_text())
     tree["schedule"] |= {"deploy": "kubernetes", "namespace": "scoring"}
@@ -269,18 +271,60 @@ def test_a_kubernetes_job_gets_a_spark_application_that_renders(conf_dir):
         inspect.signature(SparkKubernetesOperator.cleanup).parameters.keys()
     )
 
-    # No cluster here: render the templates the way a worker does, with the values a run would have.
+    # No cluster here: render the templates the way a worker does, with the values a run would have; the alias
+    # resolves (once, when the try starts) to version 4.
+    resolved = []
+    monkeypatch.setattr(kubernetes, "resolve_alias", lambda name, alias, **_: resolved.append(alias) or "4")
     score.render_template_fields(_context())
+    manifests = score.render_manifests()
+    assert resolved == ["champion"]
     spec = score.template_spec["spec"]
     assert spec["arguments"] == [
-        "/opt/scoring/conf/jobs/nightly_k8s.yaml",
+        "/etc/scoring/jobs/nightly_k8s.yaml",
         "--set",
         "input.where=ds = '2026-11-02'",
         "--set",
         f"run_id=scoring__nightly_k8s__{RUN_ID}",
+        "--set",
+        "model.uri=models:/churn/4",
+        "--set",
+        "runtime.triton.launch=external",
+        "--set",
+        "runtime.triton.url=127.0.0.1:8001",
     ]
-    assert spec["sparkConf"]["spark.kubernetes.executor.podTemplateFile"].endswith("executor-pod-template.yaml")
+    assert not [key for key in spec["sparkConf"] if "template" in key.lower()]
+    sidecars = {c["name"]: c for c in spec["executor"]["template"]["spec"]["initContainers"]}
+    assert sidecars["export-model"]["command"] == ["scoring", "export", "models:/churn/4"]
+    assert sidecars["tritonserver"]["restartPolicy"] == "Always"
+    # exactly what `scoring render k8s` renders for the same config, overrides and version
+    job = _scheduled_job_at(conf_dir / "nightly_k8s.yaml")
+    same = kubernetes.render(job.config, job.path, overrides=list(score.run_overrides), model=manifests.model)
+    assert same.application == manifests.application and same.config_map == manifests.config_map
+    assert manifests.config_map["metadata"] == {
+        "name": "scoring-nightly-k8s-job",
+        "namespace": "scoring",
+        "labels": manifests.application["metadata"]["labels"],
+    }
     assert score.template_body["spark"]["kind"] == "SparkApplication"
+
+    # A try: the ConfigMap is applied, then the operator submits the SparkApplication rendered for this try.
+    from tests.unit.test_kubernetes import _ConfigMaps
+
+    submitted = {}
+    monkeypatch.setattr(SparkKubernetesOperator, "execute", lambda self, context: submitted.update(self.template_body))
+    monkeypatch.setattr("scoring.scheduling.committed_summary", lambda config, run_id, summary=None: {"run_id": run_id})
+    api = score.__dict__["client"] = _ConfigMaps()  # the operator's cached CoreV1Api
+    assert score.execute(_context()) == {"run_id": f"scoring__nightly_k8s__{RUN_ID}"}
+    assert api.calls[-1] == ("create", "scoring-nightly-k8s-job", "scoring")
+    assert submitted["spark"]["spec"]["arguments"][6] == "model.uri=models:/churn/4"
+    assert resolved == ["champion", "champion"]  # once per try
+
+
+def _scheduled_job_at(path):
+    from scoring import scheduling
+
+    (job,) = [job for job in scheduling.scheduled_jobs(path.parent) if job.path == path.resolve()]
+    return job
 
 
 def test_the_sensor_reads_the_days_partition_from_the_delta_log(lake, tmp_path):

@@ -318,25 +318,34 @@ def test_a_server_started_by_another_process_is_stopped_from_its_state_file(repo
         kill_leftover(handle.pid)
 
 
-def test_the_executor_pod_template_runs_tritonserver_on_loopback_sharing_an_in_memory_dev_shm():
-    import yaml
+def test_the_rendered_sidecar_s_flags_and_probes_work_against_a_real_tritonserver(repository):
+    """The Kubernetes sidecar (scoring.kubernetes) as rendered: every flag it passes is one tritonserver knows (but
+    --allow-client-shm, newer than the server bundled here, which the renderer passes to 26.04+ images only), and its
+    exec probes (bash's /dev/tcp, no curl) succeed against a ready server and fail where none listens."""
+    from scoring import kubernetes
+    from scoring.config import load_job_config
 
-    template = Path(__file__).resolve().parents[2] / "sidecars" / "k8s" / "executor-pod-template.yaml"
-    pod = yaml.safe_load(template.read_text())
-    containers = {c["name"]: c for c in pod["spec"]["containers"]}
-    sidecar = containers["tritonserver"]
-    assert sidecar["image"].startswith("nvcr.io/nvidia/tritonserver:")
-    assert sidecar["command"] == ["tritonserver"]
-    args = sidecar["args"]
-    assert "--model-repository=/models" in args
-    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
-        assert f"{flag}=127.0.0.1" in args
-    assert "--allow-client-shm=true" in args
-    assert "/v2/health/ready" in " ".join(sidecar["readinessProbe"]["exec"]["command"])
-    shm = [v["name"] for v in pod["spec"]["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
-    assert len(shm) == 1
-    for container in containers.values():
-        assert {"name": shm[0], "mountPath": "/dev/shm"} in container["volumeMounts"]
+    demo = Path(__file__).resolve().parents[2] / "conf" / "jobs" / "demo-triton.yaml"
+    config = load_job_config(demo, ["runtime.triton.shared_memory=system"])
+    pinned = kubernetes.PinnedModel("churn", "1", "models:/churn/1")
+    template = kubernetes.render(config, demo, model=pinned).application["spec"]["executor"]["template"]
+    sidecar = {c["name"]: c for c in template["spec"]["initContainers"]}[kubernetes.TRITON_CONTAINER]
+    flags = ts._supported_flags(str(ts.find_tritonserver()))
+    rendered = {arg.split("=", 1)[0] for arg in sidecar["args"]}
+    assert rendered - flags == {"--allow-client-shm"}
+
+    managed = ("--model-repository", "--http-", "--grpc-", "--metrics-")  # start_server sets these for loopback
+    extra = [arg for arg in sidecar["args"] if not arg.startswith(managed) and "allow-client-shm" not in arg]
+    handle = ts.start_server(repository, ready_timeout_s=60, extra_args=extra)
+    try:
+        for probe in ("startupProbe", "livenessProbe"):
+            command = [*sidecar[probe]["exec"]["command"]]
+            command[-1] = command[-1].replace(f"/{kubernetes.TRITON_HTTP_PORT} ", f"/{handle.http_port} ")
+            assert subprocess.run(command, timeout=10, check=False).returncode == 0, probe
+        ts.stop_server(handle)
+        assert subprocess.run(command, timeout=10, check=False, capture_output=True).returncode != 0
+    finally:
+        kill_leftover(handle.pid)
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:

@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scoring.core import kserve
+from scoring.core import index, kserve
 from scoring.engine.live import LiveUnavailable, RequestError
 from scoring.modes.online import OnlineService, describe_live_failure
 
@@ -110,7 +110,7 @@ class _TooLarge(Exception):
 
 def _json_body(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return index.loads(body)
     except orjson.JSONDecodeError as e:
         raise RequestError(f"the body is not valid JSON: {e}", field="body", status=400) from None
 

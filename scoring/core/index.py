@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -54,6 +55,23 @@ def _json_default(value: Any) -> Any:
 def dumps(value: Any) -> bytes:
     """JSON bytes (NaN and infinities become null, numpy scalars plain numbers)."""
     return orjson.dumps(value, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(body: bytes | memoryview) -> Any:
+    """A request body's JSON value, read with orjson. A body that orjson refuses only for the literals ``NaN``,
+    ``Infinity`` or ``-Infinity``, or for a number too large for a double (what Python's ``json.dumps`` writes for
+    a float NaN or infinity), is read with the standard library's parser instead, so that the check of the value
+    can name the field that holds it; anything else raises orjson's ``JSONDecodeError``."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        error = e
+    try:
+        value = json.loads(bytes(body))
+        orjson.dumps(value)  # nothing orjson could not write back (lone surrogates, integers beyond 64 bits)
+    except (ValueError, TypeError, RecursionError):
+        raise error from None
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from scoring.core.index import loads
+
 _DTYPES = {
     "BOOL": np.bool_,
     "INT8": np.int8,
@@ -68,7 +70,7 @@ def _split(body: bytes, header_length: int | None) -> tuple[dict[str, Any], byte
             )
         head, rest = body[:header_length], body[header_length:]
     try:
-        request = orjson.loads(head)
+        request = loads(head)
     except orjson.JSONDecodeError as e:
         raise ProtocolError(f"the request is not valid JSON: {e}") from None
     if not isinstance(request, dict):

@@ -119,6 +119,37 @@ def test_the_dockerfile_parses_and_starts_from_a_pinned_python_of_the_supported_
     assert any("openjdk-17-jre-headless" in rest for keyword, rest in steps if keyword == "RUN")  # Java 17
 
 
+def test_the_baked_jars_leave_out_what_spark_ships_in_another_version():
+    """Delta 4.4 resolves its own hadoop-client 3.4.2, parquet 1.16, jackson 2.13 (a real resolution's names): Spark's
+    4.2 copies win at run time, so only the artifacts Spark lacks go into the image's jars/ folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bake_jars", ROOT / "sidecars" / "k8s" / "bake_jars.py")
+    bake_jars = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bake_jars)
+    resolved = [
+        "io.delta_delta-spark_4.2_2.13-4.4.0.jar",
+        "io.delta_delta-storage-4.4.0.jar",
+        "org.apache.hadoop_hadoop-client-api-3.4.2.jar",
+        "org.apache.parquet_parquet-hadoop-1.16.0.jar",
+        "com.fasterxml.jackson.core_jackson-core-2.13.5.jar",
+        "com.github.luben_zstd-jni-1.5.7-3.jar",
+        "io.unitycatalog_unitycatalog-client-0.6.0.jar",
+    ]
+    import pyspark
+
+    shipped = [p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")]
+    assert bake_jars.jars_to_add(resolved, shipped) == [
+        "io.delta_delta-spark_4.2_2.13-4.4.0.jar",
+        "io.delta_delta-storage-4.4.0.jar",
+        "io.unitycatalog_unitycatalog-client-0.6.0.jar",
+    ]
+    assert bake_jars.artifact("delta-spark_4.2_2.13-4.4.0.jar") == "delta-spark_4.2_2.13"
+    assert bake_jars.artifact("com.github.luben_zstd-jni-1.5.7-3.jar", ivy=True) == "zstd-jni"
+    steps = [rest for keyword, rest in instructions() if keyword == "RUN" and "bake_jars.py" in rest]
+    assert steps == ["python /tmp/bake_jars.py && rm -rf /tmp/bake_jars.py /tmp/spark-*"]
+
+
 def test_every_copy_source_is_in_the_build_context():
     ignored = {line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()}
     for keyword, rest in instructions():

@@ -8,8 +8,9 @@ Inputs, either:
 
 Data come as JSON (flat or nested, row-major) or, with the binary tensor extension, as raw little-endian bytes after
 the JSON header (``Inference-Header-Content-Length`` gives its length; each binary input says its
-``binary_data_size``). Outputs are the model's prediction columns: a scalar column is ``[rows]``, a list column
-``[rows, k]``; each is returned as JSON data, or as binary when the request asks (``binary_data`` on the requested
+``binary_data_size``). Outputs are the model's prediction columns: a scalar column is ``[rows, 1]`` and a list
+column ``[rows, k]``, the shapes the Triton sidecar gives the same model (``scoring export`` declares a one-value
+output as dims ``[1]``), so a client written against the sidecar reads ours unchanged; each is returned as JSON data, or as binary when the request asks (``binary_data`` on the requested
 output, or ``binary_data_output`` in the request's parameters), as ``tritonclient.http`` does by default.
 """
 
@@ -224,7 +225,7 @@ def _as_numpy(column: pa.Array) -> np.ndarray:
         rows = len(column)
         flat = column.flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(rows, -1) if rows else flat.reshape(0, 0)
-    return column.to_numpy(zero_copy_only=False)
+    return column.to_numpy(zero_copy_only=False).reshape(-1, 1)
 
 
 def encode_response(

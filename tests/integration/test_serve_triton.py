@@ -166,12 +166,6 @@ def test_the_same_request_to_triton_and_to_our_service_gives_the_same_outputs(
     assert mine.as_numpy("probabilities").shape == real.as_numpy("probabilities").shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a one-value-per-row output (label) is [rows] from scoring serve but [rows, 1] from Triton serving the "
-    "exported model (both export targets declare dims [1]): a client that indexes label[:, 0] breaks; "
-    "scoring.core.kserve.encode_response documents [rows] and tests/unit/test_online_core.py pins it",
-)
 def test_a_one_value_per_row_output_has_the_shape_triton_gives_it(tsvc, triton_server, champion, rows):
     import tritonclient.http as httpclient
 

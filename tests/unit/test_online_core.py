@@ -196,7 +196,7 @@ def test_outputs_come_back_as_json_or_binary_as_asked():
     head = json.loads(body[:length])
     assert head["id"] == "7" and head["model_version"] == "3"
     label, probs = head["outputs"]
-    assert label == {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 1]}
+    assert label == {"name": "label", "datatype": "INT64", "shape": [2, 1], "data": [0, 1]}  # as Triton gives it
     assert probs["shape"] == [2, 2] and probs["datatype"] == "FP32"
     assert np.frombuffer(body[length:], np.float32).tolist() == [0.5, 0.5, 0.25, 0.75]
 

@@ -199,6 +199,7 @@ def build_app(service: OnlineService) -> Any:
             metrics.request("scores", "precomputed", time.perf_counter() - started)
             return Response(service.precomputed_body(shown, found), media_type=_JSON)
         metrics.lookup(found.outcome)
+        metrics.request("scores", "none", time.perf_counter() - started)
         if found.outcome == "stale":
             return _error(
                 404,
@@ -292,7 +293,12 @@ def build_app(service: OnlineService) -> Any:
         if not items:
             return Response(b"[]", media_type=_JSON)
         answers = await _answer(items, single)
-        source = "live" if any(b'"source":"live"' in body for _, body, _ in answers) else "precomputed"
+        bodies = [body for _, body, _ in answers]
+        source = "none"  # every item refused (404, 503): still counted, as a request answered by nothing
+        if any(b'"source":"live"' in body for body in bodies):
+            source = "live"
+        elif any(b'"source":"precomputed"' in body for body in bodies):
+            source = "precomputed"
         metrics.request("score", source, time.perf_counter() - started)
         if single:
             status, body, headers = answers[0]

@@ -20,13 +20,18 @@ DEFAULTS: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.sql.session.timeZone": "UTC",
-    "spark.sql.shuffle.partitions": "4",
-    # Delta's log replay uses this many partitions (default 50): far too many for a laptop or a small table.
-    "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.python.worker.reuse": "true",
     "spark.ui.showConsoleProgress": "false",
 }
+"""Settings for every run, wherever it runs (a cluster's defaults are left alone: see :data:`LAPTOP_DEFAULTS`)."""
+LAPTOP_DEFAULTS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "4",
+    # Delta's log replay uses this many partitions (default 50): far too many for a laptop or a small table.
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+"""Sizes for a laptop's ``local[*]``, applied only under a local master: on a cluster (standalone, YARN, Kubernetes)
+Spark's own defaults (200 shuffle partitions, 50 snapshot partitions) or the job's ``spark.conf`` decide."""
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
@@ -108,8 +113,29 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
         if jvm_running:
             for key, value in conf.items():
                 _try_set(session, key, value, started=False)
+        _apply_laptop_defaults(session, conf)
         return session
     raise AssertionError("unreachable")
+
+
+def is_local(master: str | None) -> bool:
+    """Whether `master` runs everything in one JVM (``local``, ``local[N]``, ``local[N,F]``, ``local-cluster[...]``
+    is a cluster); None means the default, ``local[*]``."""
+    return master is None or re.fullmatch(r"local(\[[^]]*\])?", master.strip()) is not None
+
+
+def laptop_defaults(master: str | None, conf: Mapping[str, str] = {}) -> dict[str, str]:  # noqa: B006 (read only)
+    """:data:`LAPTOP_DEFAULTS` not overridden by `conf`, when `master` is local; nothing for a cluster master."""
+    return {k: v for k, v in LAPTOP_DEFAULTS.items() if k not in conf} if is_local(master) else {}
+
+
+def _apply_laptop_defaults(session, conf: Mapping[str, str]) -> None:
+    """Set :data:`LAPTOP_DEFAULTS` on a new `session` whose master turned out local (under spark-submit it is known
+    only now), unless the job's `conf` or Spark's own conf (spark-submit --conf) set them."""
+    given = session.sparkContext.getConf()
+    for key, value in laptop_defaults(session.sparkContext.master, conf).items():
+        if not given.contains(key):
+            session.conf.set(key, value)
 
 
 def with_task_retries(master: str, retries: int = 4) -> str:
@@ -173,7 +199,7 @@ def spark_submit_command(
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
     packages = [delta_package(), *([kafka_package()] if stream else [])]
     command = [submit, "--master", master or "local[*]", "--packages", ",".join(packages)]
-    for key, value in DEFAULTS.items():
+    for key, value in {**DEFAULTS, **laptop_defaults(master)}.items():
         command += ["--conf", f"{key}={value}"]
     command += [
         "--conf",

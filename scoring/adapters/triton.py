@@ -60,6 +60,13 @@ from scoring.errors import BackendUnavailableError, ModelError, ScoringError, is
 
 _LOGGER = logging.getLogger(__name__)
 
+TRITON_URL_ENV = "SCORING_TRITON_URL"
+"""The gRPC address (``host:port``) of the Triton sidecar beside this process. When set, a worker's predictor talks to
+it instead of ``runtime.triton.url`` (see :meth:`TritonSpec.create`)."""
+
+TRITON_HTTP_URL_ENV = "SCORING_TRITON_HTTP_URL"
+"""The same for the HTTP protocol (``runtime.triton.protocol: http``)."""
+
 _TRITON_TO_NUMPY = {
     "FP32": np.float32,
     "FP64": np.float64,
@@ -204,6 +211,19 @@ class TritonSpec:
     max_inflight: int = 2
 
     def create(self) -> TritonPredictor:
+        """The predictor for this spec, talking to the sidecar of the host it runs on when that is known.
+
+        ``$SCORING_TRITON_URL`` (``$SCORING_TRITON_HTTP_URL`` for HTTP), when set, takes the place of `url`: the
+        driver resolves one url for the whole run, but on a cluster every executor must use the sidecar beside it,
+        never another host's. This is the discovery a pod makes by loopback (the sidecar shares the pod's network,
+        the variable would be ``127.0.0.1:8001``); ``scoring cluster up`` sets it in each worker's environment,
+        which its executors and their Python workers inherit (:mod:`scoring.cluster`). The version check still
+        applies: a sidecar that does not serve the run's version is an error, not a silent fallback."""
+        variable = TRITON_URL_ENV if self.protocol == "grpc" else TRITON_HTTP_URL_ENV
+        local = os.environ.get(variable, "").strip()
+        if local and local != self.url:
+            _LOGGER.info("Triton: the sidecar of this host at %s (from $%s), not %s", local, variable, self.url)
+            return TritonPredictor(dataclasses.replace(self, url=local))
         return TritonPredictor(self)
 
 

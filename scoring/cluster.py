@@ -1,0 +1,572 @@
+"""A Spark standalone cluster on loopback: one master and N workers, each worker with its own cores, memory, work
+folder and, optionally, its own Triton sidecar: the topology of one sidecar per executor pod, on one machine.
+
+Every process is started from the ``spark-class`` of the installed pyspark (``$SPARK_HOME/bin``) in a process group
+of its own, and stopped by its pid (its group: the worker's executors and their Python workers share it), never by
+name. The cluster's state lives in one folder (``cluster.json``, the logs, each worker's ``work/``), so that
+``status`` and ``down`` work from another process than ``up``::
+
+    cluster = Cluster(".scoring/cluster").up(workers=2)       # or: scoring cluster up
+    cluster.master_url                                        # spark://127.0.0.1:<port>, for spark.master
+    Cluster(".scoring/cluster").down()                        # or: scoring cluster down
+
+**Sidecar discovery.** A worker with a sidecar is started with :data:`TRITON_URL_ENV` (its sidecar's gRPC address) and
+:data:`TRITON_HTTP_URL_ENV` in its environment. In standalone mode a worker starts its executors with its own
+environment, and an executor's Python workers inherit the executor's (tests/integration/test_cluster.py checks it), so
+the Triton predictor of every Python worker reads the address of the sidecar beside it
+(:meth:`scoring.adapters.triton.TritonSpec.create`). A Kubernetes pod does the same with ``127.0.0.1:8001``: the
+sidecar shares the pod's loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scoring.adapters import triton_server
+from scoring.adapters.kafka_broker import _die_with_parent, free_ports
+from scoring.adapters.triton import TRITON_HTTP_URL_ENV, TRITON_URL_ENV
+from scoring.errors import BackendUnavailableError, ScoringError
+
+_LOGGER = logging.getLogger(__name__)
+
+__all__ = ["TRITON_HTTP_URL_ENV", "TRITON_URL_ENV", "Cluster", "ClusterState", "WorkerState"]
+
+LOOPBACK = "127.0.0.1"
+"""The only address the master, the workers and their sidecars bind to."""
+
+DEFAULT_STATE_DIR = Path(".scoring/cluster")
+"""Where ``scoring cluster up`` keeps the cluster's state, relative to the current directory."""
+
+STATE_DIR_ENV = "SCORING_CLUSTER_DIR"
+"""Environment variable that overrides :data:`DEFAULT_STATE_DIR`."""
+
+STATE_NAME = "cluster.json"
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+_POLL_S = 0.2
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def default_state_dir() -> Path:
+    """``$SCORING_CLUSTER_DIR`` if set, else :data:`DEFAULT_STATE_DIR`."""
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerState:
+    """One worker as ``cluster.json`` records it."""
+
+    index: int
+    pid: int
+    """The worker's JVM; also its process group id (its executors and their Python workers are in that group)."""
+    port: int
+    web_port: int
+    cores: int
+    memory: str
+    work_dir: str
+    """Spark's ``--work-dir``: one folder per application and executor (``<app-id>/<executor-id>/``)."""
+    log_path: str
+    triton: dict[str, Any] | None = None
+    """The worker's own sidecar (:class:`scoring.adapters.triton_server.ServerHandle` as JSON), or None."""
+
+    @property
+    def sidecar(self) -> triton_server.ServerHandle | None:
+        return triton_server.ServerHandle.from_json(self.triton) if self.triton else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterState:
+    """What ``cluster.json`` holds: the master and the workers, with their pids and ports."""
+
+    master_pid: int
+    master_port: int
+    master_web_port: int
+    master_log: str
+    workers: tuple[WorkerState, ...]
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{LOOPBACK}:{self.master_port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClusterState:
+        try:
+            workers = tuple(WorkerState(**w) for w in data["workers"])
+            return cls(**{**data, "workers": workers})
+        except (KeyError, TypeError) as e:
+            raise ScoringError(
+                f"the cluster state is unreadable: {e}",
+                hint="stop its processes by hand if any run (their pids are in cluster.json), then delete the folder",
+            ) from e
+
+
+def spark_class() -> Path:
+    """``$SPARK_HOME/bin/spark-class`` of the installed pyspark."""
+    from scoring.adapters.spark import spark_submit_env
+
+    path = Path(spark_submit_env()["SPARK_HOME"]) / "bin" / "spark-class"
+    if not path.is_file():
+        raise ScoringError(f"spark-class is missing: {path}", hint="reinstall pyspark (`make setup`)")
+    return path
+
+
+def _is_ours(pid: int, main_class: str) -> bool:
+    """Whether `pid` still runs a JVM of `main_class` (a stale pid may belong to someone else by now)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return main_class.encode() in cmdline and state != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`, from ``/proc``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live (not zombie) process, from ``/proc``."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != "Z":
+            parents[int(entry.name)] = int(ppid)
+    return parents
+
+
+def tree(pgid: int) -> list[int]:
+    """The live processes of group `pgid` and all their descendants. Spark's Python daemon moves itself (and the
+    Python workers it forks) into a process group of its own, so a worker's group alone misses them."""
+    parents = _parents()
+    found = set(group_members(pgid))
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return sorted(found)
+
+
+def executor_pids(worker: WorkerState) -> list[int]:
+    """The executor JVMs `worker` runs now: processes of its group whose command is Spark's executor backend."""
+    found = []
+    for pid in group_members(worker.pid):
+        with contextlib.suppress(OSError):
+            if b"CoarseGrainedExecutorBackend" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def python_worker_pids(worker: WorkerState) -> list[int]:
+    """The Spark Python workers (``pyspark.daemon`` and its forks) under `worker`'s executors."""
+    found = []
+    for pid in tree(worker.pid):
+        with contextlib.suppress(OSError):
+            if b"pyspark.daemon" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def _json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with _OPENER.open(url, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+class Cluster:
+    """A standalone cluster whose state lives in `state_dir` (see the module doc)."""
+
+    def __init__(self, state_dir: str | Path | None = None, *, die_with_parent: bool = False) -> None:
+        """`die_with_parent`: the processes die with this process (tests); ``scoring cluster up`` leaves it off so
+        that the cluster outlives the command."""
+        self.state_dir = Path(state_dir if state_dir is not None else default_state_dir()).expanduser().resolve()
+        self.die_with_parent = die_with_parent
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- state
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_NAME
+
+    def state(self) -> ClusterState | None:
+        """The recorded cluster, or None when none was started here (or it was brought down)."""
+        try:
+            return ClusterState.from_json(json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise ScoringError(f"cluster state {self.state_path} is not valid JSON: {e}") from e
+
+    def _save(self, state: ClusterState) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(f".{STATE_NAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+        os.replace(tmp, self.state_path)
+
+    @property
+    def master_url(self) -> str:
+        state = self._require()
+        return state.master_url
+
+    def _require(self) -> ClusterState:
+        state = self.state()
+        if state is None:
+            raise ScoringError(f"no cluster recorded in {self.state_dir}", hint="scoring cluster up")
+        return state
+
+    def spark_conf(self) -> dict[str, str]:
+        """The driver settings a job on this cluster needs: its master; a driver on loopback; the executors' Python
+        (this interpreter, whose environment has the packages); and a driver that waits for every worker's executor
+        before it schedules (so that tasks spread over the workers)."""
+        state = self._require()
+        cores = sum(w.cores for w in state.workers)
+        return {
+            "spark.master": state.master_url,
+            "spark.driver.host": LOOPBACK,
+            "spark.driver.bindAddress": LOOPBACK,
+            "spark.pyspark.python": sys.executable,
+            "spark.executor.memory": min((w.memory for w in state.workers), key=_megabytes),
+            "spark.cores.max": str(cores),
+            "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+            "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
+        }
+
+    # -- up
+
+    def up(
+        self,
+        workers: int = 2,
+        *,
+        cores: int = 1,
+        memory: str = "1g",
+        triton_repository: str | Path | None = None,
+        triton_models: Sequence[str] | None = None,
+        timeout_s: float = 90.0,
+    ) -> Cluster:
+        """Start the master, then `workers` workers (each `cores` cores and `memory`), each with its own sidecar
+        serving `triton_repository` when given; return once the master lists every worker ALIVE and every sidecar
+        is ready. A cluster already running in this folder is an error; a failed start stops what it started."""
+        if workers < 1:
+            raise ScoringError(f"a cluster needs at least one worker, not {workers}")
+        current = self.state()
+        if current is not None:
+            if self.alive_processes(current):
+                raise ScoringError(
+                    f"a cluster is already running from {self.state_dir} ({current.master_url})",
+                    hint="scoring cluster down, then up again",
+                )
+            self.state_path.unlink()
+        for stale in ("master", *(f"worker-{i}" for i in range(workers))):
+            shutil.rmtree(self.state_dir / stale, ignore_errors=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ports = iter(free_ports(2 + 2 * workers))
+        master_port, master_web = next(ports), next(ports)
+        master_dir = self.state_dir / "master"
+        master_dir.mkdir()
+        started: list[WorkerState] = []
+        master = self._spawn(
+            [MASTER_CLASS, "--host", LOOPBACK, "--port", str(master_port), "--webui-port", str(master_web)],
+            master_dir / "master.log",
+            master_dir,
+            {},
+        )
+        state = ClusterState(master, master_port, master_web, str(master_dir / "master.log"), ())
+        self._save(state)
+        try:
+            self._wait_master(state, timeout_s)
+            for index in range(workers):
+                folder = self.state_dir / f"worker-{index}"
+                work = folder / "work"
+                work.mkdir(parents=True)
+                sidecar = None
+                env: dict[str, str] = {}
+                if triton_repository is not None:
+                    sidecar = triton_server.start_server(
+                        triton_repository, models=triton_models, workdir=folder / "triton", ready_timeout_s=timeout_s
+                    )
+                    env = {TRITON_URL_ENV: sidecar.grpc_url, TRITON_HTTP_URL_ENV: sidecar.http_url}
+                port, web = next(ports), next(ports)
+                log = folder / "worker.log"
+                pid = self._spawn(
+                    [
+                        WORKER_CLASS,
+                        "--host",
+                        LOOPBACK,
+                        "--port",
+                        str(port),
+                        "--webui-port",
+                        str(web),
+                        "--cores",
+                        str(cores),
+                        "--memory",
+                        memory,
+                        "--work-dir",
+                        str(work),
+                        state.master_url,
+                    ],
+                    log,
+                    folder,
+                    env,
+                )
+                started.append(
+                    WorkerState(
+                        index,
+                        pid,
+                        port,
+                        web,
+                        cores,
+                        memory,
+                        str(work),
+                        str(log),
+                        sidecar.to_json() if sidecar else None,
+                    )
+                )
+                state = dataclasses.replace(state, workers=tuple(started))
+                self._save(state)
+            self._wait_workers(state, timeout_s)
+        except BaseException:
+            self.down()
+            raise
+        _LOGGER.info("Spark cluster %s up: %d workers (%s)", state.master_url, workers, self.state_dir)
+        return self
+
+    def _spawn(self, args: list[str], log_path: Path, cwd: Path, extra_env: dict[str, str]) -> int:
+        from scoring.adapters.spark import spark_submit_env
+
+        env = spark_submit_env()
+        env.update(
+            {
+                "SPARK_LOCAL_IP": LOOPBACK,
+                "SPARK_LOCAL_HOSTNAME": LOOPBACK,
+                "PYSPARK_PYTHON": sys.executable,
+                "SPARK_NO_DAEMONIZE": "1",
+                **extra_env,
+            }
+        )
+        for key in (TRITON_URL_ENV, TRITON_HTTP_URL_ENV):  # only a worker with a sidecar has them
+            if key not in extra_env:
+                env.pop(key, None)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [str(spark_class()), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # its own group: the worker's executors and Python workers join it
+                preexec_fn=_die_with_parent() if self.die_with_parent else None,
+            )
+        self._procs[proc.pid] = proc
+        return proc.pid
+
+    def master_status(self, state: ClusterState | None = None) -> dict[str, Any] | None:
+        """The master's own view (its web UI's ``/json/``: workers, cores, applications), or None if it does not
+        answer."""
+        state = state or self._require()
+        return _json(f"http://{LOOPBACK}:{state.master_web_port}/json/")
+
+    def _wait_master(self, state: ClusterState, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.master_status(state) is None:
+            if not _is_ours(state.master_pid, MASTER_CLASS):
+                raise ScoringError(
+                    f"the Spark master exited at start-up; its log {state.master_log}:\n{_tail(state.master_log)}"
+                )
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"the Spark master did not answer within {timeout_s:g} s; its log {state.master_log}:\n"
+                    f"{_tail(state.master_log)}"
+                )
+            time.sleep(_POLL_S)
+
+    def _wait_workers(self, state: ClusterState, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        wanted = {f"{LOOPBACK}:{w.port}" for w in state.workers}
+        while True:
+            alive = self.alive_workers(state)
+            if wanted <= alive:
+                return
+            for worker in state.workers:
+                if not _is_ours(worker.pid, WORKER_CLASS):
+                    raise ScoringError(
+                        f"Spark worker {worker.index} exited at start-up; its log {worker.log_path}:\n"
+                        f"{_tail(worker.log_path)}"
+                    )
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"the Spark master lists {sorted(alive)} alive, not every worker {sorted(wanted)}, after "
+                    f"{timeout_s:g} s; see the logs under {self.state_dir}"
+                )
+            time.sleep(_POLL_S)
+
+    def alive_workers(self, state: ClusterState | None = None) -> set[str]:
+        """``host:port`` of the workers the master lists as ALIVE."""
+        status = self.master_status(state) or {}
+        return {f"{w['host']}:{w['port']}" for w in status.get("workers", []) if w.get("state") == "ALIVE"}
+
+    # -- status / down
+
+    def alive_processes(self, state: ClusterState | None = None) -> list[int]:
+        """Every live process of the cluster: the master's and each worker's group (executors and Python workers
+        included), and each sidecar's group."""
+        state = state or self.state()
+        if state is None:
+            return []
+        pids: list[int] = []
+        groups = [state.master_pid, *(w.pid for w in state.workers)]
+        groups += [w.sidecar.pid for w in state.workers if w.sidecar is not None]
+        for pgid in groups:
+            pids += tree(pgid)
+        return sorted(set(pids))
+
+    def status(self) -> dict[str, Any]:
+        """A plain summary: the master (url, pid, alive), each worker (pid, alive per the master, its sidecar)."""
+        state = self._require()
+        alive = self.alive_workers(state)
+        return {
+            "master": state.master_url,
+            "master_pid": state.master_pid,
+            "master_alive": _is_ours(state.master_pid, MASTER_CLASS),
+            "state_dir": str(self.state_dir),
+            "workers": [
+                {
+                    "index": w.index,
+                    "pid": w.pid,
+                    "address": f"{LOOPBACK}:{w.port}",
+                    "alive": f"{LOOPBACK}:{w.port}" in alive and _is_ours(w.pid, WORKER_CLASS),
+                    "cores": w.cores,
+                    "memory": w.memory,
+                    "executors": executor_pids(w),
+                    "triton": (
+                        None
+                        if w.sidecar is None
+                        else {
+                            "pid": w.sidecar.pid,
+                            "grpc": w.sidecar.grpc_url,
+                            "http": w.sidecar.http_url,
+                            "ready": triton_server.server_ready(w.sidecar),
+                        }
+                    ),
+                }
+                for w in state.workers
+            ],
+        }
+
+    def down(self, timeout_s: float = 20.0) -> list[int]:
+        """Stop everything by pid: the workers (SIGTERM: each stops its executors), the master, the sidecars; then
+        SIGKILL, each by its pid, whatever is left of their process trees (:func:`tree`). Returns the pids still alive after that (none, normally);
+        the state file is removed only when nothing is left."""
+        state = self.state()
+        if state is None:
+            return []
+        seen = {pid: _started(pid) for pid in self.alive_processes(state)}  # orphans lose their place in the tree
+        for worker in state.workers:
+            self._stop(worker.pid, WORKER_CLASS, timeout_s)
+        self._stop(state.master_pid, MASTER_CLASS, timeout_s)
+        for worker in state.workers:
+            if worker.sidecar is not None:
+                triton_server.stop_server(worker.sidecar)
+        deadline = time.monotonic() + 5.0
+
+        def still_alive() -> list[int]:
+            same = [pid for pid, started in seen.items() if started is not None and _started(pid) == started]
+            return sorted({*same, *self.alive_processes(state)})
+
+        left = still_alive()
+        while left and time.monotonic() < deadline:
+            for pid in left:  # what the JVMs' own shutdown left behind, each by its pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            self._reap()
+            time.sleep(_POLL_S)
+            left = still_alive()
+        if left:
+            _LOGGER.warning("processes of the cluster still alive after down: %s", left)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
+        return left
+
+    def _stop(self, pid: int, main_class: str, timeout_s: float) -> None:
+        if not _is_ours(pid, main_class):
+            self._reap()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _is_ours(pid, main_class) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(_POLL_S)
+        if _is_ours(pid, main_class):
+            _LOGGER.warning(
+                "%s pid %d did not stop within %g s of SIGTERM; killing its group", main_class, pid, timeout_s
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                self._procs.pop(pid)
+
+
+def _started(pid: int) -> int | None:
+    """The start time of live process `pid` (clock ticks since boot): with the pid, it names one process for good."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _megabytes(memory: str) -> float:
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+    text = memory.strip().lower().rstrip("b")
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text) / 2**20
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:]) or "(empty log)"

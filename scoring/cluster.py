@@ -267,6 +267,19 @@ class Cluster:
             "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
         }
 
+    def run_overrides(self) -> list[str]:
+        """The ``--set`` values that point a job at this cluster (``scoring run CONFIG --set ...``): its master and
+        :meth:`spark_conf` (as one JSON value, without spaces, so a shell can split a list of them); with sidecars,
+        ``runtime.triton.launch=external`` and worker 0's sidecar as ``runtime.triton.url`` (the driver's probe goes
+        there; each executor uses its own worker's sidecar, see the module doc)."""
+        conf = self.spark_conf()
+        master = conf.pop("spark.master")
+        sets = [f"spark.master={master}", "spark.conf=" + json.dumps(conf, separators=(",", ":"))]
+        sidecar = self._require().workers[0].sidecar
+        if sidecar is not None:
+            sets += ["runtime.triton.launch=external", f"runtime.triton.url={sidecar.grpc_url}"]
+        return sets
+
     # -- up
 
     def up(
@@ -546,6 +559,24 @@ class Cluster:
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
                 self._procs.pop(pid)
+
+
+def export_for_sidecars(config_path: str | Path, repository: str | Path) -> tuple[Path, list[str]]:
+    """Export the model of the job config at `config_path` (its alias resolved now, once) into the Triton model
+    `repository` the workers' sidecars serve, with the config's ``runtime.triton`` target and model settings; the
+    repository and the model's name there."""
+    from scoring.adapters.registry import resolve_model, signature_inputs
+    from scoring.adapters.triton_export import export_model
+    from scoring.config import load_job_config
+
+    job = load_job_config(config_path)
+    ref = resolve_model(job.model.uri, job.model.tracking_uri, job.model.registry_uri)
+    names = job.input.features or signature_inputs(ref)
+    triton = job.runtime.triton
+    result = export_model(
+        ref, repository, target=triton.target, model_config=triton.model, n_features=len(names) if names else None
+    )
+    return Path(repository), [result.model_name]
 
 
 def _started(pid: int) -> int | None:

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from scoring import columns
-from scoring.cluster import TRITON_URL_ENV, Cluster, executor_pids, python_worker_pids
+from scoring.cluster import TRITON_URL_ENV, Cluster, executor_pids, export_for_sidecars, python_worker_pids
 from scoring.errors import EXIT_TRANSIENT
 from tests.integration.conftest import delta_version, features_of, read_delta
 
-pytest_plugins = ["tests.integration.triton_fixtures"]  # champion, triton_repository
+pytest_plugins = ["tests.integration.triton_fixtures"]  # champion
 
 KEY = "customer_id"
 RUN_TIMEOUT_S = 240
@@ -35,12 +35,22 @@ SIZES = {"spark.sql.shuffle.partitions": "2", "spark.databricks.delta.snapshotPa
 PER_RUN = {columns.SCORING_RUN_ID, columns.SCORED_AT}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, triton_repository, champion):
-    from scoring.adapters.triton_export import triton_model_name
+def _triton_sections(url: str, **triton) -> dict:
+    return {
+        "runtime": {"backend": "triton", "triton": {"launch": "external", "url": url, "target": "python", **triton}}
+    }
 
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"), die_with_parent=True)
-    cluster.up(2, triton_repository=triton_repository, triton_models=[triton_model_name(champion)])
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, lake):
+    """Two one-core workers, each with its own sidecar serving the champion (exported from a job config, as
+    `scoring cluster up --triton CONFIG` does)."""
+    folder = tmp_path_factory.mktemp("cluster")
+    config = folder / "job.yaml"
+    config.write_text(yaml.safe_dump(lake.job("unused", **_triton_sections("127.0.0.1:1"))))
+    repository, models = export_for_sidecars(config, folder / "repository")
+    cluster = Cluster(folder / "state", die_with_parent=True)
+    cluster.up(2, triton_repository=repository, triton_models=models)
     try:
         yield cluster
     finally:
@@ -172,12 +182,6 @@ def _inferences(handle, model: str) -> int:
     finally:
         client.close()
     return sum(int(m.get("inference_count", 0)) for m in stats.get("model_stats", []))
-
-
-def _triton_sections(url: str, **triton) -> dict:
-    return {
-        "runtime": {"backend": "triton", "triton": {"launch": "external", "url": url, "target": "python", **triton}}
-    }
 
 
 @pytest.fixture(scope="module")

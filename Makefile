@@ -48,6 +48,23 @@ bench: setup  ## throughput of the engine against the floors and mlflow spark_ud
 bench-stream: setup  ## streaming lag and throughput, Delta/Kafka -> Delta/Kafka at 10,000 events/s (writes bench-stream-results.json)
 	$(BIN)/scoring bench-stream
 
+bench-serve: setup  ## scoring serve's latency, open loop: precomputed, live (embedded, Triton), 100-key batches (writes bench-serve-results.json)
+	$(BIN)/scoring bench-serve
+
+# `make demo-cluster`: the demo job on a Spark standalone cluster on loopback (a master, two one-core workers, each
+# worker with its own Triton sidecar serving the demo model); the cluster is brought down at the end, even on failure.
+CLUSTER_DIR ?= .scoring/cluster
+
+.PHONY: demo-cluster
+demo-cluster: setup  ## the demo job on a local Spark standalone cluster, two workers each with its own Triton sidecar (docs/cluster.md)
+	$(BIN)/python -c 'from scoring.demo import DEMO_DIR, create_demo; print(create_demo(DEMO_DIR))'
+	$(BIN)/scoring cluster up --workers 2 --triton conf/jobs/demo-triton.yaml --state-dir $(CLUSTER_DIR)
+	$(BIN)/scoring run conf/jobs/demo-triton.yaml $$($(BIN)/scoring cluster sets --state-dir $(CLUSTER_DIR)) \
+		--set output.table=.demo/lake/churn_scores_cluster \
+		&& $(BIN)/scoring show .demo/lake/churn_scores_cluster --limit 5 \
+		&& $(BIN)/scoring cluster status --state-dir $(CLUSTER_DIR); \
+	status=$$?; $(BIN)/scoring cluster down --state-dir $(CLUSTER_DIR); exit $$status
+
 doctor: setup  ## check Java, Spark, the Delta jars and the registry
 	$(BIN)/scoring doctor
 

@@ -452,6 +452,124 @@ def sidecar_stop() -> None:
     out.print(f"stopped (pid {handle.pid})")
 
 
+cluster_app = typer.Typer(
+    help="A Spark standalone cluster on loopback: a master and workers, each with its own Triton sidecar "
+    "(docs/cluster.md).",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+_CLUSTER_DIR_HELP = "Folder of the cluster's state and logs (default: $SCORING_CLUSTER_DIR, else .scoring/cluster)."
+
+
+@cluster_app.command("up")
+def cluster_up(
+    workers: Annotated[int, typer.Option(help="Workers to start (one executor each).")] = 2,
+    cores: Annotated[int, typer.Option(help="Cores of each worker.")] = 1,
+    memory: Annotated[str, typer.Option(help="Memory of each worker (its executor's too).")] = "1g",
+    triton: Annotated[
+        Path | None, typer.Option(help="Job config whose model each worker's own Triton sidecar serves.")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None,
+) -> None:
+    """Start the cluster and return once every worker (and sidecar) is ready; it runs until `scoring cluster down`.
+    Prints the --set flags that run a job on it."""
+    from scoring.cluster import Cluster, export_for_sidecars
+
+    cluster = Cluster(state_dir)
+    try:
+        repository, models = (None, None)
+        if triton is not None:
+            repository, models = export_for_sidecars(triton, cluster.state_dir / "repository")
+        cluster.up(workers, cores=cores, memory=memory, triton_repository=repository, triton_models=models)
+    except ScoringError as e:
+        _fail(e)
+        return
+    print(json.dumps(cluster.status(), indent=2))
+    print("run a job on it: scoring run CONFIG " + " ".join(f"--set '{s}'" for s in cluster.run_overrides()))
+
+
+@cluster_app.command("status")
+def cluster_status(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None) -> None:
+    """Show the master, the workers (alive per the master, their executors) and their sidecars, as JSON. Exit 1 when
+    no cluster runs or a part of it is down."""
+    from scoring.cluster import Cluster
+
+    cluster = Cluster(state_dir)
+    if cluster.state() is None:
+        out.print(f"no cluster running from {cluster.state_dir}")
+        raise typer.Exit(1)
+    status = cluster.status()
+    print(json.dumps(status, indent=2))
+    sidecars = [w["triton"] for w in status["workers"] if w["triton"] is not None]
+    if not (
+        status["master_alive"] and all(w["alive"] for w in status["workers"]) and all(s["ready"] for s in sidecars)
+    ):
+        raise typer.Exit(1)
+
+
+@cluster_app.command("sets")
+def cluster_sets(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None) -> None:
+    """Print the --set flags that point a job at the running cluster, for a shell:
+    scoring run CONFIG $(scoring cluster sets)."""
+    from scoring.cluster import Cluster
+
+    try:
+        sets = Cluster(state_dir).run_overrides()
+    except ScoringError as e:
+        _fail(e)
+        return
+    print(" ".join(f"--set {s}" for s in sets))
+
+
+@cluster_app.command("down")
+def cluster_down(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None) -> None:
+    """Stop every process of the cluster by pid (workers and their executors, master, sidecars). Exit 1 if any is
+    left."""
+    from scoring.cluster import Cluster
+
+    cluster = Cluster(state_dir)
+    if cluster.state() is None:
+        out.print(f"no cluster running from {cluster.state_dir}")
+        return
+    left = cluster.down()
+    if left:
+        _fail(ScoringError(f"processes of the cluster still run: {left}", hint="kill them by pid"))
+    out.print("stopped: nothing of the cluster runs")
+
+
+render_app = typer.Typer(help="Render what a platform team applies to run a job elsewhere.", no_args_is_help=True)
+app.add_typer(render_app, name="render")
+
+
+@render_app.command("k8s")
+def render_k8s(
+    configs: Annotated[list[Path], typer.Argument(help="YAML job config(s), e.g. conf/jobs/nightly.yaml.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the manifests into (created).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Driver/executor image (default: kubernetes.image, else $SCORING_IMAGE).")
+    ] = None,
+) -> None:
+    """Write each job's Kubernetes manifests: a ConfigMap with its config and a SparkApplication (spark-operator v2)
+    whose pods carry the Triton sidecar inline. The model alias is resolved now, once: the run scores that version.
+    Apply them with `kubectl apply -f OUT`; see docs/kubernetes.md."""
+    from scoring import kubernetes, load_job_config
+
+    try:
+        rendered = [
+            kubernetes.render(load_job_config(config, set_ or []), config, overrides=set_ or [], image=image)
+            for config in configs
+        ]
+        written = kubernetes.write(rendered, out_dir)
+    except ScoringError as e:
+        _fail(e)
+        return
+    for item in rendered:
+        out.print(f"{item.name} ({item.namespace}): {item.model.requested_uri} pinned to {item.model.uri}")
+    for path in written:
+        out.print(f"  wrote {path}")
+
+
 @app.command()
 def demo(
     rows: Annotated[int, typer.Option(help="Rows in the demo input table.")] = 100_000,
@@ -599,6 +717,68 @@ def bench_stream(
             output=output,
             workdir=workdir,
             commit_interval_s=commit_interval_s,
+            console=out,
+        )
+    except ScoringError as e:
+        _fail(e)
+    out.print(f"written to {output}")
+
+
+@app.command("bench-serve")
+def bench_serve(
+    duration_s: Annotated[float, typer.Option(help="Seconds of each fixed-rate run.")] = 5.0,
+    repeat: Annotated[int, typer.Option(help="Runs of each scenario and rate (interleaved); medians and min-max.")] = 3,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(help="Scenarios to run (repeatable): precomputed, live-embedded, live-triton, batch-100."),
+    ] = None,
+    rate: Annotated[
+        list[float] | None, typer.Option(help="Requests/s of the fixed-rate runs (repeatable), for every scenario.")
+    ] = None,
+    saturation: Annotated[bool, typer.Option(help="Search each scenario's saturation throughput.")] = True,
+    saturation_p99_ms: Annotated[
+        float, typer.Option(help="A saturation step holds while its p99 is under this.")
+    ] = 100.0,
+    index_keys: Annotated[int, typer.Option(help="Keys of the index whose memory is measured (0: skip).")] = 1_000_000,
+    wait_idle_s: Annotated[
+        float, typer.Option(help="Before each run, wait up to this long for other processes to leave the cores.")
+    ] = 10.0,
+    busy_retries: Annotated[
+        int, typer.Option(help="Runs again a run during which other processes took over a quarter of a core.")
+    ] = 2,
+    wait_budget_s: Annotated[
+        float, typer.Option(help="Longest time, in all, spent waiting for a quiet machine and running again.")
+    ] = 300.0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Passed to each scoring serve.")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON results.")] = Path(
+        "bench-serve-results.json"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Scratch directory: demo lake, registry, Triton repository.")] = Path(
+        ".bench/serve"
+    ),
+) -> None:
+    """Measure scoring serve under an open-loop load: the service and the load generator in processes of their own,
+    on loopback; latency p50/p95/p99/p99.9 from each request's scheduled send time for precomputed reads, live
+    inference (embedded and Triton) and 100-key batches, at fixed rates and at saturation; and the precomputed
+    index's memory per million keys. SCORING_BENCH_SERVE_PROFILE=<dir> runs each service under cProfile."""
+    from scoring.bench_serve import run_bench_serve, scenarios_for
+
+    try:
+        run_bench_serve(
+            scenarios=scenarios_for(scenario, rate),
+            duration_s=duration_s,
+            repeat=repeat,
+            saturation=saturation,
+            saturation_p99_ms=saturation_p99_ms,
+            index_keys=index_keys,
+            wait_idle_s=wait_idle_s,
+            busy_retries=busy_retries,
+            wait_budget_s=wait_budget_s,
+            serve_sets=set_ or [],
+            output=output,
+            workdir=workdir,
             console=out,
         )
     except ScoringError as e:

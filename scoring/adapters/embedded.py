@@ -35,6 +35,10 @@ class EmbeddedSpec:
     threads: int = 1
     tracking_uri: str | None = None
     registry_uri: str | None = None
+    spark_file: str | None = None
+    """The model's archive among the files Spark ships to the executors (``SparkContext.addArchive``, see
+    :func:`scoring.adapters.spark.ship_model_files`), when the run shipped it: a worker loads the copy Spark unpacked
+    beside it, not the driver's `local_path` and not the registry. None under a local master."""
 
     def create(self):
         return load_predictor(self)
@@ -127,7 +131,24 @@ class PyfuncPredictor:
         return name_outputs(outputs, features.num_rows)
 
 
+def _shipped(name: str) -> Path | None:
+    """The folder Spark unpacked archive `name` into, in this process's SparkFiles root, if it is there."""
+    try:
+        from pyspark import SparkFiles
+
+        root = SparkFiles.getRootDirectory()
+    except Exception:  # no SparkContext here, or not a Spark process
+        return None
+    folder = Path(root) / name
+    return folder if (folder / "MLmodel").exists() else None
+
+
 def _local_files(spec: EmbeddedSpec) -> Path:
+    """Where a worker loads the model from: the copy Spark shipped to it (a cluster run), else the driver's download
+    (a local run, or a host that shares the driver's folder), else the registry (one download per worker)."""
+    shipped = _shipped(spec.spark_file) if spec.spark_file else None
+    if shipped is not None:
+        return shipped
     path = Path(spec.local_path)
     if (path / "MLmodel").exists():
         return path

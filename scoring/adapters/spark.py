@@ -138,6 +138,39 @@ def _apply_laptop_defaults(session, conf: Mapping[str, str]) -> None:
             session.conf.set(key, value)
 
 
+def ship_model_files(spark, predictor_spec):
+    """On a cluster master, the embedded model's files go to the executors once, through Spark: its folder, zipped
+    once per model version (``<name>-<version>-<hash>.zip`` beside the driver's copy), added with
+    ``SparkContext.addArchive``; each executor fetches it from the driver and unpacks it once, and its Python workers
+    load that copy (:attr:`scoring.adapters.embedded.EmbeddedSpec.spark_file`). Without this, an executor on another
+    host downloads the model from the registry itself: 100 executors, 100 downloads per run.
+
+    Returns `predictor_spec` with `spark_file` set; unchanged under a local master, for a runtime without local
+    files (Triton: the sidecar holds the model), or when the driver has no local copy."""
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    local = Path(getattr(predictor_spec, "local_path", "") or "")
+    if (
+        not hasattr(predictor_spec, "spark_file")
+        or is_local(spark.sparkContext.master)
+        or not (local / "MLmodel").is_file()
+    ):
+        return predictor_spec
+    digest = hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", predictor_spec.model_uri.removeprefix("models:/")).strip("-")
+    archive = local.parent / f"{stem}-{digest}.zip"
+    if not archive.is_file():  # versions are immutable: zipped once, reused by every later run
+        with tempfile.TemporaryDirectory(dir=local.parent, prefix=".zip-") as tmp:
+            made = shutil.make_archive(str(Path(tmp) / stem), "zip", root_dir=local)
+            os.replace(made, archive)
+    spark.sparkContext.addArchive(str(archive))
+    _LOGGER.info("model files shipped to the executors through Spark: %s", archive)
+    return dataclasses.replace(predictor_spec, spark_file=archive.name)
+
+
 def with_task_retries(master: str, retries: int = 4) -> str:
     """A local master that retries a failed task as a cluster does (``local[N]`` -> ``local[N,retries]``): under
     plain ``local[N]`` Spark gives each task one attempt, so one lost Python worker would fail the whole job."""

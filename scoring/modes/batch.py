@@ -377,6 +377,9 @@ def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> R
         for line in the_plan.describe():
             reporter.step(line)
         with open_predictor(the_plan.config, the_plan.model, reporter) as predictor_spec:
+            from scoring.adapters.spark import ship_model_files
+
+            predictor_spec = ship_model_files(spark, predictor_spec)  # on a cluster: once, through Spark
             clock.lap("runtime")
             record = _score_and_write(the_plan, spark, predictor_spec, reporter)
             clock.lap("score_write")

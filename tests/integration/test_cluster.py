@@ -142,35 +142,59 @@ def test_the_cluster_has_two_workers_each_with_one_core_and_its_own_sidecar(clus
     _note(seen_pids, cluster)
 
 
-def test_an_executor_killed_mid_job_has_its_tasks_retried_and_the_output_is_complete(
-    cluster, lake, tmp_path, seen_pids
-):
+@pytest.fixture(scope="module")
+def killed_executor_run(cluster, lake, tmp_path_factory, seen_pids):
+    """A job with the embedded runtime whose worker-0 executor JVM is SIGKILLed while it runs a scoring task: the
+    driver's exit code, summary and stderr, the killed pid, the running Python worker's environment, the output."""
+    tmp_path = tmp_path_factory.mktemp("killed_executor")
     worker = cluster.state().workers[0]
-    sidecar = worker.sidecar
     proc = _driver(_config(lake, cluster, tmp_path, "killed_executor_out"))
     try:
         # A Python worker under the executor means a scoring task runs there now.
         python = _wait_for("Python worker on worker 0", lambda: python_worker_pids(worker), proc)
         executors = executor_pids(worker)
         assert len(executors) == 1, executors
-        # The executor's Python workers inherited the worker's environment: they know the sidecar beside them.
         environ = dict(
             item.split(b"=", 1) for item in Path(f"/proc/{python[0]}/environ").read_bytes().split(b"\0") if b"=" in item
         )
-        assert environ[TRITON_URL_ENV.encode()].decode() == sidecar.grpc_url
         _note(seen_pids, cluster)
         os.kill(executors[0], signal.SIGKILL)
         code, summary, err = _finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return code, summary, err, executors[0], environ, tmp_path / "killed_executor_out"
+
+
+def test_an_executor_killed_mid_job_has_its_tasks_retried_and_the_output_is_complete(
+    cluster, lake, killed_executor_run
+):
+    code, summary, err, killed, _environ, output = killed_executor_run
     assert code == 0, err[-3000:]
     assert summary["rows_written"] == lake.table.num_rows
-    out = _sorted(read_delta(tmp_path / "killed_executor_out"))
+    out = _sorted(read_delta(output))
     _assert_complete_without_duplicates(out, lake)
     probabilities = np.stack(out.column("probabilities").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(probabilities, _own_predictions(lake), atol=1e-5)
-    assert executors[0] not in executor_pids(worker)
+    assert killed not in executor_pids(cluster.state().workers[0])
+
+
+def test_python_workers_inherit_their_worker_s_environment_and_know_the_sidecar_beside_them(
+    cluster, killed_executor_run
+):
+    environ = killed_executor_run[4]
+    assert environ[TRITON_URL_ENV.encode()].decode() == cluster.state().workers[0].sidecar.grpc_url
+
+
+def test_the_model_s_files_reach_each_executor_through_spark(cluster, killed_executor_run):
+    code, summary, *_ = killed_executor_run
+    assert code == 0
+    stem = summary["model_uri"].removeprefix("models:/").replace("/", "-")
+    for worker in cluster.state().workers:
+        # <work>/<app-id>/<executor-id>/<archive>/MLmodel: fetched from the driver and unpacked by the executor
+        shipped = sorted(Path(worker.work_dir).glob("*/*/*.zip/MLmodel"))
+        assert shipped, f"no model archive under {worker.work_dir}"
+        assert all(p.parent.name.startswith(f"{stem}-") for p in shipped), shipped
 
 
 def _inferences(handle, model: str) -> int:

@@ -418,7 +418,7 @@ class Cluster:
     def _wait_master(self, state: ClusterState, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while self.master_status(state) is None:
-            if not _is_ours(state.master_pid, MASTER_CLASS):
+            if self._exited(state.master_pid, MASTER_CLASS):
                 raise ScoringError(
                     f"the Spark master exited at start-up; its log {state.master_log}:\n{_tail(state.master_log)}"
                 )
@@ -437,7 +437,7 @@ class Cluster:
             if wanted <= alive:
                 return
             for worker in state.workers:
-                if not _is_ours(worker.pid, WORKER_CLASS):
+                if self._exited(worker.pid, WORKER_CLASS):
                     raise ScoringError(
                         f"Spark worker {worker.index} exited at start-up; its log {worker.log_path}:\n"
                         f"{_tail(worker.log_path)}"
@@ -554,6 +554,15 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         self._reap()
+
+    def _exited(self, pid: int, main_class: str) -> bool:
+        """Whether a process this cluster started has exited. A child of this process is asked through its Popen:
+        while ``spark-class`` execs the JVM, ``/proc/<pid>/cmdline`` is briefly empty, and reading it then would
+        take a starting master for a dead one."""
+        proc = self._procs.get(pid)
+        if proc is not None:
+            return proc.poll() is not None
+        return not _is_ours(pid, main_class)
 
     def _reap(self) -> None:
         for pid, proc in list(self._procs.items()):

@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo demo-triton demo-stream demo-serve test test-fast lint bench bench-stream doctor clean help
+.PHONY: setup demo demo-triton demo-stream demo-serve test test-fast lint bench bench-stream bench-serve doctor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -69,7 +69,7 @@ doctor: setup  ## check Java, Spark, the Delta jars and the registry
 	$(BIN)/scoring doctor
 
 clean:  ## remove the demo lake and caches (keeps .venv)
-	rm -rf .demo .bench .scoring spark-warehouse metastore_db derby.log bench-results.json
+	rm -rf .demo .bench .scoring spark-warehouse metastore_db derby.log bench-results.json bench-stream-results.json bench-serve-results.json .bench-serve
 
 # `make demo-airflow`: the nightly DAG (conf/jobs/nightly.yaml) for one day, end to end, with a throw-away Airflow
 # under $(DEMO_DIR)/airflow (SQLite), the project's dags/ as its DAGs folder, a local[*] Spark connection, and

@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from scoring.core.index import json_texts
 from scoring.core.predictor import Predictor
 from scoring.core.score import ScoringSpec, score_batch
 from scoring.errors import ScoringError
@@ -161,6 +162,9 @@ class LiveResult:
     backend: str
     fallback: bool
     scored_at: float
+    prediction_json: Mapping[str, Sequence[str]]
+    """Each prediction column's values as JSON texts, row by row (encoded once per micro-batch, as the precomputed
+    index encodes a row)."""
 
 
 @dataclasses.dataclass
@@ -370,10 +374,12 @@ class LiveScorer:
     def _deliver(self, live: list[_Pending], scored: pa.RecordBatch, name: str, fallback: bool) -> None:
         now = time.time()
         predictions = scored.select(list(self.spec.output_schema.names)) if self.spec.output_schema else scored
+        texts = {c: json_texts(pa.chunked_array([predictions.column(c)])).to_pylist() for c in predictions.schema.names}
         start = 0
         for p in live:
             n = p.batch.num_rows
-            p.future.set_result(LiveResult(predictions.slice(start, n), name, fallback, now))
+            rows = {c: values[start : start + n] for c, values in texts.items()}
+            p.future.set_result(LiveResult(predictions.slice(start, n), name, fallback, now, rows))
             start += n
 
     def _score_with_fallback(self, live: list[_Pending], batch: pa.RecordBatch) -> None:

@@ -37,7 +37,7 @@ import pyarrow as pa
 from scoring.adapters import deltalog
 from scoring.adapters.metrics import ServeMetrics
 from scoring.config import JobConfig, ServeConfig
-from scoring.core.index import Hit, Key, Layout, PrecomputedIndex, decode_hit, dumps, json_texts, key_text
+from scoring.core.index import Hit, Key, Layout, PrecomputedIndex, decode_hit, dumps, key_text
 from scoring.core.score import ScoringSpec
 from scoring.engine.live import (
     Breaker,
@@ -451,12 +451,7 @@ class OnlineService:
             "model_version": prepared.version,
             "model_uri": prepared.uri,
             "scored_at": dt.datetime.fromtimestamp(result.scored_at, dt.UTC).isoformat().replace("+00:00", "Z"),
-            "predictions": {  # encoded as the index encodes a batch row (float32 as float32, NaN as null)
-                name: orjson.Fragment(
-                    json_texts(pa.chunked_array([result.predictions.column(name).slice(row, 1)]))[0].as_py()
-                )
-                for name in result.predictions.schema.names
-            },
+            "predictions": {name: orjson.Fragment(texts[row]) for name, texts in result.prediction_json.items()},
         }
         return answer
 

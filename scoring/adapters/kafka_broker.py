@@ -45,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from scoring.adapters.processes import signal_and_wait
 from scoring.errors import BackendUnavailableError, ScoringError
 
 _LOGGER = logging.getLogger(__name__)
@@ -628,22 +629,12 @@ class Broker:
         )
 
     def _terminate(self, sig: signal.Signals, timeout_s: float) -> bool:
-        """Send `sig` to the broker, wait up to `timeout_s` for it to exit; True when it did. SIGKILL goes to its
-        whole process group (the JVM alone, in practice)."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:  # never signal a reaped pid: it may be someone else's now
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            if sig == signal.SIGKILL:
-                os.killpg(proc.pid, sig)
-            else:
-                os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        _PROCESSES.pop(proc.pid, None)
-        return True
+        """Send `sig` to the broker, wait up to `timeout_s` for it to exit; True when it did (see
+        :func:`scoring.adapters.processes.signal_and_wait`)."""
+        stopped = signal_and_wait(self._proc, sig, timeout_s)
+        if stopped and self._proc is not None:
+            _PROCESSES.pop(self._proc.pid, None)
+        return stopped
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the broker by its pid: SIGTERM (a controlled shutdown), then SIGKILL after `timeout_s`. Idempotent."""

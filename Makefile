@@ -101,3 +101,19 @@ demo-airflow: setup  ## the nightly DAG for one day under a throw-away Airflow (
 	@$(DEMO_ENV) $(BIN)/airflow dags test scoring__nightly $(DEMO_DATE)
 	@$(DEMO_ENV) $(BIN)/python -c 'from scoring import scheduling; \
 		print(scheduling.describe_latest_run("$(DEMO_ABS)/lake/churn_scores_nightly_runs"))'
+
+# `make jvm`: the JVM-native ONNX scorer prototype (issue 12; docs/jvm-backend.md), not part of `make test` or CI.
+# scoring/jvm is compiled with Maven against pyspark's own Spark jars, with a private local repository (never ~/.m2,
+# see shared KAFKA.md); only onnxruntime (one 75 MB jar with its native libraries) and Maven's plugins are resolved.
+# The two jars land in $(JVM_DIR), the folder scoring.jvm_bench reads (SCORING_JVM_DIR).
+JVM_DIR    ?= $(HOME)/.cache/scoring/jvm
+MAVEN_REPO ?= $(HOME)/.cache/scoring/m2
+
+.PHONY: jvm
+jvm: setup  ## build the JVM-native ONNX scorer prototype into ~/.cache/scoring/jvm (Maven, private repository)
+	mvn -q -B -f scoring/jvm/pom.xml -Dmaven.repo.local='$(MAVEN_REPO)' \
+		-Dspark.jars.dir="$$($(BIN)/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" \
+		package
+	@mkdir -p '$(JVM_DIR)'
+	rm -f '$(JVM_DIR)'/onnxruntime-*.jar
+	cp scoring/jvm/target/scoring-jvm.jar scoring/jvm/target/lib/onnxruntime-*.jar '$(JVM_DIR)/'

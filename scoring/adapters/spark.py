@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 
-from scoring.core.score import ScoringSpec, score_batch, score_batches
+from scoring.core.score import ScoringSpec, score_batches
 from scoring.core.stamp import Lineage, lineage_columns
 
 _LOGGER = logging.getLogger(__name__)
@@ -321,10 +321,15 @@ def _score_columns(
 
     predictor = cached_predictor(predictor_spec)
     fields = list(spec.output_schema)
-    for arrays in batches:
-        worker_fault_point()
-        arrays = [arrays] if isinstance(arrays, pa.Array) else list(arrays)
-        out = score_batch(pa.RecordBatch.from_arrays(arrays, names=list(names)), predictor, spec)
+
+    def inputs() -> Iterator[pa.RecordBatch]:
+        for arrays in batches:
+            worker_fault_point()
+            arrays = [arrays] if isinstance(arrays, pa.Array) else list(arrays)
+            yield pa.RecordBatch.from_arrays(arrays, names=list(names))
+
+    # the whole task's stream at once: a pipelined predictor (Triton) overlaps batches, the others score in turn
+    for out in score_batches(inputs(), predictor, spec):
         yield pa.StructArray.from_arrays(out.columns, fields=fields)
 
 

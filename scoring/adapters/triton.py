@@ -43,6 +43,7 @@ import atexit
 import concurrent.futures
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import random
@@ -51,11 +52,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from scoring.core.batching import feature_matrix, name_outputs
+from scoring.core.batching import feature_matrix, in_flight, name_outputs
 from scoring.errors import BackendUnavailableError, ModelError, ScoringError, is_transient
 
 _LOGGER = logging.getLogger(__name__)
@@ -387,43 +389,52 @@ class TritonPredictor:
     # -- inference -------------------------------------------------------------------------------------------------
 
     def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
-        if features.num_rows == 0:  # Triton refuses a 0-row request (INVALID_ARGUMENT); the metadata knows the shape
-            return name_outputs(
-                {name: np.empty((0, *_fixed_dims(shape[1:])), dtype) for name, dtype, shape in self._outputs}, 0
-            )
-        matrix = feature_matrix(features, self.spec.features, self._input_dtype)
-        step = self.spec.batch_rows
-        chunks = [matrix[i : i + step] for i in range(0, len(matrix), step)]
-        if len(chunks) == 1 or self.spec.max_inflight == 1:
-            parts = [self._infer_with_retries(c) for c in chunks]
-        else:
-            failed = threading.Event()  # once one request has failed for good, the others stop retrying
-            futures = [self._pool.submit(self._infer_with_retries, c, failed) for c in chunks]
-            try:
-                parts = [f.result() for f in futures]
-            except BaseException:
-                failed.set()
-                for future in futures:
-                    future.cancel()
-                raise
-        merged = {name: np.concatenate([p[name] for p in parts]) for name, _, _ in self._outputs}
-        return name_outputs(merged, features.num_rows)
+        (outputs,) = self._stream([features])
+        return outputs
 
-    def _infer_with_retries(self, chunk: np.ndarray, failed: threading.Event | None = None) -> dict[str, np.ndarray]:
+    def predict_stream(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Predictions for each batch of `batches`, in order, with up to ``max_inflight`` requests in flight across
+        batches: while the server computes one batch's requests, this thread converts the next batch (see
+        :class:`~scoring.core.predictor.PipelinedPredictor` and :func:`~scoring.core.batching.in_flight` for order,
+        back-pressure, errors and early close). A failed request fails the stream at its batch's turn, with the
+        batch named in the message beside the server."""
+        return self._stream(batches, on_error=_in_batch)
+
+    def _stream(self, batches: Iterable[pa.RecordBatch], on_error=None) -> Iterator[pa.RecordBatch]:
+        stop = threading.Event()  # set once the stream fails or is closed: requests still retrying give up
+        step = self.spec.batch_rows
+
+        def split(features: pa.RecordBatch):
+            if features.num_rows == 0:  # Triton refuses a 0-row request (INVALID_ARGUMENT): answered here
+                return 0, []
+            matrix = feature_matrix(features, self.spec.features, self._input_dtype)
+            chunks = [matrix[i : i + step] for i in range(0, len(matrix), step)]
+            return features.num_rows, [functools.partial(self._infer_with_retries, c, stop) for c in chunks]
+
+        def join(rows: int, parts: list[dict[str, np.ndarray]]) -> pa.RecordBatch:
+            if rows == 0:  # the metadata knows the outputs' shapes
+                return name_outputs(
+                    {name: np.empty((0, *_fixed_dims(shape[1:])), dtype) for name, dtype, shape in self._outputs}, 0
+                )
+            if len(parts) == 1:
+                return name_outputs(parts[0], rows)
+            return name_outputs({name: np.concatenate([p[name] for p in parts]) for name, _, _ in self._outputs}, rows)
+
+        return in_flight(batches, split, join, self._pool.submit, self.spec.max_inflight, stop=stop, on_error=on_error)
+
+    def _infer_with_retries(self, chunk: np.ndarray, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
         """One request; retried while its failure is `Transient` (by type), at most ``max_retries`` times, and not
-        once `failed` (another request of the same batch failed for good) is set. Sets `failed` when it gives up."""
+        once `stop` is set (an earlier request failed for good, or the stream was closed)."""
         attempt = 0
         while True:
             try:
                 return self._infer(chunk)
             except ScoringError as e:
-                if failed is not None and (not is_transient(e) or attempt >= self.spec.max_retries):
-                    failed.set()
                 if not is_transient(e):
                     raise  # a ModelError from _Client.call: the server's message, chained, no retry
                 cause = e.__cause__
                 last = e.message if cause is None or isinstance(cause, ScoringError) else _describe(cause)
-                if attempt >= self.spec.max_retries or (failed is not None and failed.is_set()):
+                if attempt >= self.spec.max_retries or (stop is not None and stop.is_set()):
                     raise BackendUnavailableError(
                         f"{self._where()} gave up after {attempt + 1} attempt(s) on a request of {len(chunk)} rows; "
                         f"last error: {last}",
@@ -433,7 +444,10 @@ class TritonPredictor:
                 _LOGGER.warning(
                     "%s: transient failure (%s); retry %d in %.2f s", self._where(), last, attempt + 1, delay
                 )
-                time.sleep(delay)
+                if stop is not None:
+                    stop.wait(delay)  # wakes at once when the stream stops
+                else:
+                    time.sleep(delay)
                 attempt += 1
                 self._local.client = None  # reconnect: the old channel may be broken
 
@@ -599,6 +613,13 @@ def serves(url: str, protocol: str, model_name: str, model_version: str, timeout
         return False
     finally:
         client.close()
+
+
+def _in_batch(error: BaseException, index: int) -> BaseException:
+    """`error` of a request of the stream's batch `index` (0-based), with the batch named in its message."""
+    if not isinstance(error, ScoringError):
+        return error
+    return type(error)(f"Arrow batch {index + 1} of this task: {error.message}", hint=error.hint)
 
 
 def _fixed_dims(dims) -> list[int]:

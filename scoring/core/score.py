@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Iterator
 
@@ -9,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.core.batching import invalid_mask, nonfinite_mask
-from scoring.core.predictor import Predictor
+from scoring.core.predictor import PipelinedPredictor, Predictor
 from scoring.errors import InvalidRowsError, ModelError, OutputValidationError, ScoringError
 
 
@@ -83,23 +84,30 @@ def check_finite(outputs: pa.RecordBatch, batch: pa.RecordBatch, spec: ScoringSp
         )
 
 
-def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) -> pa.RecordBatch:
-    """One input batch -> one output batch: pass-through columns followed by the prediction columns."""
-    if batch.num_rows == 0 and spec.output_schema is not None:
-        empty = [pa.array([], type=batch.schema.field(c).type) for c in spec.passthrough]
-        empty += [pa.array([], type=f.type) for f in spec.output_schema]
-        return pa.RecordBatch.from_arrays(empty, names=[*spec.passthrough, *spec.output_schema.names])
+def _features(batch: pa.RecordBatch, spec: ScoringSpec) -> pa.RecordBatch:
+    """The batch's feature columns, in the model's order, once they are checked."""
     check_features(batch, spec, invalid_mask(batch, spec.features))
-    features = batch.select(list(spec.features))
-    try:
-        outputs = predictor.predict(features)
-    except ScoringError:
-        raise
-    except Exception as e:  # the runtime's own error: keep its text, say which model and batch
-        raise ModelError(
-            f"model {spec.model} failed on a batch of {batch.num_rows} rows: {type(e).__name__}: {e}",
-            hint="check that input.features match the model's signature (names, order, dtypes)",
-        ) from e
+    return batch.select(list(spec.features))
+
+
+def _empty(batch: pa.RecordBatch, spec: ScoringSpec) -> pa.RecordBatch:
+    """The output of an empty batch once the outputs are known: no model call."""
+    assert spec.output_schema is not None
+    empty = [pa.array([], type=batch.schema.field(c).type) for c in spec.passthrough]
+    empty += [pa.array([], type=f.type) for f in spec.output_schema]
+    return pa.RecordBatch.from_arrays(empty, names=[*spec.passthrough, *spec.output_schema.names])
+
+
+def _model_failed(error: Exception, rows: int, spec: ScoringSpec) -> ModelError:
+    """The runtime's own error: keep its text, say which model and batch."""
+    return ModelError(
+        f"model {spec.model} failed on a batch of {rows} rows: {type(error).__name__}: {error}",
+        hint="check that input.features match the model's signature (names, order, dtypes)",
+    )
+
+
+def _assemble(batch: pa.RecordBatch, outputs: pa.RecordBatch, spec: ScoringSpec) -> pa.RecordBatch:
+    """Check what the model returned for `batch`, then pass-through columns followed by the prediction columns."""
     check_outputs(outputs, batch.num_rows, spec)
     if not spec.allow_nonfinite:
         check_finite(outputs, batch, spec)
@@ -107,9 +115,60 @@ def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) 
     return pa.RecordBatch.from_arrays(arrays, names=[*spec.passthrough, *outputs.schema.names])
 
 
+def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) -> pa.RecordBatch:
+    """One input batch -> one output batch: pass-through columns followed by the prediction columns."""
+    if batch.num_rows == 0 and spec.output_schema is not None:
+        return _empty(batch, spec)
+    features = _features(batch, spec)
+    try:
+        outputs = predictor.predict(features)
+    except ScoringError:
+        raise
+    except Exception as e:
+        raise _model_failed(e, batch.num_rows, spec) from e
+    return _assemble(batch, outputs, spec)
+
+
 def score_batches(
     batches: Iterable[pa.RecordBatch], predictor: Predictor, spec: ScoringSpec
 ) -> Iterator[pa.RecordBatch]:
-    """Score each batch in turn; empty batches pass through as empty output batches."""
-    for batch in batches:
-        yield score_batch(batch, predictor, spec)
+    """Score each batch in turn; empty batches pass through as empty output batches.
+
+    A :class:`~scoring.core.predictor.PipelinedPredictor` gets the whole stream instead, so that it can overlap
+    batches (a server computing one while the next is converted): the same checks, the same outputs, in the same
+    order; an error is raised at its batch's turn."""
+    if not isinstance(predictor, PipelinedPredictor):
+        for batch in batches:
+            yield score_batch(batch, predictor, spec)
+        return
+    taken: collections.deque[pa.RecordBatch] = collections.deque()  # batches handed on, output not yet given
+
+    def features() -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            taken.append(batch)
+            if batch.num_rows == 0 and spec.output_schema is not None:
+                continue  # answered here, at its turn, like score_batch does
+            yield _features(batch, spec)
+
+    def skipped() -> Iterator[pa.RecordBatch]:  # empty batches at the head: their turn has come
+        while taken and taken[0].num_rows == 0 and spec.output_schema is not None:
+            yield _empty(taken.popleft(), spec)
+
+    stream = predictor.predict_stream(features())
+    try:
+        while True:
+            try:
+                outputs = next(stream)
+            except StopIteration:
+                break
+            except ScoringError:
+                raise
+            except Exception as e:
+                raise _model_failed(e, taken[0].num_rows if taken else 0, spec) from e
+            yield from skipped()
+            yield _assemble(taken.popleft(), outputs, spec)
+        yield from skipped()
+    finally:  # an early close of this generator closes the predictor's stream: nothing left running
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()

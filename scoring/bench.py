@@ -1,10 +1,13 @@
 """`scoring bench`: rows/s of the engine against the alternatives, measured in one run, reported as ratios.
 
 Every path reads the same Delta snapshot (generated: `rows` x 20 float32 features, 8 date partitions) and writes the
-same output shape (key, ds, prediction, lineage columns) with the same Delta writer. Models: ``tiny`` (a linear
-regression) and ``heavy`` (an MLP with two hidden layers of 256), both registered as ONNX.
+same output shape (key, ds, prediction, lineage columns) with the same Delta writer, except ``parquet-copy``. Models:
+``tiny`` (a linear regression) and ``heavy`` (an MLP with two hidden layers of 256), both registered as ONNX.
 
-- ``jvm-copy``: no Python at all; the prediction is a copy of one feature. The ceiling of a Spark job.
+- ``jvm-copy``: no Python at all; the prediction is the sum of the 20 features (so every feature is read), computed in
+  the JVM, with the same lineage and the same Delta writer. The ceiling of a Spark job that scores through Delta.
+- ``parquet-copy``: the same JVM-only job from a Parquet copy of the input to Parquet (partitioned by ``ds``), without
+  lineage: the floor of any job of this shape.
 - ``floor``: the no-model floor: the engine's exact path (key and features to Python workers in an Arrow UDF, a struct
   of predictions back) with a "model" that returns its first feature.
 - ``floor-mapInArrow``: whole rows (key, ds, features) through ``mapInArrow`` and back, no model: the other way to
@@ -12,6 +15,10 @@ regression) and ``heavy`` (an MLP with two hidden layers of 256), both registere
 - ``onnxruntime``: the model alone, no Spark: onnxruntime on the same 10,000-row batches from memory, two threads.
 - ``embedded``: the engine with the model in each Python worker.
 - ``spark_udf``: ``mlflow.pyfunc.spark_udf(env_manager="local")`` on the same registered model.
+- ``predict_batch_udf``: ``pyspark.ml.functions.predict_batch_udf`` on ``struct(*features)``, its usual form: a
+  ``make_predict_fn`` that opens an onnxruntime session (cached per Python worker by Spark's model cache).
+- ``mapInArrow-onnx``: a hand-written ``mapInArrow`` over whole rows with an onnxruntime session cached per Python
+  worker (a function of this module, so that workers import it by name).
 - ``triton-grpc`` / ``triton-http`` / ``triton-grpc-shm``: the engine with the model in a local Triton sidecar
   (Python backend running onnxruntime, 2 instances), default request size and two requests in flight.
 - ``triton-grpc-b<rows>-i<inflight>``: the sweep of request size and requests in flight.
@@ -19,7 +26,10 @@ regression) and ``heavy`` (an MLP with two hidden layers of 256), both registere
 - ``run+gates``: the same with an input gate (not_null, between) and an output gate (not_null, mean_between):
   the cost of Great Expectations validation on the Spark DataFrame.
 
-Each path runs once to warm up (not counted), then `repeat` times, interleaved; medians are reported.
+Each path runs once to warm up (not counted), then `repeat` times, interleaved; medians and the spread (min, max) are
+reported. With several sizes (``rows``), each size is measured in turn, and per path a least-squares line through
+time against rows gives the fixed seconds of a run and the seconds per row. Meanwhile a thread of the driver samples
+``/proc`` for the RSS of Spark's Python workers (see :class:`WorkerMemory`).
 """
 
 from __future__ import annotations
@@ -76,12 +86,63 @@ def _identity_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Record
         )
 
 
+def _onnx_file(model_dir: str | Path) -> str:
+    return str(Path(model_dir) / "model.onnx")
+
+
+def _onnx_session(path: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # as the engine: two workers on two cores, no oversubscription
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def _cached_onnx_session(path: str):
+    """One session per Python worker (a reused worker keeps this module, so the cache, between tasks)."""
+    return _onnx_session(path)
+
+
+def _onnx_partition(
+    path: str, features: tuple[str, ...], batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """The ``mapInArrow-onnx`` path's Python step: whole rows in, key, ds and the model's prediction out."""
+    session = _cached_onnx_session(path)
+    name = session.get_inputs()[0].name
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        matrix = np.column_stack([batch.column(f).to_numpy(zero_copy_only=False) for f in features])
+        prediction = session.run(None, {name: matrix.astype(np.float32, copy=False)})[0].reshape(-1)
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("customer_id"), batch.column("ds"), pa.array(prediction, pa.float32())],
+            names=["customer_id", "ds", columns.PREDICTION],
+        )
+
+
+def _make_onnx_predict(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict_batch_udf``'s ``make_predict_fn``: called once per Python worker (Spark caches what it returns)."""
+    session = _onnx_session(path)
+    name = session.get_inputs()[0].name
+
+    def predict(inputs: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: inputs.astype(np.float32, copy=False)})[0].reshape(-1)
+
+    return predict
+
+
 @dataclasses.dataclass
 class Bench:
     spark: object
     input_table: str
+    parquet_input: str
+    """the same rows as `input_table`, as plain Parquet (for ``parquet-copy``)"""
     tracking_uri: str
     workdir: Path
+    out: Path
+    """where this size's outputs go, one table (or Parquet folder) per path"""
     rows: int
     models: dict[str, object]
     """model key -> ModelRef"""
@@ -110,19 +171,26 @@ def _register_models(workdir: Path, keys: list[str]) -> dict[str, object]:
     return refs
 
 
-def _prepare(rows: int, workdir: Path, keys: list[str]) -> Bench:
+def _session():
     from scoring.adapters.spark import get_session
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    table_path = workdir / f"input-{rows}"
-    if not (table_path / "_delta_log").exists():
-        demo.write_delta(table_path, demo.make_features(rows, n_features=N_FEATURES, days=8))
-    models = _register_models(workdir, keys)
     spark = get_session(
         None, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(BATCH_ROWS)}, app_name="scoring-bench"
     )
     spark.sparkContext.setLogLevel("ERROR")
-    return Bench(spark, str(table_path), demo.tracking_uri_for(workdir), workdir, rows, models)
+    return spark
+
+
+def _prepare(spark, rows: int, workdir: Path, models: dict[str, object]) -> Bench:
+    """The input of one size (generated once, kept under `workdir`): a Delta table and its Parquet copy."""
+    table_path = workdir / f"input-{rows}"
+    if not (table_path / "_delta_log").exists():
+        demo.write_delta(table_path, demo.make_features(rows, n_features=N_FEATURES, days=8))
+    parquet_path = workdir / f"input-{rows}.parquet"
+    if not (parquet_path / "_SUCCESS").exists():
+        spark.read.format("delta").load(str(table_path)).write.mode("overwrite").parquet(str(parquet_path))
+    out = workdir / "out" / str(rows)
+    return Bench(spark, str(table_path), str(parquet_path), demo.tracking_uri_for(workdir), workdir, out, rows, models)
 
 
 def _write(df, path: Path) -> None:
@@ -156,7 +224,7 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
     def read():
         return spark.read.format("delta").load(bench.input_table).select("customer_id", "ds", *features)
 
-    out = bench.workdir / "out"
+    out = bench.out
     paths: dict[str, Callable[[], None]] = {}
 
     def want(name: str) -> bool:
@@ -166,10 +234,20 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
         lineage = Lineage(ref.name, ref.version, ref.uri, 0, "bench", dt.datetime.now(dt.UTC).replace(microsecond=0))
         return df.withColumns({n: F.lit(v) for n, v in lineage.values().items()}), lineage
 
+    def feature_sum(df):
+        """key, ds and the sum of every feature as the "prediction": a JVM expression that reads all features."""
+        total = functools.reduce(lambda a, b: a + b, [F.col(f) for f in features])
+        return df.select("customer_id", "ds", total.cast(FloatType()).alias(columns.PREDICTION))
+
     first = next(iter(bench.models.values()))
     if want("jvm-copy"):
-        paths["jvm-copy"] = lambda: _write(
-            stamped(read().select("customer_id", "ds", F.col("f00").alias(columns.PREDICTION)), first)[0], out / "jvm"
+        paths["jvm-copy"] = lambda: _write(stamped(feature_sum(read()), first)[0], out / "jvm-copy")
+    if want("parquet-copy"):
+        paths["parquet-copy"] = lambda: (
+            feature_sum(spark.read.parquet(bench.parquet_input))
+            .write.mode("overwrite")
+            .partitionBy("ds")
+            .parquet(str(out / "parquet-copy"))
         )
     floor_schema = StructType(
         [
@@ -218,6 +296,27 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
                 _write(stamped(df, ref)[0], out / f"{key}-spark_udf")
 
             paths[f"{key}/spark_udf"] = spark_udf
+        model_file = _onnx_file(ref.local_path)
+        if want(f"{key}/predict_batch_udf"):
+            from pyspark.ml.functions import predict_batch_udf
+
+            batch_udf = predict_batch_udf(
+                functools.partial(_make_onnx_predict, model_file), return_type=FloatType(), batch_size=BATCH_ROWS
+            )
+
+            def predict_batch(batch_udf=batch_udf, ref=ref, key=key) -> None:
+                df = read().select("customer_id", "ds", batch_udf(F.struct(*features)).alias(columns.PREDICTION))
+                _write(stamped(df, ref)[0], out / f"{key}-predict_batch_udf")
+
+            paths[f"{key}/predict_batch_udf"] = predict_batch
+        if want(f"{key}/mapInArrow-onnx"):
+            scorer = functools.partial(_onnx_partition, model_file, tuple(features))
+
+            def map_in_arrow(scorer=scorer, ref=ref, key=key) -> None:
+                df = read().mapInArrow(scorer, floor_schema)
+                _write(stamped(df, ref)[0], out / f"{key}-mapInArrow-onnx")
+
+            paths[f"{key}/mapInArrow-onnx"] = map_in_arrow
         if triton_url is not None:
             variants = {
                 "triton-grpc": ("grpc", "none", BATCH_ROWS, 2),
@@ -290,25 +389,21 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
 
 def _raw_onnxruntime(ref, bench: Bench) -> Callable[[], None]:
     """The model alone on the same batches: no Spark, data already in memory, one session per thread."""
-    import onnxruntime as ort
-
     table = demo.make_features(bench.rows, n_features=N_FEATURES, days=8)
     matrix = np.column_stack([table.column(f).to_numpy() for f in demo.feature_names(N_FEATURES)]).astype(np.float32)
     batches = [matrix[i : i + BATCH_ROWS] for i in range(0, len(matrix), BATCH_ROWS)]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    path = str(Path(ref.local_path) / "model.onnx")
-    sessions = [ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]) for _ in range(2)]
+    sessions = [_onnx_session(_onnx_file(ref.local_path)) for _ in range(2)]
+    name = sessions[0].get_inputs()[0].name
 
     def go() -> None:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda i: sessions[i % 2].run(None, {"X": batches[i]}), range(len(batches))))
+            list(pool.map(lambda i: sessions[i % 2].run(None, {name: batches[i]}), range(len(batches))))
 
     return go
 
 
 @contextlib.contextmanager
-def _sidecar(bench: Bench, enabled: bool) -> Iterator[dict[str, str] | None]:
+def _sidecar(workdir: Path, models: dict[str, object], enabled: bool) -> Iterator[dict[str, str] | None]:
     if not enabled:
         yield None
         return
@@ -316,22 +411,191 @@ def _sidecar(bench: Bench, enabled: bool) -> Iterator[dict[str, str] | None]:
     from scoring.adapters.triton_export import export_model
     from scoring.config import TritonModelConfig
 
-    repository = bench.workdir / "repository"
-    for ref in bench.models.values():
+    repository = workdir / "repository"
+    for ref in models.values():
         export_model(ref, repository, target="python", model_config=TritonModelConfig(instance_count=2))
     with triton_server.running_server(repository) as handle:
         yield {"grpc": handle.grpc_url, "http": handle.http_url}
 
 
-def _time(fn: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+def fit_line(rows: list[int], seconds: list[float]) -> tuple[float, float]:
+    """The least-squares line ``seconds = fixed_s + per_row_s * rows`` through the points; returns
+    ``(fixed_s, per_row_s)``. Needs at least two distinct sizes."""
+    if len(set(rows)) < 2 or len(rows) != len(seconds):
+        raise ValueError(f"a line needs at least two distinct sizes and a time for each, got {rows} and {seconds}")
+    mean_x, mean_y = statistics.fmean(rows), statistics.fmean(seconds)
+    sxx = sum((x - mean_x) ** 2 for x in rows)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(rows, seconds, strict=True))
+    per_row_s = sxy / sxx
+    return mean_y - per_row_s * mean_x, per_row_s
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPeak:
+    """The Python workers' memory over one sampled window."""
+
+    one_mb: float
+    """the largest RSS of any one worker"""
+    total_mb: float
+    """the largest sum of the workers' RSS at one instant (shared copy-on-write pages are counted in each worker)"""
+    workers: int
+    """workers that ran (used CPU) in the window"""
+
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+_MARKERS = (b"pyspark.daemon", b"pyspark/daemon", b"pyspark.worker", b"pyspark/worker")
+
+
+def _processes() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, CPU ticks used, RSS in MiB), from /proc/<pid>/stat."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        # after the command: state(0) ppid(1) ... utime(11) stime(12) ... rss(21), in pages
+        found[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[21]) * _PAGE_MB)
+    return found
+
+
+def _is_pyspark(pid: int, cache: dict[int, bool]) -> bool:
+    if pid not in cache:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            cmdline = b""
+        cache[pid] = any(m in cmdline for m in _MARKERS)
+    return cache[pid]
+
+
+class WorkerMemory:
+    """Samples, from a thread of the driver, the RSS of Spark's Python workers: the processes under `root` (the
+    Spark JVM by default) whose command is pyspark's daemon or worker and whose parent is one too (on Linux Spark forks
+    each worker from ``pyspark.daemon``). Only workers that used CPU during the window count, so that idle workers
+    kept from an earlier job do not. Use as a context manager; read :attr:`peak` afterwards."""
+
+    def __init__(self, root: int | None = None, interval_s: float = 0.1) -> None:
+        self.root = root if root is not None else spark_jvm_pid()
+        self.interval_s = interval_s
+        self.peak = WorkerPeak(0.0, 0.0, 0)
+        self._samples: list[dict[int, float]] = []
+        self._cpu_first: dict[int, int] = {}
+        self._cpu_last: dict[int, int] = {}
+        self._cmdline: dict[int, bool] = {}
+        self._stop = None
+        self._thread = None
+
+    def _workers(self) -> dict[int, tuple[int, float]]:
+        procs = _processes()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        below, todo = [], list(children.get(self.root, []))
+        while todo:
+            pid = todo.pop()
+            below.append(pid)
+            todo.extend(children.get(pid, []))
+        return {
+            pid: procs[pid][1:]
+            for pid in below
+            if _is_pyspark(pid, self._cmdline) and _is_pyspark(procs[pid][0], self._cmdline)
+        }
+
+    def sample(self) -> None:
+        workers = self._workers()
+        for pid, (cpu, _) in workers.items():
+            # a worker first seen after the first sample was forked in the window: it started from zero
+            self._cpu_first.setdefault(pid, cpu if not self._samples else 0)
+            self._cpu_last[pid] = cpu
+        self._samples.append({pid: rss for pid, (_, rss) in workers.items()})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> WorkerMemory:
+        import threading
+
+        self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        ran = {pid for pid, cpu in self._cpu_last.items() if cpu > self._cpu_first[pid]}
+        one = max((rss for s in self._samples for pid, rss in s.items() if pid in ran), default=0.0)
+        total = max((sum(rss for pid, rss in s.items() if pid in ran) for s in self._samples), default=0.0)
+        self.peak = WorkerPeak(round(one, 1), round(total, 1), len(ran))
+
+
+def spark_jvm_pid() -> int:
+    """The pid of the JVM this driver started (pyspark keeps its Popen), else this process: the workers are below it."""
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)
+    return proc.pid if proc is not None else os.getpid()
+
+
+def _measure(fn: Callable[[], None]) -> tuple[float, WorkerPeak]:
+    with WorkerMemory() as memory:
+        started = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - started
+    return elapsed, memory.peak
+
+
+def _summary(rows: int, runs: list[float], peaks: list[WorkerPeak]) -> dict:
+    median = statistics.median(runs)
+    return {
+        "median_s": round(median, 3),
+        "min_s": round(min(runs), 3),
+        "max_s": round(max(runs), 3),
+        "rows_per_s": round(rows / median),
+        "rows_per_s_min": round(rows / max(runs)),
+        "rows_per_s_max": round(rows / min(runs)),
+        "runs_s": [round(t, 3) for t in runs],
+        "workers": {
+            "peak_rss_mb_one": max(p.one_mb for p in peaks),
+            "peak_rss_mb_total": max(p.total_mb for p in peaks),
+            "workers": max(p.workers for p in peaks),
+        },
+    }
+
+
+def _scaling(sizes: list[dict]) -> dict:
+    """Per path measured at every size: rows/s and the workers' peaks at each size, and the line through the medians."""
+    names = [n for n in sizes[0]["paths"] if all(n in s["paths"] for s in sizes)]
+    scaling = {}
+    for name in names:
+        rows = [s["rows"] for s in sizes]
+        entry = {
+            "rows_per_s": {str(s["rows"]): s["paths"][name]["rows_per_s"] for s in sizes},
+            "peak_rss_mb_one": {str(s["rows"]): s["paths"][name]["workers"]["peak_rss_mb_one"] for s in sizes},
+            "peak_rss_mb_total": {str(s["rows"]): s["paths"][name]["workers"]["peak_rss_mb_total"] for s in sizes},
+        }
+        if len(set(rows)) >= 2:
+            fixed_s, per_row_s = fit_line(rows, [s["paths"][name]["median_s"] for s in sizes])
+            entry |= {
+                "fixed_s": round(fixed_s, 3),
+                "per_row_us": round(per_row_s * 1e6, 4),
+                "marginal_rows_per_s": round(1 / per_row_s) if per_row_s > 0 else None,
+            }
+        scaling[name] = entry
+    return scaling
 
 
 def run_bench(
     *,
-    rows: int,
+    rows: int | list[int],
     repeat: int,
     output: Path,
     workdir: Path,
@@ -339,51 +603,72 @@ def run_bench(
     models: list[str],
     triton: bool,
     console,
+    warmup: bool = True,
 ) -> dict:
+    """Measure the chosen paths at each size in `rows` (in turn; interleaved repetitions within a size), write the
+    JSON report to `output`, print the tables, and return the report."""
     from rich.progress import Progress
 
+    sizes = [rows] if isinstance(rows, int) else list(rows)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    bench = _prepare(rows, workdir.resolve(), models)
-    with _sidecar(bench, triton) as urls:
-        paths = _paths(bench, set(only) if only else None, urls)
-        times: dict[str, list[float]] = {p: [] for p in paths}
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("benchmark", total=len(paths) * (repeat + 1))
-            for name, fn in paths.items():  # warm-up: JIT, worker start-up, model load; not counted
-                progress.update(task, description=f"warm-up {name}")
-                _time(fn)
-                progress.advance(task)
-            for i in range(repeat):  # interleaved, so drift in the machine's speed hits every path alike
-                for name, fn in paths.items():
-                    progress.update(task, description=f"{name} ({i + 1}/{repeat})")
-                    times[name].append(_time(fn))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    refs = _register_models(workdir, models)
+    spark = _session()
+    measured = []
+    with _sidecar(workdir, refs, triton) as urls:
+        for size in sizes:
+            bench = _prepare(spark, size, workdir, refs)
+            paths = _paths(bench, set(only) if only else None, urls)
+            times: dict[str, list[float]] = {p: [] for p in paths}
+            peaks: dict[str, list[WorkerPeak]] = {p: [] for p in paths}
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("benchmark", total=len(paths) * (repeat + warmup))
+                warmups = paths.items() if warmup else ()
+                for name, fn in warmups:  # JIT, worker start-up, model load; not counted
+                    progress.update(task, description=f"{size:,} rows: warm-up {name}")
+                    _measure(fn)
                     progress.advance(task)
-    results = {}
-    for name, runs in times.items():
-        median = statistics.median(runs)
-        results[name] = {
-            "median_s": round(median, 3),
-            "rows_per_s": round(rows / median),
-            "runs_s": [round(t, 3) for t in runs],
-        }
+                for i in range(repeat):  # interleaved, so drift in the machine's speed hits every path alike
+                    for name, fn in paths.items():
+                        progress.update(task, description=f"{size:,} rows: {name} ({i + 1}/{repeat})")
+                        elapsed, peak = _measure(fn)
+                        times[name].append(elapsed)
+                        peaks[name].append(peak)
+                        progress.advance(task)
+            results = {name: _summary(size, times[name], peaks[name]) for name in paths}
+            measured.append({"rows": size, "paths": results, "ratios": _ratios(results)})
     report = {
-        "rows": rows,
+        "sizes": measured,
+        "scaling": _scaling(measured),
         "features": N_FEATURES,
         "batch_rows": BATCH_ROWS,
         "repeat": repeat,
-        "models": {k: r.uri for k, r in bench.models.items()},
+        "warmup": warmup,
+        "models": {k: r.uri for k, r in refs.items()},
         "cores": os.cpu_count(),
         "machine": platform.machine(),
+        "loadavg": _loadavg(),
         "versions": {
             p: version(p) for p in ("pyspark", "delta-spark", "mlflow", "onnxruntime", "pyarrow", "tritonclient")
         },
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "paths": results,
-        "ratios": _ratios(results),
     }
     output.write_text(json.dumps(report, indent=2))
     _print(console, report)
     return report
+
+
+def _loadavg() -> str | None:
+    """The machine's load at the end of the run (1, 5, 15 minutes), so that a reader can judge the figures."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
+
+
+REFERENCES = ("jvm-copy", "parquet-copy", "floor")
+"""Paths every other path is compared with; per model also its ``embedded``, ``spark_udf`` and ``onnxruntime``."""
 
 
 def _ratios(results: dict) -> dict[str, float]:
@@ -399,15 +684,12 @@ def _ratios(results: dict) -> dict[str, float]:
                 results[name]["median_s"] / results["run-first-write"]["median_s"], 3
             )
     for name in results:
-        key, _, path = name.rpartition("/")
-        bases = {
-            "floor": rate("floor"),
-            "embedded": rate(f"{key}/embedded"),
-            "onnxruntime": rate(f"{key}/onnxruntime"),
-            "spark_udf": rate(f"{key}/spark_udf"),
-        }
+        key = name.rpartition("/")[0]
+        bases = {base: rate(base) for base in REFERENCES}
+        if key:
+            bases |= {base: rate(f"{key}/{base}") for base in ("embedded", "spark_udf", "onnxruntime")}
         for base, value in bases.items():
-            if value and not name.endswith(base) and (key or base == "floor"):
+            if value and not name.endswith(base):
                 ratios[f"{name} / {base}"] = round(results[name]["rows_per_s"] / value, 3)
     return ratios
 
@@ -415,29 +697,52 @@ def _ratios(results: dict) -> dict[str, float]:
 def _print(console, report: dict) -> None:
     from rich.table import Table
 
-    results, rows = report["paths"], report["rows"]
-    table = Table(
-        title=f"{rows:,} rows x {N_FEATURES} features, {report['repeat']} runs each, medians ({report['cores']} cores)"
-    )
-    for col in ("path", "median s", "rows/s", "vs floor", "vs embedded", "vs spark_udf", "vs onnxruntime"):
-        table.add_column(col, justify="left" if col == "path" else "right")
-    for name, r in results.items():
-        key = name.rpartition("/")[0]
-
-        def vs(base: str, r=r) -> str:
-            return f"{r['rows_per_s'] / results[base]['rows_per_s']:.2f}x" if base in results else "-"
-
-        table.add_row(
-            name,
-            f"{r['median_s']:.2f}",
-            f"{r['rows_per_s']:,}",
-            vs("floor"),
-            vs(f"{key}/embedded"),
-            vs(f"{key}/spark_udf"),
-            vs(f"{key}/onnxruntime"),
-        )
-    if not console.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
+    if not console.is_terminal:  # a file or a pipe: do not squeeze the tables into 80 columns
         from rich.console import Console
 
-        console = Console(file=console.file, width=160)
+        console = Console(file=console.file, width=200)
+    bases = ("jvm-copy", "parquet-copy", "floor", "embedded", "spark_udf")
+    for size in report["sizes"]:
+        results, rows = size["paths"], size["rows"]
+        table = Table(
+            title=f"{rows:,} rows x {N_FEATURES} features, {report['repeat']} runs each, medians and min-max "
+            f"({report['cores']} cores, load {report['loadavg']})"
+        )
+        for col in ("path", "median s", "min-max s", "rows/s", *(f"vs {b}" for b in bases), "worker RSS MB"):
+            table.add_column(col, justify="left" if col == "path" else "right")
+        for name, r in results.items():
+            key = name.rpartition("/")[0]
+
+            def vs(base: str, r=r, key=key, results=results) -> str:
+                base = base if base in REFERENCES else f"{key}/{base}"
+                return f"{r['rows_per_s'] / results[base]['rows_per_s']:.2f}x" if base in results else "-"
+
+            w = r["workers"]
+            table.add_row(
+                name,
+                f"{r['median_s']:.2f}",
+                f"{r['min_s']:.2f}-{r['max_s']:.2f}",
+                f"{r['rows_per_s']:,}",
+                *(vs(b) for b in bases),
+                f"{w['peak_rss_mb_one']:.0f} / {w['peak_rss_mb_total']:.0f} ({w['workers']})" if w["workers"] else "-",
+            )
+        console.print(table)
+    if len(report["sizes"]) < 2:
+        return
+    sizes = [s["rows"] for s in report["sizes"]]
+    table = Table(
+        title="cost growth: rows/s at each size, the line through the medians (fixed s + us per row), "
+        "workers' peak RSS MB at each size (one worker / all)"
+    )
+    table.add_column("path", justify="left")
+    for col in (*(f"rows/s {n:,}" for n in sizes), "fixed s", "us/row", *(f"RSS {n:,}" for n in sizes)):
+        table.add_column(col, justify="right")
+    for name, entry in report["scaling"].items():
+        table.add_row(
+            name,
+            *(f"{entry['rows_per_s'][str(n)]:,}" for n in sizes),
+            f"{entry.get('fixed_s', float('nan')):.2f}",
+            f"{entry.get('per_row_us', float('nan')):.3f}",
+            *(f"{entry['peak_rss_mb_one'][str(n)]:.0f} / {entry['peak_rss_mb_total'][str(n)]:.0f}" for n in sizes),
+        )
     console.print(table)

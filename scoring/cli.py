@@ -639,8 +639,16 @@ def doctor() -> None:
 
 @app.command()
 def bench(
-    rows: Annotated[int, typer.Option(help="Rows of generated input (20 float features).")] = 1_000_000,
-    repeat: Annotated[int, typer.Option(help="Repetitions of each path; medians are reported.")] = 5,
+    rows: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Rows of generated input (20 float features); repeat it to measure several sizes, e.g. "
+            "--rows 1000000 --rows 10000000: each size in turn, then per path the fixed seconds and the per-row "
+            "slope (a least-squares line through the medians). Default: 1,000,000."
+        ),
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="Repetitions of each path; medians and min-max are reported.")] = 5,
+    warmup: Annotated[bool, typer.Option(help="Run each path once, not counted, before the repetitions.")] = True,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON results.")] = Path(
         "bench-results.json"
     ),
@@ -648,7 +656,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only these paths (repeatable), e.g. floor, embedded, spark_udf, triton-grpc, tiny/embedded."
+            help="Run only these paths (repeatable), e.g. jvm-copy, parquet-copy, floor, embedded, spark_udf, "
+            "predict_batch_udf, mapInArrow-onnx, triton-grpc, tiny/embedded."
         ),
     ] = None,
     models: Annotated[
@@ -656,18 +665,23 @@ def bench(
     ] = None,
     triton: Annotated[bool, typer.Option(help="Include the Triton paths (starts a local sidecar).")] = True,
 ) -> None:
-    """Measure rows/s of the engine against the alternatives, in one run: a pure-JVM copy, the no-model floor
-    (read -> Python identity -> write), raw onnxruntime, the embedded engine, mlflow.pyfunc.spark_udf on the same
-    model, and Triton over gRPC, HTTP and shared memory with a sweep of request size and requests in flight."""
+    """Measure rows/s of the engine against the alternatives, in one run: the JVM-only references (jvm-copy through
+    Delta with lineage, parquet-copy from Parquet to Parquet), the no-model floors, raw onnxruntime, the embedded
+    engine, mlflow.pyfunc.spark_udf, predict_batch_udf and a hand-written mapInArrow scorer on the same model, and
+    Triton over gRPC, HTTP and shared memory with a sweep of request size and requests in flight. Also samples the
+    Python workers' peak RSS per path."""
     from scoring.bench import MODELS, run_bench
 
     chosen = models or list(MODELS)
     unknown = [m for m in chosen if m not in MODELS]
     if unknown:
         _fail(ConfigError(f"--model {unknown}: choose from {list(MODELS)}"))
+    sizes = rows or [1_000_000]
+    if any(n < 1 for n in sizes):
+        _fail(ConfigError(f"--rows {sizes}: each size must be at least 1"))
     try:
         run_bench(
-            rows=rows,
+            rows=sizes,
             repeat=repeat,
             output=output,
             workdir=workdir,
@@ -675,6 +689,7 @@ def bench(
             models=chosen,
             triton=triton,
             console=out,
+            warmup=warmup,
         )
     except ScoringError as e:
         _fail(e)

@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo demo-triton demo-stream demo-serve test test-fast lint bench bench-stream bench-serve doctor clean help
+.PHONY: setup demo demo-triton demo-stream demo-serve test test-fast lint bench bench-large bench-stream bench-serve doctor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,8 +42,13 @@ test-fast: setup  ## unit tests only: no Spark, seconds
 lint: setup  ## ruff
 	$(BIN)/ruff check scoring tests dags
 
-bench: setup  ## throughput of the engine against the floors and mlflow spark_udf (writes bench-results.json)
+bench: setup  ## throughput of every path against the JVM-only references and the peers, 1M rows (writes bench-results.json)
 	$(BIN)/scoring bench
+
+bench-large: setup  ## cost growth of the main paths at 1M and 10M rows: fixed seconds, per-row slope, workers' RSS (writes bench-large-results.json)
+	$(BIN)/scoring bench --rows 1000000 --rows 10000000 --repeat 3 --model tiny --no-triton \
+		--only jvm-copy --only parquet-copy --only tiny/embedded --only tiny/spark_udf --only tiny/predict_batch_udf \
+		--output bench-large-results.json
 
 bench-stream: setup  ## streaming lag and throughput, Delta/Kafka -> Delta/Kafka at 10,000 events/s (writes bench-stream-results.json)
 	$(BIN)/scoring bench-stream
@@ -69,7 +74,7 @@ doctor: setup  ## check Java, Spark, the Delta jars and the registry
 	$(BIN)/scoring doctor
 
 clean:  ## remove the demo lake and caches (keeps .venv)
-	rm -rf .demo .bench .scoring spark-warehouse metastore_db derby.log bench-results.json bench-stream-results.json bench-serve-results.json .bench-serve
+	rm -rf .demo .bench .scoring spark-warehouse metastore_db derby.log bench-results.json bench-large-results.json bench-stream-results.json bench-serve-results.json .bench-serve
 
 # `make demo-airflow`: the nightly DAG (conf/jobs/nightly.yaml) for one day, end to end, with a throw-away Airflow
 # under $(DEMO_DIR)/airflow (SQLite), the project's dags/ as its DAGs folder, a local[*] Spark connection, and

@@ -36,7 +36,11 @@ _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 def _check_path(path: str, key: str) -> None:
-    """Refuse a local path with a literal percent escape (``%20``): delta-rs would read another path."""
+    """Refuse a catalog table name (delta-rs knows no catalog) and a local path with a literal percent escape
+    (``%20``): delta-rs would read another path."""
+    from scoring.adapters.catalog import refuse_name
+
+    refuse_name(path, key)
     if "://" in path:  # a URI: percent escapes are meant to be decoded
         return
     found = _ESCAPE.search(path)

@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from scoring import columns
-from scoring.adapters import delta
+from scoring.adapters import catalog, delta
 from scoring.config import JobConfig
 from scoring.core.score import ScoringSpec
 from scoring.engine import checks, gates
@@ -115,6 +115,22 @@ class Plan:
     """Quarantine-table frame of the rows with invalid features (``on_invalid_rows: skip``), or None."""
     selected_keys: Any = dataclasses.field(repr=False, default=None)
     """Key and partition columns of every selected row (scored or set aside): what the run replaces."""
+    tables: catalog.Resolved | None = dataclasses.field(repr=False, default=None)
+    """The job's tables as the config named them and where they are (``config`` holds the locations)."""
+
+    def named(self, key: str) -> str | None:
+        """A table as the config gave it: a catalog name is shown with its location."""
+        table = self.tables.tables.get(key) if self.tables else None
+        if table is None:
+            return {"input.table": self.config.input.table, "output.table": self.config.output.table}.get(
+                key, self.config.quarantine_table
+            )
+        return f"{table.given} (at {table.location})" if table.by_name else table.given
+
+    def given(self, key: str) -> str | None:
+        """A table exactly as the config gave it (a name or a path): what the run's record and commit carry."""
+        given = self.tables.given(key) if self.tables else None
+        return given or self.named(key)
 
     @property
     def passthrough(self) -> tuple[str, ...]:
@@ -125,11 +141,11 @@ class Plan:
         c = self.config
         lines = [
             f"model      {self.model.name} version {self.model.version} ({c.model.uri})",
-            f"input      {c.input.table} @ version {self.input_version}"
+            f"input      {self.named('input.table')} @ version {self.input_version}"
             + (f" where {c.input.where}" if c.input.where else ""),
             f"selected   {self.rows_read:,} rows"
             + (f", {self.rows_rejected:,} with invalid features (set aside)" if self.rows_rejected else ""),
-            f"output     {c.output.table}"
+            f"output     {self.named('output.table')}"
             + (f" ({self.output_rows:,} rows now)" if self.output_exists else " (new table, created by this run)"),
         ]
         if self.resumes:
@@ -152,10 +168,10 @@ class Plan:
         return {
             "run_id": self.run_id,
             "model_uri": self.model.uri,
-            "input_table": self.config.input.table,
+            "input_table": self.given("input.table"),
             "input_version": self.input_version,
             "input_where": self.config.input.where,
-            "output_table": self.config.output.table,
+            "output_table": self.given("output.table"),
             "output_rows": self.output_rows,
             "rows_selected": self.rows_read,
             "rows_invalid": self.rows_rejected,
@@ -170,9 +186,10 @@ class Plan:
         return None if any(n is None for n in counts) else sum(counts)  # type: ignore[arg-type]
 
 
-def _resume(config: JobConfig, spark, run_id: str) -> tuple[JobConfig, str | None]:
+def _resume(config: JobConfig, spark, run_id: str, input_table: str) -> tuple[JobConfig, str | None]:
     """When the output already holds this run id's commit, the config pinned to what that attempt read (its input
-    version) and the exact model version it scored with; otherwise the config as it is."""
+    version) and the exact model version it scored with; otherwise the config as it is. `input_table` is the input
+    as the config gave it (a catalog name or a path: what the commit recorded)."""
     if not config.run_id or delta.latest_version(spark, config.output.table) is None:
         return config, None
     txn = txn_for(run_id)
@@ -181,8 +198,8 @@ def _resume(config: JobConfig, spark, run_id: str) -> tuple[JobConfig, str | Non
     commit = delta.find_commit(spark, config.output.table, txn)
     meta = commit.metadata if commit else {}
     if (meta.get("input_where") or None) != (config.input.where or None) or meta.get(
-        "input_table", config.input.table
-    ) != config.input.table:
+        "input_table", input_table
+    ) != input_table:
         raise ConfigError(
             f"run_id {run_id!r} already committed to {config.output.table} with a different selection "
             f"(input.table {meta.get('input_table')!r}, input.where {meta.get('input_where')!r})",
@@ -204,8 +221,10 @@ def plan(
     run_id = config.run_id or new_run_id(scored_at)
     spark = spark or _session(config)
     clock.lap("session")
+    tables = catalog.resolve(config, spark)  # catalog names -> locations, once; paths stay as they are
+    config = tables.config
     checks.check_paths(config, spark)
-    config, pinned_model = _resume(config, spark, run_id)
+    config, pinned_model = _resume(config, spark, run_id, tables.given("input.table"))
     reporter.step(f"resolving {pinned_model or config.model.uri}")
     model = prepare_model(config, uri=pinned_model)
     reporter.step(f"model {model.name} version {model.version} ({', '.join(model.ref.flavors)})")
@@ -288,6 +307,7 @@ def plan(
         source=source,
         rejected=rejected,
         selected_keys=selected_keys,
+        tables=tables,
     )
 
 
@@ -460,9 +480,9 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
             model_version=model.version,
             model_uri=model.uri,
             requested_model_uri=config.model.uri,
-            input_table=config.input.table,
+            input_table=plan.given("input.table"),
             input_version=plan.input_version,
-            output_table=config.output.table,
+            output_table=plan.given("output.table"),
             scored_at=plan.scored_at.isoformat(),
             backend=config.runtime.backend,
             input_where=config.input.where,
@@ -473,7 +493,7 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
             prediction_columns=tuple(output_schema.names),
             partitions=tuple(p.to_dict() for p in plan.partitions),
             quality=reports,
-            quarantine_table=config.quarantine_table if quarantined is not None else None,
+            quarantine_table=plan.given("quality.quarantine_table") if quarantined is not None else None,
         )
         if scored is None:
             scored = _empty_output(spark, config.output.table, source, plan.passthrough)
@@ -498,8 +518,10 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
             raise _translate(e) from None
         fault_point("after-output-commit")
         # From here on the output is committed: nothing below may report the run as failed for the user's reason.
+        plan.tables.register_new(spark, "output.table")  # a new output named in the catalog: added now
         if quarantined is not None:
             _write_quarantine(quarantined, config, plan.run_id, result)
+            plan.tables.register_new(spark, "quality.quarantine_table")
         fault_point("after-quarantine-commit")
     finally:
         if cached is not None:

@@ -148,8 +148,9 @@ def _as_list(value: Any) -> Any:
 
 class InputConfig(_Strict):
     table: str | None = None
-    """Path (or URI) of the input Delta table. Required, except for a stream that reads Kafka (``stream.source:
-    kafka``), whose rows come from a topic."""
+    """Path (or URI) of the input Delta table, or its name in Spark's catalog (``db.table``; see
+    :mod:`scoring.adapters.catalog`). Required, except for a stream that reads Kafka (``stream.source: kafka``), whose
+    rows come from a topic."""
     key: list[str] = Field(min_length=1)
     """Key column(s) that identify a row; copied to the output. A string or a list."""
     features: list[str] | None = None
@@ -278,7 +279,8 @@ class RuntimeConfig(_Strict):
 
 class OutputConfig(_Strict):
     table: str
-    """Path (or URI) of the output Delta table. Created on the first run."""
+    """Path (or URI) of the output Delta table, or its name in Spark's catalog (registered on the first run). Created
+    on the first run."""
     partition_by: list[str] = []
     """Partition columns (input columns copied to the output). A run replaces exactly the (key, partition) rows it
     selected and keeps every other row; the first run creates the table with this partitioning."""

@@ -111,13 +111,17 @@ def _register(spark, key: str, quoted: str, location: str) -> None:
     _LOGGER.info("%s: registered %s at %s", key, quoted, location)
 
 
-def register(spark, table: Table) -> None:
-    """Add a new output's name to the catalog once its location holds a Delta table (after the first commit)."""
+def register(spark, table: Table) -> bool:
+    """Add a new table's name to the catalog once its location holds a Delta table (after its first commit).
+    False when there is nothing to register yet."""
     from scoring.adapters import delta
 
-    if table.registered or not table.by_name or not delta.is_delta_table(spark, table.location):
-        return
+    if table.registered or not table.by_name:
+        return True
+    if not delta.is_delta_table(spark, table.location):
+        return False
     _register(spark, table.key, _quoted(_parts(table.given)), table.location)
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,22 +135,27 @@ class Resolved:
         table = self.tables.get(key)
         return table.given if table else None
 
-    def register_new(self, spark, *keys: str) -> None:
-        """Register new tables after their commit. The commit has landed, so a failure here is a warning, not a
-        failed run: the next run registers the table before it reads a row."""
+    def register_new(self, spark, *keys: str) -> tuple[str, ...]:
+        """Register new tables after their first commit; returns the keys still waiting for one. The commit has
+        landed, so a failure here is a warning, not a failed run: the next run registers the table before it reads a
+        row."""
+        waiting = []
         for key in keys:
             if key not in self.tables:
                 continue
+            table = self.tables[key]
             try:
-                register(spark, self.tables[key])
+                if not register(spark, table):
+                    waiting.append(key)
             except Exception as e:  # noqa: BLE001 - reported, and repaired by the next run
                 _LOGGER.warning(
                     "%s: %s was written at %s but could not be added to Spark's catalog (%s); the next run adds it",
                     key,
-                    self.tables[key].given,
-                    self.tables[key].location,
+                    table.given,
+                    table.location,
                     e,
                 )
+        return tuple(waiting)
 
 
 def resolve(config, spark) -> Resolved:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from scoring import columns
-from scoring.adapters import delta, deltalog
+from scoring.adapters import catalog, delta, deltalog
 from scoring.config import JobConfig
 from scoring.core.score import ScoringSpec
 from scoring.engine import checks, gates
@@ -208,6 +208,10 @@ class MicroBatchScorer:
         self._last_alias_check = time.monotonic()
         self._key = list(dict.fromkeys(config.input.key))
         self._passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
+        self.tables: catalog.Resolved | None = None
+        self.unregistered: tuple[str, ...] = ()
+        """Keys of tables named in the catalog but not in it yet (a new output): registered after their first
+        commit."""
 
     # foreachBatch calls this on the driver, from Spark's stream thread (through Py4J).
     def __call__(self, df, batch_id: int) -> None:
@@ -336,6 +340,8 @@ class MicroBatchScorer:
             quarantined = gates.union(set_aside)
             if quarantined is not None:
                 delta.append_once(quarantined, self.config.quarantine_table, txn=quarantine_txn_for(query_id, batch_id))
+            if self.unregistered:
+                self.unregistered = self.tables.register_new(self.spark, *self.unregistered)
             lap("kafka+quarantine")
             fault_point("stream-after-quarantine-commit", batch=batch_id)
 
@@ -899,6 +905,8 @@ def start(
     started = time.monotonic()
     logging.getLogger("py4j.clientserver").addFilter(_PY4J_FILTER)
     spark = spark or _session(config)
+    tables = catalog.resolve(config, spark)  # catalog names -> locations, once; paths stay as they are
+    config = tables.config
     _check_start(config, spark)
     reporter.step(f"resolving {config.model.uri}")
     model = prepare_model(config)
@@ -923,6 +931,8 @@ def start(
             stack.callback(metrics.close)
             reporter.step(f"metrics on http://{stream.metrics_host}:{port}/metrics")
         scorer = MicroBatchScorer(config, spark, _Active(model, predictor_spec), open_spec, reporter, metrics)
+        scorer.tables = tables
+        scorer.unregistered = tuple(k for k, t in tables.tables.items() if not t.registered)
         source = _source(config, spark, model)
         writer = (
             source.writeStream.queryName(_query_name(config))

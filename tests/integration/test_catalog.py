@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from scoring import build_job_config, run
+from scoring import build_job_config, demo, run
 from scoring.errors import ConfigError
-from tests.integration.conftest import delta_version, features_of, read_delta
+from tests.integration.conftest import delta_version, features_of, make_table, read_delta
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,18 @@ def test_names_survive_the_process_with_a_hive_metastore_and_a_crash_before_regi
     assert delta_version(location) == 0
     assert len(read_delta(location)) == lake.table.num_rows
     assert (tmp_path / "metastore_db").is_dir()
+
+
+def test_a_stream_reads_and_writes_tables_by_name(spark, lake, catalog_db, tmp_path):
+    from scoring.modes import stream
+
+    source = tmp_path / "events"
+    demo.write_delta(source, make_table(400, seed=41), mode="append")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS lakecat.events USING delta LOCATION '{source}'")
+    tree = lake.job("unused", input={"table": "lakecat.events"}, output={"table": "lakecat.stream_scores"})
+    tree["stream"] = {"checkpoint": str(tmp_path / "ck")}
+    record = stream.run(build_job_config(tree), spark=spark, available_now=True)
+    assert record.rows_written == 400
+    assert spark.catalog.tableExists("lakecat.stream_scores")  # registered after its first micro-batch
+    out = read_delta(catalog_db / "stream_scores")
+    assert sorted(out.column("customer_id").to_pylist()) == sorted(read_delta(source).column("customer_id").to_pylist())

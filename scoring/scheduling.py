@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from scoring.adapters import catalog
 from scoring.columns import SCORING_RUN_ID
 from scoring.config import JobConfig, ScheduleConfig, load_job_config
 from scoring.errors import EXIT_TRANSIENT, ConfigError, InputError, OutputError, QualityError, ScoringError
@@ -128,6 +129,17 @@ def scheduled_jobs(directory: str | os.PathLike[str] | None = None) -> list[Sche
             problems.append(str(e))
             continue
         if config.schedule is not None:
+            named = [
+                k
+                for k, v in (("input.table", config.input.table), ("output.table", config.output.table))
+                if catalog.is_name(v)
+            ]
+            if named:  # the sensor and the runs table read with delta-rs, which knows no catalog
+                problems.append(
+                    f"{path}: {' and '.join(named)} name tables in Spark's catalog; a scheduled job's sensor and runs "
+                    "table read tables without Spark, so give their locations (DESCRIBE DETAIL <name> shows them)"
+                )
+                continue
             jobs.append(ScheduledJob(path=path.resolve(), config=config))
     seen: dict[str, Path] = {}
     for job in jobs:

@@ -130,3 +130,17 @@ def test_a_failure_before_the_gates_leaves_both_reports_without_a_verdict():
         view = scheduling.gate_view(which, None, MODEL_ERROR, expectations=1)
         assert view.status == "not run" and "ModelError: cannot resolve models:/nope@champion" in view.text
     assert scheduling.gate_view("input", None, None, expectations=1).status == "not run"
+
+
+def test_a_scheduled_job_with_tables_by_name_is_refused_when_the_dags_are_built(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "named.yaml").write_text(
+        "input: {table: lake.features, key: customer_id}\n"
+        "model: {uri: 'models:/m@champion'}\n"
+        "output: {table: /lake/scores, partition_by: [ds]}\n"
+        "schedule: {partition_column: ds, start_date: '2026-11-01'}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        scheduling.scheduled_jobs(tmp_path)
+    assert "named.yaml: input.table name tables in Spark's catalog" in str(e.value)
+    assert "DESCRIBE DETAIL" in str(e.value)

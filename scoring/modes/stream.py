@@ -917,10 +917,13 @@ def start(
 
     stack = contextlib.ExitStack()
     try:
-        predictor_spec = stack.enter_context(open_predictor(config, model, reporter))
+        from scoring.adapters.spark import ship_model_files
+
+        # on a cluster, the model's files reach the executors once per version, through Spark (as in a batch run)
+        predictor_spec = ship_model_files(spark, stack.enter_context(open_predictor(config, model, reporter)))
 
         def open_spec(prepared: PreparedModel):
-            return stack.enter_context(open_predictor(config, prepared, reporter))
+            return ship_model_files(spark, stack.enter_context(open_predictor(config, prepared, reporter)))
 
         metrics = None
         if stream.metrics_port is not None:

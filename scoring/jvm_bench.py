@@ -219,6 +219,66 @@ def verify(setup: Setup, models: Sequence[str], rtol: float = 1e-5, atol: float 
     return report
 
 
+def check(workdir: Path, rows: int = 1000, batch_rows: int = 64) -> dict:
+    """Score a small table with the JVM scorer and check it, in a session of its own (``--check``; the test's child
+    process): a linear and a small MLP model exported to ONNX files (no registry), several batches per partition with a
+    partial last one, an empty input and a one-row input, each written with lineage by the Delta writer and read back
+    with delta-rs against onnxruntime in Python on the same rows; a model given the wrong number of feature columns
+    fails on the driver with a message that names both counts."""
+    import onnxruntime as ort
+    from deltalake import DeltaTable
+
+    from scoring.adapters.onnx import sklearn_to_onnx
+    from scoring.adapters.spark import get_session, stamp_dataframe
+    from scoring.core.stamp import Lineage
+
+    n_features = 6
+    features = demo.feature_names(n_features)
+    table = demo.make_features(rows, n_features=n_features, days=3)
+    demo.write_delta(workdir / "input", table)
+    spark = get_session(
+        "local[2]", {**session_conf(), "spark.sql.shuffle.partitions": "1"}, app_name="scoring-jvm-check"
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    source = spark.read.format("delta").load(str(workdir / "input")).repartition(3)
+    lineage = Lineage("m", "1", "models:/m/1", 0, "check", dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    matrix = np.column_stack([table.column(f).to_numpy() for f in features]).astype(np.float32)
+    report: dict = {}
+    for name, hidden in (("linear", ()), ("mlp", (8,))):
+        path = workdir / f"{name}.onnx"
+        path.write_bytes(
+            sklearn_to_onnx(demo.train_regressor(table, features, hidden=hidden), n_features).SerializeToString()
+        )
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        expected = session.run(None, {session.get_inputs()[0].name: matrix})[0].reshape(-1)
+        for case, where in (("all", "true"), ("empty", "customer_id < 0"), ("one", "customer_id = 7")):
+            out = workdir / f"out-{name}-{case}"
+            scored = score_jvm(
+                spark, source.where(where), str(path), features, ["customer_id", "ds"], batch_rows=batch_rows
+            )
+            _bench._write(stamp_dataframe(scored, lineage), out)
+            got = DeltaTable(str(out)).to_pyarrow_table().sort_by("customer_id")
+            keys = got.column("customer_id").to_numpy()
+            want = expected[keys] if len(keys) else expected[:0]
+            report[f"{name}/{case}"] = {
+                "rows": got.num_rows,
+                "columns": got.column_names,
+                "ds_equal": got.column("ds").to_pylist() == [table.column("ds")[int(k)].as_py() for k in keys],
+                "max_abs_diff": float(np.abs(got.column(columns.PREDICTION).to_numpy() - want).max())
+                if len(keys)
+                else 0.0,
+                "model_version": sorted(set(got.column(columns.MODEL_VERSION).to_pylist())),
+            }
+    try:
+        score_jvm(spark, source, str(workdir / "linear.onnx"), features[:-1], ["customer_id"])
+        report["wrong_features"] = None
+    except Exception as e:  # noqa: BLE001 (py4j's error, whose message is what is checked)
+        report["wrong_features"] = str(e).splitlines()[0][-300:]
+    report["sessions_in_driver_jvm"] = spark._jvm.scoring.jvm.OnnxScorer.cachedSessions()
+    spark.stop()
+    return report
+
+
 def _time(fn: Callable[[], None]) -> float:
     started = time.perf_counter()
     fn()
@@ -306,7 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(".bench/jvm"))
     parser.add_argument("--output", type=Path, default=Path(".bench/jvm/results.json"))
     parser.add_argument("--models", nargs="+", default=list(_bench.MODELS), choices=list(_bench.MODELS))
+    parser.add_argument("--check", action="store_true", help="score a small table and print the check as JSON")
     args = parser.parse_args(argv)
+    if args.check:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(check(args.workdir.resolve())))  # noqa: T201 (the command's output)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("py4j", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

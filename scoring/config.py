@@ -146,6 +146,19 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class TensorInputConfig(_Strict):
+    """How one array column (embeddings, token ids, a mask) feeds the model; see the README's "Tensor and
+    multi-input models"."""
+
+    input: str | None = None
+    """The model input this column feeds (default: the input of the column's own name)."""
+    length: Annotated[_Int, Field(ge=1), _at_most(_INT32_MAX, "longer than any tensor dimension")] | None = None
+    """Pad (with `pad`) or truncate every row's array to this many elements. Absent: every row must have the same
+    length, and a batch with rows of different lengths (ragged) fails the run naming the column and the row."""
+    pad: float = 0
+    """The value shorter arrays are padded with (cast to the input's dtype, e.g. 0 for ids and masks)."""
+
+
 class InputConfig(_Strict):
     table: str | None = None
     """Path (or URI) of the input Delta table, or its name in Spark's catalog (``db.table``; see
@@ -164,6 +177,10 @@ class InputConfig(_Strict):
     on_invalid_rows: Literal["fail", "skip"] = "fail"
     """Rows with a null or NaN feature: ``fail`` the run (nothing is written), or ``skip`` them (they are counted as
     rejected in the summary, and the rest is scored)."""
+    tensors: dict[str, TensorInputConfig] = {}
+    """Array feature columns, by column name, that feed a model input of another name or are padded to a fixed
+    length, e.g. ``{ids: {input: input_ids, length: 128}}``. An array column not listed feeds the input of its own
+    name, and must not be ragged."""
 
     _listify = field_validator("key", "features", mode="before")(_as_list)
 

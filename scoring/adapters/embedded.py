@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.core.batching import feature_matrix, name_outputs
+from scoring.core.tensors import TensorLayout, feed, input_names, layouts
 from scoring.errors import ModelError
 
 _LOGGER = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class EmbeddedSpec:
     """The model's archive among the files Spark ships to the executors (``SparkContext.addArchive``, see
     :func:`scoring.adapters.spark.ship_model_files`), when the run shipped it: a worker loads the copy Spark unpacked
     beside it, not the driver's `local_path` and not the registry. None under a local master."""
+    tensors: tuple[TensorLayout, ...] = ()
+    """Which model input each feature column feeds, and the array lengths to pad to (``input.tensors``); empty: each
+    column feeds the input of its own name."""
 
     def create(self):
         return load_predictor(self)
@@ -59,6 +63,8 @@ class OnnxPredictor:
             str(path / conf.get("data", "model.onnx")), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._features = spec.features
+        self._model = spec.model_uri
+        self._layout = spec.tensors or layouts(spec.features, None)
         self._inputs = self._session.get_inputs()
         self._outputs = [o.name for o in self._session.get_outputs() if o.type.startswith("tensor(")]
         if not self._outputs:
@@ -66,13 +72,17 @@ class OnnxPredictor:
                 f"ONNX model {spec.model_uri} has no tensor outputs",
                 hint="export it without ZipMap (skl2onnx: options={'zipmap': False})",
             )
-        self._matrix = len(self._inputs) == 1 and len(self._inputs[0].shape or ()) == 2
+        fed = input_names(self._layout)
+        self._matrix = (
+            len(self._inputs) == 1 and len(self._inputs[0].shape or ()) == 2 and fed != (self._inputs[0].name,)
+        )
         if not self._matrix:
-            missing = [i.name for i in self._inputs if i.name not in spec.features]
+            missing = [i.name for i in self._inputs if i.name not in fed]
             if missing:
                 raise ModelError(
                     f"ONNX model {spec.model_uri} has inputs {missing} that are not among the features {list(spec.features)}",
-                    hint="name the model's inputs in input.features",
+                    hint="name the model's inputs in input.features, or map a column of another name to each with "
+                    "input.tensors.<column>.input",
                 )
         else:
             width = self._inputs[0].shape[1]
@@ -80,7 +90,8 @@ class OnnxPredictor:
                 raise ModelError(
                     f"ONNX model {spec.model_uri} takes {width} features per row, the job gives {len(spec.features)}: "
                     f"{list(spec.features)}",
-                    hint="set input.features to the model's feature columns, in training order",
+                    hint="set input.features to the model's feature columns, in training order; an array column "
+                    "feeds the input of its own name (or map it with input.tensors.<column>.input)",
                 )
 
     def predict(self, features: pa.RecordBatch) -> pa.RecordBatch:
@@ -88,12 +99,17 @@ class OnnxPredictor:
             inp = self._inputs[0]
             feeds = {inp.name: feature_matrix(features, self._features, _ONNX_NUMPY.get(inp.type, np.float32))}
         else:
+            by_name = {i.name: i for i in self._inputs}
             feeds = {
-                i.name: features.column(i.name)
-                .to_numpy(zero_copy_only=False)
-                .astype(_ONNX_NUMPY.get(i.type, np.float32))
-                .reshape(-1, 1)
-                for i in self._inputs
+                t.input: feed(
+                    features.column(t.column),
+                    t,
+                    _ONNX_NUMPY.get(by_name[t.input].type, np.float32),
+                    by_name[t.input].shape,
+                    self._model,
+                )
+                for t in self._layout
+                if t.input in by_name
             }
         results = self._session.run(self._outputs, feeds)
         return name_outputs(dict(zip(self._outputs, results, strict=True)), features.num_rows)

@@ -14,7 +14,6 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from scoring.columns import PREDICTION
 
@@ -67,9 +66,10 @@ def nonfinite_mask(batch: pa.RecordBatch) -> np.ndarray | None:
             bad = ~np.isfinite(values)
             if column.null_count:
                 bad &= ~column.is_null().to_numpy(zero_copy_only=False)
-        elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_floating(kind.value_type):
-            flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
-            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+        elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and _floats_inside(kind):
+            from scoring.core.tensors import flat_values  # nested too: multi-dimensional outputs
+
+            flat, parents = flat_values(column)
             bad = np.zeros(len(column), dtype=bool)
             bad[parents[~np.isfinite(flat)]] = True
         else:
@@ -77,6 +77,12 @@ def nonfinite_mask(batch: pa.RecordBatch) -> np.ndarray | None:
         if bad.any():
             mask = bad if mask is None else (mask | bad)
     return mask
+
+
+def _floats_inside(kind: pa.DataType) -> bool:
+    while pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        kind = kind.value_type
+    return pa.types.is_floating(kind)
 
 
 def _column_name(name: str) -> str:
@@ -94,13 +100,18 @@ def _to_arrow(values: np.ndarray, rows: int, name: str) -> pa.Array:
         flat = pa.array(np.ascontiguousarray(values).reshape(-1))
         offsets = pa.array(np.arange(0, values.size + 1, values.shape[1], dtype=np.int32))
         return pa.ListArray.from_arrays(offsets, flat)
-    raise ValueError(f"model output {name!r} has shape {values.shape}; expected (rows,), (rows, 1) or (rows, k)")
+    if values.ndim > 2:
+        from scoring.core.tensors import nested
+
+        return nested(values)
+    raise ValueError(f"model output {name!r} has shape {values.shape}; expected (rows,), (rows, 1) or (rows, k, ...)")
 
 
 def name_outputs(outputs: Mapping[str, np.ndarray], rows: int) -> pa.RecordBatch:
     """Model outputs as an Arrow batch: a single output becomes ``prediction``; several keep their (cleaned) names.
 
-    ``(rows,)`` and ``(rows, 1)`` outputs become scalar columns, ``(rows, k)`` a list column.
+    ``(rows,)`` and ``(rows, 1)`` outputs become scalar columns, ``(rows, k)`` a list column, ``(rows, a, b, ...)``
+    a nested list column.
     """
     if len(outputs) == 1:
         ((name, values),) = outputs.items()

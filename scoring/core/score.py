@@ -9,9 +9,10 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from scoring.core.batching import invalid_mask, nonfinite_mask
+from scoring.core.batching import nonfinite_mask
 from scoring.core.predictor import PipelinedPredictor, Predictor
-from scoring.errors import InvalidRowsError, ModelError, OutputValidationError, ScoringError
+from scoring.core.tensors import RaggedRows, invalid_mask
+from scoring.errors import InputError, InvalidRowsError, ModelError, OutputValidationError, ScoringError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,17 @@ def _empty(batch: pa.RecordBatch, spec: ScoringSpec) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(empty, names=[*spec.passthrough, *spec.output_schema.names])
 
 
+def _ragged(error: RaggedRows, batch: pa.RecordBatch, spec: ScoringSpec) -> InputError:
+    """Rows of one array column with different lengths, named by the first odd row's key."""
+    return InputError(
+        f"array column {error.column!r} is ragged: the row at {_key_of(batch, spec, 0)} has {error.first} "
+        f"elements, the row at {_key_of(batch, spec, error.row)} has {error.odd} (lengths seen in one batch: "
+        f"{list(error.lengths)})",
+        hint=f"give every row of {error.column} the same length upstream, or set input.tensors.{error.column}.length "
+        "to pad (and truncate) its arrays to one length",
+    )
+
+
 def _model_failed(error: Exception, rows: int, spec: ScoringSpec) -> ModelError:
     """The runtime's own error: keep its text, say which model and batch."""
     return ModelError(
@@ -124,6 +136,8 @@ def score_batch(batch: pa.RecordBatch, predictor: Predictor, spec: ScoringSpec) 
         outputs = predictor.predict(features)
     except ScoringError:
         raise
+    except RaggedRows as e:
+        raise _ragged(e, batch, spec) from None
     except Exception as e:
         raise _model_failed(e, batch.num_rows, spec) from e
     return _assemble(batch, outputs, spec)
@@ -163,6 +177,8 @@ def score_batches(
                 break
             except ScoringError:
                 raise
+            except RaggedRows as e:
+                raise _ragged(e, next(b for b in taken if b.num_rows), spec) from None
             except Exception as e:
                 raise _model_failed(e, taken[0].num_rows if taken else 0, spec) from e
             yield from skipped()

@@ -53,12 +53,14 @@ def check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
                 hint=f"fix {key_name} in the job config, or check that input.table points at the right table",
             )
     for name in features:
-        kind = type(present[name].dataType).__name__
-        if kind not in _NUMERIC:
+        kind = present[name].dataType
+        if type(kind).__name__ == "ArrayType":  # an array column feeds one [rows, n] model input
+            kind = kind.elementType
+        if type(kind).__name__ not in _NUMERIC:
             raise InputError(
                 f"input.features: column {name!r} of {table} is {present[name].dataType.simpleString()}, "
-                "but models take numbers",
-                hint=f"cast {name} to a numeric type upstream, or drop it from input.features",
+                "but models take numbers or arrays of numbers",
+                hint=f"cast {name} to a numeric type (or an array of one) upstream, or drop it from input.features",
             )
     reserved = set(columns.LINEAGE) & set([*config.input.key, *config.output.partition_by])
     if reserved:

@@ -42,18 +42,29 @@ class Stamp:
 
 def valid_features(schema, features: Sequence[str]):
     """A Spark condition true for rows whose features are all non-null, finite and within float32's range
-    (:data:`~scoring.core.batching.FEATURE_LIMIT`): the same rule the workers apply to each batch."""
+    (:data:`~scoring.core.batching.FEATURE_LIMIT`): the same rule the workers apply to each batch. An array feature
+    is valid when it is non-null and every element is (:func:`scoring.core.tensors.invalid_mask`)."""
     from pyspark.sql import functions as F
+
+    def ok(col, kind):
+        good = col.isNotNull()
+        if type(kind).__name__ in _FLOATS:
+            good = good & ~F.isnan(col)
+        return good & (F.abs(col.cast("double")) <= F.lit(FEATURE_LIMIT))
 
     condition = F.lit(True)
     for name in features:
-        col = F.col(f"`{name}`")
-        ok = col.isNotNull()
-        if type(schema[name].dataType).__name__ in _FLOATS:
-            ok = ok & ~F.isnan(col)
-        ok = ok & (F.abs(col.cast("double")) <= F.lit(FEATURE_LIMIT))
-        condition = condition & ok
+        col, kind = F.col(f"`{name}`"), schema[name].dataType
+        if type(kind).__name__ == "ArrayType":
+            condition = condition & col.isNotNull() & F.forall(col, _element_check(ok, kind.elementType))
+        else:
+            condition = condition & ok(col, kind)
     return condition
+
+
+def _element_check(ok, kind):
+    """A one-argument lambda for Spark's ``forall`` (PySpark reads the arity: no default arguments)."""
+    return lambda x: ok(x, kind)
 
 
 def finite_predictions(schema):
@@ -66,10 +77,14 @@ def finite_predictions(schema):
         col = F.col(f"`{field.name}`")
         if isinstance(field.dataType, FloatType | DoubleType):
             condition = condition & (col.isNull() | (~F.isnan(col) & (F.abs(col) < F.lit(float("inf")))))
-        elif isinstance(field.dataType, ArrayType) and isinstance(field.dataType.elementType, FloatType | DoubleType):
-            condition = condition & ~F.coalesce(
-                F.exists(col, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf")))), F.lit(False)
-            )
+        elif isinstance(field.dataType, ArrayType):
+            kind = field.dataType
+            while isinstance(kind, ArrayType) and isinstance(kind.elementType, ArrayType):
+                col, kind = F.flatten(col), kind.elementType  # nested: multi-dimensional outputs
+            if isinstance(kind.elementType, FloatType | DoubleType):
+                condition = condition & ~F.coalesce(
+                    F.exists(col, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf")))), F.lit(False)
+                )
     return condition
 
 

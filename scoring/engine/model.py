@@ -8,7 +8,8 @@ import datetime as dt
 from scoring.adapters import registry
 from scoring.config import JobConfig
 from scoring.core.stamp import Lineage
-from scoring.errors import ModelError
+from scoring.core.tensors import input_names, layouts
+from scoring.errors import ConfigError, ModelError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +44,18 @@ def prepare_model(config: JobConfig, *, uri: str | None = None) -> PreparedModel
 
 
 def resolve_features(config: JobConfig, model: registry.ModelRef) -> tuple[str, ...]:
-    """``input.features`` checked against the model's MLflow signature, or the signature's names when not given."""
+    """``input.features`` checked against the model's MLflow signature, or the signature's names when not given
+    (a column that ``input.tensors`` maps to an input of another name is compared, and found, by that name)."""
+    return _known_tensor_columns(config, _resolve_features(config, model))
+
+
+def _resolve_features(config: JobConfig, model: registry.ModelRef) -> tuple[str, ...]:
     signature = registry.signature_inputs(model)
     if config.input.features is not None:
         features = tuple(config.input.features)
         if signature is not None:
             expected = [name for name, _ in signature]
-            if sorted(expected) != sorted(features):
+            if sorted(expected) != sorted(input_names(layouts(features, config.input.tensors))):
                 raise ModelError(
                     f"model {model.uri} expects features {expected} (its MLflow signature), "
                     f"but input.features is {list(features)}",
@@ -61,4 +67,16 @@ def resolve_features(config: JobConfig, model: registry.ModelRef) -> tuple[str, 
             f"model {model.uri} has no named inputs in its MLflow signature, so the features are unknown",
             hint="list the feature columns in input.features, in the order the model was trained on",
         )
-    return tuple(name for name, _ in signature)
+    column_of = {t.input: c for c, t in config.input.tensors.items() if t.input}
+    return tuple(column_of.get(name, name) for name, _ in signature)
+
+
+def _known_tensor_columns(config: JobConfig, features: tuple[str, ...]) -> tuple[str, ...]:
+    """`features`, once every column ``input.tensors`` names is among them."""
+    unknown = [c for c in config.input.tensors if c not in features]
+    if unknown:
+        raise ConfigError(
+            f"input.tensors names column(s) {unknown}, which are not among the features {list(features)}",
+            hint="list each array column in input.features too, or fix its name under input.tensors",
+        )
+    return features

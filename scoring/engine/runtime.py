@@ -9,6 +9,7 @@ import tempfile
 
 from scoring.adapters.embedded import EmbeddedSpec
 from scoring.config import JobConfig
+from scoring.core.tensors import layouts
 from scoring.engine.model import PreparedModel
 from scoring.progress import Reporter
 
@@ -27,6 +28,7 @@ def open_predictor(config: JobConfig, prepared: PreparedModel, reporter: Reporte
             threads=config.runtime.embedded.threads,
             tracking_uri=model.tracking_uri,
             registry_uri=model.registry_uri,
+            tensors=layouts(features, config.input.tensors),
         )
         return
     from scoring.adapters import triton_export

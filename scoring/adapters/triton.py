@@ -58,6 +58,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.core.batching import feature_matrix, in_flight, name_outputs
+from scoring.core.tensors import TensorLayout, feed, input_names, layouts
 from scoring.errors import BackendUnavailableError, ModelError, ScoringError, is_transient
 
 _LOGGER = logging.getLogger(__name__)
@@ -211,6 +212,10 @@ class TritonSpec:
     max_retries: int = 3
     batch_rows: int = 10_000
     max_inflight: int = 2
+    tensors: tuple[TensorLayout, ...] = ()
+    """Which model input each feature column feeds (``input.tensors``); empty: the input of the column's name. Used
+    when the model takes several inputs, or its one input is named by a column (an array column): see
+    :class:`_Feeds`."""
 
     def create(self) -> TritonPredictor:
         """The predictor for this spec, talking to the sidecar of the host it runs on when that is known.
@@ -312,6 +317,14 @@ class TritonPredictor:
         self._check_version(client)
         meta = client.call("get_model_metadata", spec.model_name, spec.model_version, what="reading the metadata")
         meta = meta if isinstance(meta, dict) else _grpc_meta(meta)
+        self._outputs = [
+            (o["name"], _TRITON_TO_NUMPY.get(o["datatype"], np.float32), o["shape"]) for o in meta["outputs"]
+        ]
+        self._layout = spec.tensors or layouts(spec.features, None)
+        self._named = len(meta["inputs"]) > 1 or input_names(self._layout) == (meta["inputs"][0]["name"],)
+        if self._named:  # one tensor per input, each from its column
+            self._named_inputs(meta["inputs"])
+            return
         if len(meta["inputs"]) != 1:
             raise ModelError(
                 f"Triton model {spec.model_name} version {spec.model_version} at {spec.url} takes "
@@ -327,9 +340,6 @@ class TritonPredictor:
                 f"the job gives {len(spec.features)}: {list(spec.features)}",
                 hint="set input.features to the model's feature columns, in training order",
             )
-        self._outputs = [
-            (o["name"], _TRITON_TO_NUMPY.get(o["datatype"], np.float32), o["shape"]) for o in meta["outputs"]
-        ]
 
     # -- connection ------------------------------------------------------------------------------------------------
 
@@ -407,6 +417,10 @@ class TritonPredictor:
         def split(features: pa.RecordBatch):
             if features.num_rows == 0:  # Triton refuses a 0-row request (INVALID_ARGUMENT): answered here
                 return 0, []
+            if self._named:
+                tensors = self._feeds(features)
+                chunks = [tensors.rows_slice(i, step) for i in range(0, features.num_rows, step)]
+                return features.num_rows, [functools.partial(self._infer_with_retries, c, stop) for c in chunks]
             matrix = feature_matrix(features, self.spec.features, self._input_dtype)
             chunks = [matrix[i : i + step] for i in range(0, len(matrix), step)]
             return features.num_rows, [functools.partial(self._infer_with_retries, c, stop) for c in chunks]
@@ -451,8 +465,38 @@ class TritonPredictor:
                 attempt += 1
                 self._local.client = None  # reconnect: the old channel may be broken
 
-    def _infer(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+    def _named_inputs(self, inputs: list[dict]) -> None:
+        """Check that every input of a several-input (or array-input) model is fed by a feature column."""
+        self._inputs = {i["name"]: i for i in inputs}
+        missing = [name for name in self._inputs if name not in input_names(self._layout)]
+        if missing:
+            raise ModelError(
+                f"Triton model {self.spec.model_name} version {self.spec.model_version} has inputs {missing} that "
+                f"no feature column feeds (features {list(self.spec.features)})",
+                hint="name the model's inputs in input.features, or map a column to each with "
+                "input.tensors.<column>.input",
+            )
+        if self.spec.shared_memory == "system":
+            raise ModelError(
+                f"Triton model {self.spec.model_name} takes named tensor inputs; runtime.triton.shared_memory: system "
+                "carries one feature matrix only",
+                hint="set runtime.triton.shared_memory: none (tensors go as binary data over the socket)",
+            )
+
+    def _feeds(self, features: pa.RecordBatch) -> _Feeds:
+        """Each input's tensor for `features`, in the dtype the server declares (see :func:`scoring.core.tensors.feed`)."""
+        arrays = {}
+        for t in self._layout:
+            inp = self._inputs.get(t.input)
+            if inp is not None:
+                dtype = _TRITON_TO_NUMPY.get(inp["datatype"], np.float32)
+                arrays[t.input] = feed(features.column(t.column), t, dtype, inp["shape"], self.spec.model_uri)
+        return _Feeds(arrays, features.num_rows)
+
+    def _infer(self, chunk: np.ndarray | _Feeds) -> dict[str, np.ndarray]:
         client = self._client()
+        if isinstance(chunk, _Feeds):
+            return self._infer_named(client, chunk)
         mod = client.mod
         inp = mod.InferInput(self._input["name"], list(chunk.shape), self._input["datatype"])
         if self.spec.shared_memory == "system":
@@ -480,6 +524,26 @@ class TritonPredictor:
                 outputs=outputs,
                 what=f"a request of {len(chunk)} rows",
             )
+        return {name: result.as_numpy(name) for name, _, _ in self._outputs}
+
+    def _infer_named(self, client: _Client, chunk: _Feeds) -> dict[str, np.ndarray]:
+        """One request with a binary tensor per input (named-input models), outputs as binary tensors."""
+        mod, http = client.mod, self.spec.protocol == "http"
+        inputs = []
+        for name, values in chunk.arrays.items():
+            inp = mod.InferInput(name, list(values.shape), self._inputs[name]["datatype"])
+            inp.set_data_from_numpy(values, **({"binary_data": True} if http else {}))
+            inputs.append(inp)
+        kwargs = {"binary_data": True} if http else {}
+        result = client.call(
+            "infer",
+            self.spec.model_name,
+            inputs,
+            model_version=self.spec.model_version,
+            outputs=[mod.InferRequestedOutput(name, **kwargs) for name, _, _ in self._outputs],
+            **({"timeout": int(self.spec.timeout_s * 1e6)} if http else {}),
+            what=f"a request of {len(chunk)} rows",
+        )
         return {name: result.as_numpy(name) for name, _, _ in self._outputs}
 
     # -- system shared memory: one input and one output region per client (thread), registered once ----------------
@@ -613,6 +677,21 @@ def serves(url: str, protocol: str, model_name: str, model_version: str, timeout
         return False
     finally:
         client.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Feeds:
+    """One request's tensors for a named-input model: input name -> ``(rows, ...)`` array; ``len`` is its rows."""
+
+    arrays: dict[str, np.ndarray]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def rows_slice(self, start: int, count: int) -> _Feeds:
+        arrays = {name: values[start : start + count] for name, values in self.arrays.items()}
+        return _Feeds(arrays, min(count, self.rows - start))
 
 
 def _in_batch(error: BaseException, index: int) -> BaseException:

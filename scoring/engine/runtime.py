@@ -47,6 +47,7 @@ def open_predictor(config: JobConfig, prepared: PreparedModel, reporter: Reporte
         max_retries=triton.max_retries,
         batch_rows=triton.batch_rows,
         max_inflight=triton.max_inflight,
+        tensors=layouts(features, config.input.tensors),
     )
     if triton.launch == "external":
         yield spec(url=triton.url or ("127.0.0.1:8001" if triton.protocol == "grpc" else "127.0.0.1:8000"))

@@ -188,3 +188,20 @@ def test_null_and_nan_elements_are_set_aside_with_skip_and_named_with_fail(spark
     assert sorted(out.column("customer_id").to_pylist()) == [i for i in range(40) if i not in (3, 11, 20)]
     quarantined = read_delta(tensor_lake.root / "bad_out_quarantine")
     assert sorted(quarantined.column("customer_id").to_pylist()) == [3, 11, 20]
+
+
+def test_two_array_columns_through_a_triton_sidecar_give_the_models_own_predictions(spark, tensor_lake):
+    tensors = {"token_ids": {"input": "ids", "length": SEQ}, "attention": {"input": "mask"}}
+    job = tensor_lake.job("triton_out", "tensor_ids_mask", ["token_ids", "attention"], tensors=tensors)
+    job["runtime"] = {"backend": "triton", "triton": {"launch": "auto", "batch_rows": 100}}
+    run(build_job_config(job), spark=spark)
+    out = read_delta(tensor_lake.root / "triton_out").sort_by("customer_id")
+    src = tensor_lake.table.sort_by("customer_id")
+    (total,) = _ort(
+        tensor_lake.ids_mask_model,
+        {
+            "ids": _matrix(src.column("token_ids"), np.int64, SEQ),
+            "mask": _matrix(src.column("attention"), np.int64, SEQ),
+        },
+    )
+    np.testing.assert_allclose(out.column("prediction").to_numpy(), total, rtol=1e-6)

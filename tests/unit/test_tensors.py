@@ -130,3 +130,26 @@ def test_an_unknown_key_under_input_tensors_is_a_config_error():
                 "output": {"table": "/tmp/out"},
             }
         )
+
+
+def test_the_triton_export_writes_each_array_inputs_width_from_the_onnx_graph():
+    from onnx import TensorProto, helper
+
+    from scoring.adapters.triton_export import build_config
+    from scoring.config import TritonModelConfig
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["ids", "mask"], ["kept"])],
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "S"]),
+        ],
+        [helper.make_tensor_value_info("kept", TensorProto.INT64, ["N", 6])],
+    )
+    config = build_config("m", helper.make_model(graph), "python", TritonModelConfig(max_batch_size=64), [1])
+    assert config.max_batch_size == 64  # the batch dimension is Triton's: [-1, 6] as the server shows it
+    assert [(i.name, list(i.dims)) for i in config.input] == [("ids", [6]), ("mask", [-1])]
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert [i.data_type for i in config.input] == [mc.DataType.Value("TYPE_INT64")] * 2

@@ -131,6 +131,16 @@ def _matrix(column: pa.ChunkedArray, dtype, width: int) -> np.ndarray:
     return out
 
 
+def _assert_ids_mask_predictions(lake: TensorLake, output: str) -> None:
+    """The output holds, for every input row, the two-input model's own prediction on the row's padded ids and mask."""
+    out = read_delta(lake.root / output).sort_by("customer_id")
+    src = lake.table.sort_by("customer_id")
+    assert out.column("customer_id").to_pylist() == src.column("customer_id").to_pylist()
+    ids, mask = _matrix(src.column("token_ids"), np.int64, SEQ), _matrix(src.column("attention"), np.int64, SEQ)
+    (total,) = _ort(lake.ids_mask_model, {"ids": ids, "mask": mask})
+    np.testing.assert_allclose(out.column("prediction").to_numpy(), total, rtol=1e-6)
+
+
 def test_an_array_column_feeds_a_rows_by_n_input_and_a_3d_output_becomes_a_nested_list(spark, tensor_lake):
     summary = run(build_job_config(tensor_lake.job("emb_out", "tensor_emb", ["emb"])), spark=spark)
     out = read_delta(tensor_lake.root / "emb_out").sort_by("customer_id")
@@ -147,16 +157,7 @@ def test_two_array_columns_feed_named_int64_inputs_mapped_and_padded_by_config(s
     tensors = {"token_ids": {"input": "ids", "length": SEQ, "pad": 0}, "attention": {"input": "mask"}}
     job = tensor_lake.job("ids_out", "tensor_ids_mask", ["token_ids", "attention"], tensors=tensors)
     run(build_job_config(job), spark=spark)
-    out = read_delta(tensor_lake.root / "ids_out").sort_by("customer_id")
-    src = tensor_lake.table.sort_by("customer_id")
-    (total,) = _ort(
-        tensor_lake.ids_mask_model,
-        {
-            "ids": _matrix(src.column("token_ids"), np.int64, SEQ),
-            "mask": _matrix(src.column("attention"), np.int64, SEQ),
-        },
-    )
-    np.testing.assert_allclose(out.column("prediction").to_numpy(), total, rtol=1e-6)
+    _assert_ids_mask_predictions(tensor_lake, "ids_out")
 
 
 def test_a_ragged_array_column_is_refused_naming_the_column_a_key_and_the_lengths(spark, tensor_lake):
@@ -195,13 +196,4 @@ def test_two_array_columns_through_a_triton_sidecar_give_the_models_own_predicti
     job = tensor_lake.job("triton_out", "tensor_ids_mask", ["token_ids", "attention"], tensors=tensors)
     job["runtime"] = {"backend": "triton", "triton": {"launch": "auto", "batch_rows": 100}}
     run(build_job_config(job), spark=spark)
-    out = read_delta(tensor_lake.root / "triton_out").sort_by("customer_id")
-    src = tensor_lake.table.sort_by("customer_id")
-    (total,) = _ort(
-        tensor_lake.ids_mask_model,
-        {
-            "ids": _matrix(src.column("token_ids"), np.int64, SEQ),
-            "mask": _matrix(src.column("attention"), np.int64, SEQ),
-        },
-    )
-    np.testing.assert_allclose(out.column("prediction").to_numpy(), total, rtol=1e-6)
+    _assert_ids_mask_predictions(tensor_lake, "triton_out")

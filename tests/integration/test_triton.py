@@ -198,10 +198,10 @@ def test_launch_auto_uses_a_server_that_already_serves_the_version(spark, lake, 
 SLOW_MAX_BATCH = 512
 
 
-def _slow_repository(directory: Path, champion) -> Path:
+def _slow_repository(directory: Path, champion, max_queue_size: int = 1) -> Path:
     """The champion model, but each execution sleeps 50 ms, the queue holds one request and a request may carry at
     most 512 rows: easy to overload, easy to send too much."""
-    settings = TritonModelConfig(max_batch_size=SLOW_MAX_BATCH, max_queue_size=1, max_queue_delay_us=0)
+    settings = TritonModelConfig(max_batch_size=SLOW_MAX_BATCH, max_queue_size=max_queue_size, max_queue_delay_us=0)
     export_model(champion, directory, target="python", model_config=settings)
     model_py = directory / "onnx_clf" / champion.version / "model.py"
     source = model_py.read_text().replace(
@@ -509,3 +509,149 @@ def test_a_server_killed_mid_job_fails_the_run_cleanly_and_commits_nothing(spark
     finally:
         killer.join()
     assert delta_version(path) == before and read_delta(path).num_rows == rows
+
+
+# -- requests in flight across Arrow batches (predict_stream) --------------------------------------------------------
+
+STREAM_SIZES = (100, 0, 1, 257, 64, 500, 3)
+"""Arrow batch sizes of a task's stream: empty, one-row, several requests of 64 rows each, one partial request."""
+
+
+def _stream_batches(lake, sizes=STREAM_SIZES) -> list[pa.RecordBatch]:
+    """Consecutive slices of the lake's rows, `sizes` rows each."""
+    frame = lake.table.select(FEATURES).to_pandas()
+    starts = np.cumsum((0, *sizes))[:-1]
+    assert starts[-1] + sizes[-1] <= len(frame)
+    return [
+        pa.RecordBatch.from_pandas(frame.iloc[s : s + n], preserve_index=False)
+        for s, n in zip(starts, sizes, strict=True)
+    ]
+
+
+class _Taken:
+    """An input stream that counts the batches taken from it."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.taken = list(batches), 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.taken += 1
+            yield batch
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        ("grpc", "none"),
+        ("http", "none"),
+        ("grpc", "system"),
+        ("http", "system"),
+    ],
+    ids=["grpc", "http", "grpc-shm", "http-shm"],
+)
+def test_a_stream_with_requests_in_flight_across_batches_gives_the_models_own_predictions_in_order(
+    lake, champion, triton_server, transport
+):
+    """Three requests of 64 rows in flight across seven batches (each of the HTTP client's and of the shared-memory
+    regions one per request in flight): every batch's own predictions, in input order, empty and one-row included."""
+    batches = _stream_batches(lake)
+    protocol, shared_memory = transport
+    predictor = _predictor(
+        champion, triton_server, protocol, shared_memory=shared_memory, batch_rows=64, max_inflight=3
+    )
+    try:
+        out = list(predictor.predict_stream(batches))
+    finally:
+        predictor.close()
+    assert [o.num_rows for o in out] == list(STREAM_SIZES)
+    label, proba = _own_predict(champion.uri, lake.table.slice(0, sum(STREAM_SIZES)))
+    np.testing.assert_array_equal(np.concatenate([o.column("label").to_numpy() for o in out]), label)
+    got = np.concatenate([np.stack(o.column("probabilities").to_numpy(zero_copy_only=False)) for o in out if len(o)])
+    np.testing.assert_allclose(got, proba, rtol=1e-6)
+
+
+def test_a_stream_takes_no_more_batches_than_it_has_requests_in_flight(lake, champion, slow_server):
+    source = _Taken(_stream_batches(lake, [50] * 40))
+    predictor = _predictor(champion, slow_server, batch_rows=50, max_inflight=2, max_retries=30)
+    try:
+        stream = predictor.predict_stream(source)
+        next(stream)
+        taken_first = source.taken
+        for _ in range(3):
+            next(stream)
+        assert taken_first <= 3 and source.taken <= 3 + 3  # two held, one converting; one more per batch given
+        stream.close()
+    finally:
+        predictor.close()
+
+
+def test_a_request_failing_in_the_middle_of_a_stream_fails_at_its_batch_naming_the_server_and_the_batch(
+    lake, champion, slow_server
+):
+    """The third batch is larger than the model's max_batch_size, so the server refuses its request
+    (INVALID_ARGUMENT): the two batches before it are given, then a ModelError naming the batch and the server."""
+    sizes = [100, 100, SLOW_MAX_BATCH + 10, 100, 100]
+    predictor = _predictor(champion, slow_server, batch_rows=SLOW_MAX_BATCH + 10, max_inflight=3, max_retries=30)
+    got = []
+    try:
+        with pytest.raises(ModelError) as excinfo:
+            for out in predictor.predict_stream(_stream_batches(lake, sizes)):
+                got.append(out)
+    finally:
+        predictor.close()
+    message = str(excinfo.value)
+    assert message.startswith(f"Arrow batch 3 of this task: model onnx_clf version {champion.version}")
+    assert slow_server.grpc_url in message and f"batch-size must be <= {SLOW_MAX_BATCH}" in message
+    assert [o.num_rows for o in got] == [100, 100]
+    assert exit_code_for(excinfo.value) == EXIT_TERMINAL and _status_of(excinfo.value) == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_closing_a_stream_early_leaves_no_request_in_flight_and_closing_the_predictor_no_thread(
+    lake, champion, slow_server
+):
+    threads_before = set(threading.enumerate())
+    predictor = _predictor(champion, slow_server, batch_rows=50, max_inflight=4, max_retries=30)
+    stream = predictor.predict_stream(_stream_batches(lake, [50] * 40))
+    next(stream)
+    before = _successes(slow_server)
+    stream.close()  # waits for the requests in flight; the ones not sent are never sent
+    after_close = _successes(slow_server)
+    time.sleep(0.3)  # a request left running would land meanwhile
+    assert _successes(slow_server) == after_close and after_close - before <= 4
+    threads = [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("triton")]
+    assert threads  # the predictor's request threads, idle now
+    predictor.close()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not [t for t in threads if t.is_alive()]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_server_killed_mid_stream_fails_at_the_first_unanswered_batch_after_the_ones_before_it(
+    lake, champion, tmp_path, protocol
+):
+    """Killed with requests of several batches in flight (a slow model whose queue holds them all): the batches
+    answered before are given, in order and right; then a transient error naming the server and the batch; nothing is
+    left running."""
+    doomed_server = ts.start_server(_slow_repository(tmp_path, champion, max_queue_size=16))
+    batches = _stream_batches(lake, [40] * 30)
+    predictor = _predictor(champion, doomed_server, protocol, batch_rows=40, max_inflight=3, max_retries=1, timeout_s=3)
+    got = []
+    try:
+        stream = predictor.predict_stream(batches)
+        got.append(next(stream))
+        kill(doomed_server)
+        with pytest.raises(BackendUnavailableError) as excinfo:
+            for out in stream:
+                got.append(out)
+        assert predictor._pool._work_queue.empty()  # nothing waits to be sent
+    finally:
+        predictor.close()
+        ts.stop_server(doomed_server)
+    message = str(excinfo.value)
+    assert re.match(rf"Arrow batch {len(got) + 1} of this task: ", message), message
+    assert _url(doomed_server, protocol) in message and "gave up after" in message
+    assert exit_code_for(excinfo.value) == EXIT_TRANSIENT
+    label, _ = _own_predict(champion.uri, lake.table.slice(0, 40 * len(got)))
+    np.testing.assert_array_equal(np.concatenate([o.column("label").to_numpy() for o in got]), label)

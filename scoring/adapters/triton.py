@@ -1,8 +1,11 @@
 """The ``triton`` runtime: Arrow batches scored by a Triton Inference Server beside the worker.
 
 One client per Python worker (created once, reused for every batch). A batch's feature matrix goes to the server as
-binary tensors (or through a system shared-memory region), split into requests of ``batch_rows`` with up to
-``max_inflight`` in flight so that the server's dynamic batcher has work to merge. Every call has a deadline.
+binary tensors (or through a system shared-memory region), split into requests of ``batch_rows``. A task's batches are
+pipelined (:meth:`TritonPredictor.predict_stream`): up to ``max_inflight`` requests are in flight across batches, each
+in a thread of the predictor's own (with its own client and shared-memory regions: one per request in flight), while
+the task's thread converts the next batch; outputs come back in input order, the input is pulled no faster than
+requests free up, and an error is raised at its batch's turn. Every call has a deadline.
 
 Failures are classified where tritonclient raises them (:meth:`_Client.call`), by what they are, never by their text
 (:func:`is_transient_failure`): a gRPC status code, an HTTP status, or a connection-level exception type. A transient

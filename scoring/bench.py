@@ -506,6 +506,18 @@ class WorkerMemory:
             if _is_pyspark(pid, self._cmdline) and _is_pyspark(procs[pid][0], self._cmdline)
         }
 
+    def wait_until_idle(self, quiet_s: float = 0.2, timeout_s: float = 3.0) -> None:
+        """Wait (at most `timeout_s`) until no worker has used CPU, started or exited for `quiet_s`, so that the tail
+        of an earlier job (a worker finishing its task, or exiting) is not counted in the next window."""
+        deadline = time.monotonic() + timeout_s
+        before = {pid: cpu for pid, (cpu, _) in self._workers().items()}
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = {pid: cpu for pid, (cpu, _) in self._workers().items()}
+            if now == before:
+                return
+            before = now
+
     def sample(self) -> None:
         workers = self._workers()
         for pid, (cpu, _) in workers.items():
@@ -546,7 +558,9 @@ def spark_jvm_pid() -> int:
 
 
 def _measure(fn: Callable[[], None]) -> tuple[float, WorkerPeak]:
-    with WorkerMemory() as memory:
+    memory = WorkerMemory()
+    memory.wait_until_idle()  # not timed: the previous path's workers settle first
+    with memory:
         started = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - started

@@ -131,6 +131,8 @@ def test_the_worker_sampler_sees_only_workers_that_ran_in_its_window(spark):
         rows.mapInArrow(busy, rows.schema).count()
     assert running.peak.workers >= 1
     assert 0 < running.peak.one_mb <= running.peak.total_mb
-    with bench.WorkerMemory(interval_s=0.02) as idle:  # no Python in this job: the kept workers stay idle
+    idle = bench.WorkerMemory(interval_s=0.02)
+    idle.wait_until_idle()  # the busy job's workers are done
+    with idle:  # no Python in this job: the kept workers stay idle
         rows.count()
     assert idle.peak == bench.WorkerPeak(0.0, 0.0, 0)

@@ -82,9 +82,7 @@ def _stream(server, batches, max_inflight, latency=lambda tag: 0.0, fail=None, r
     def split(batch: np.ndarray):
         parts = np.array_split(batch, requests_per_batch)
         tags = [int(batch[0]) // 1000 * 100 + i for i in range(len(parts))]  # batch index * 100 + request
-        calls = [
-            server.request(t, p, latency(t), fail(t) if fail else None) for t, p in zip(tags, parts, strict=True)
-        ]
+        calls = [server.request(t, p, latency(t), fail(t) if fail else None) for t, p in zip(tags, parts, strict=True)]
         return len(batch), calls
 
     def join(rows: int, parts: list[np.ndarray]) -> np.ndarray:
@@ -111,9 +109,7 @@ def test_outputs_come_back_in_input_order_when_later_requests_finish_first(serve
 
 def test_a_batch_of_several_requests_is_put_back_together_in_order(server):
     batches = _inputs(5, rows=10)
-    out = list(
-        _stream(server, batches, 3, requests_per_batch=4, latency=lambda t: 0.02 if t % 100 == 0 else 0.0)
-    )
+    out = list(_stream(server, batches, 3, requests_per_batch=4, latency=lambda t: 0.02 if t % 100 == 0 else 0.0))
     assert [o.tolist() for o in out] == [(b * 2).tolist() for b in batches]
     assert server.most <= 3
 

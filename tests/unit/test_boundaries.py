@@ -35,6 +35,7 @@ ALLOWED = {
     "backfill.py",  # the notebook's Spark session
     "kubernetes.py",  # manifests for the operator
     "bench.py",  # the peers it measures (spark_udf, raw onnxruntime)
+    "jvm_bench.py",  # the JVM scorer prototype measured against the Arrow path (docs/jvm-backend.md)
     "demo.py",  # makes a demo lake and model
     "demo_serve.py",  # registers a retrained demo model to move the alias
     "doctor.py",  # checks each outside dependency

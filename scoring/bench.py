@@ -27,8 +27,8 @@ same output shape (key, ds, prediction, lineage columns) with the same Delta wri
   the cost of Great Expectations validation on the Spark DataFrame.
 
 Each path runs once to warm up (not counted), then `repeat` times, interleaved; medians and the spread (min, max) are
-reported. With several sizes (``rows``), each size is measured in turn, and per path a least-squares line through
-time against rows gives the fixed seconds of a run and the seconds per row. Meanwhile a thread of the driver samples
+reported. With several sizes (``rows``), the repetitions interleave every path at every size, and per path a
+least-squares line through time against rows gives the fixed seconds of a run and the seconds per row. Meanwhile a thread of the driver samples
 ``/proc`` for the RSS of Spark's Python workers (see :class:`WorkerMemory`).
 """
 
@@ -631,27 +631,30 @@ def run_bench(
     spark = _session()
     measured = []
     with _sidecar(workdir, refs, triton) as urls:
+        runs: dict[tuple[int, str], Callable[[], None]] = {}
         for size in sizes:
             bench = _prepare(spark, size, workdir, refs)
-            paths = _paths(bench, set(only) if only else None, urls)
-            times: dict[str, list[float]] = {p: [] for p in paths}
-            peaks: dict[str, list[WorkerPeak]] = {p: [] for p in paths}
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("benchmark", total=len(paths) * (repeat + warmup))
-                warmups = paths.items() if warmup else ()
-                for name, fn in warmups:  # JIT, worker start-up, model load; not counted
-                    progress.update(task, description=f"{size:,} rows: warm-up {name}")
-                    _measure(fn)
+            runs |= {(size, name): fn for name, fn in _paths(bench, set(only) if only else None, urls).items()}
+        times: dict[tuple[int, str], list[float]] = {run: [] for run in runs}
+        peaks: dict[tuple[int, str], list[WorkerPeak]] = {run: [] for run in runs}
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("benchmark", total=len(runs) * (repeat + warmup))
+            warmups = runs.items() if warmup else ()
+            for (size, name), fn in warmups:  # JIT, worker start-up, model load; not counted
+                progress.update(task, description=f"warm-up {name} ({size:,} rows)")
+                _measure(fn)
+                progress.advance(task)
+            # interleaved over paths and sizes, so that drift in the machine's speed hits every path and size alike
+            for i in range(repeat):
+                for (size, name), fn in runs.items():
+                    progress.update(task, description=f"{name} ({size:,} rows, {i + 1}/{repeat})")
+                    elapsed, peak = _measure(fn)
+                    times[size, name].append(elapsed)
+                    peaks[size, name].append(peak)
                     progress.advance(task)
-                for i in range(repeat):  # interleaved, so drift in the machine's speed hits every path alike
-                    for name, fn in paths.items():
-                        progress.update(task, description=f"{size:,} rows: {name} ({i + 1}/{repeat})")
-                        elapsed, peak = _measure(fn)
-                        times[name].append(elapsed)
-                        peaks[name].append(peak)
-                        progress.advance(task)
-            results = {name: _summary(size, times[name], peaks[name]) for name in paths}
-            measured.append({"rows": size, "paths": results, "ratios": _ratios(results)})
+    for size in sizes:
+        results = {name: _summary(size, times[s, name], peaks[s, name]) for s, name in runs if s == size}
+        measured.append({"rows": size, "paths": results, "ratios": _ratios(results)})
     report = {
         "sizes": measured,
         "scaling": _scaling(measured),

@@ -643,7 +643,7 @@ def bench(
         list[int] | None,
         typer.Option(
             help="Rows of generated input (20 float features); repeat it to measure several sizes, e.g. "
-            "--rows 1000000 --rows 10000000: each size in turn, then per path the fixed seconds and the per-row "
+            "--rows 1000000 --rows 10000000: the repetitions interleave every path at every size; per path the fixed seconds and the per-row "
             "slope (a least-squares line through the medians). Default: 1,000,000."
         ),
     ] = None,

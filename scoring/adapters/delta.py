@@ -64,13 +64,13 @@ def committed_version(spark, path: str, txn: Txn) -> int | None:
 
 
 def layout(spark, path: str):
-    """``(partition columns, schema)`` of the Delta table at `path`, or None when there is none."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
+    """``(partition columns, schema)`` of the Delta table at `path`, or None when there is none. Read from the log's
+    metadata (``DESCRIBE DETAIL`` would run a Spark job for the same facts)."""
+    if not is_delta_table(spark, path):
         return None
-    table = DeltaTable.forPath(spark, path)
-    return list(table.detail().select("partitionColumns").head()[0]), table.toDF().schema
+    columns = _snapshot(spark, path).metadata().partitionColumns()
+    partition_by = [str(columns.apply(i)) for i in range(columns.size())]
+    return partition_by, spark.read.format("delta").load(path).schema
 
 
 def table_properties(spark, path: str) -> dict[str, str]:
@@ -267,7 +267,7 @@ def write_scoped(
     how, scope = "create", None
     try:
         if before is None:
-            _create(scored, path, partition_by, txn, user_metadata)
+            _create(scored, path, partition_by, key, txn, user_metadata)
         elif (scope := _whole_partitions(spark, path, selected, key, partition_by, partitions)) is not None:
             how = "replace-partitions"
             _replace_partitions(scored, path, scope, txn, user_metadata)
@@ -283,15 +283,24 @@ def write_scoped(
                 "writer's; to avoid it, do not run two jobs into the same output partitions at once",
             ) from None
         raise
-    commit = find_commit(spark, path, txn)
+    # This write's commit, from the commit files written since `before` (a few small JSON files, no Spark job).
+    commit = _commit_in_log(spark, path, txn, before) or find_commit(spark, path, txn)
     if commit is None:  # Delta skipped it: a concurrent attempt of the same transaction committed first
         return _already(spark, path, txn, before)
     version, metrics = commit.version, commit.metrics
     if how == "create":
         return WriteResult(None, version, True, int(metrics.get("numOutputRows", 0)), 0, 0, how)
     if how == "replace-partitions":
+        written = int(metrics.get("numOutputRows", 0))
+        if scope == "true":  # the whole table was replaced
+            rows_before = table_rows(spark, path, version - 1)
+            return WriteResult(before, version, True, written, rows_before, rows_before, how)
+        if "numDeletedRows" in metrics and int(metrics.get("numCopiedRows", 0)) == 0:
+            # replaceWhere on partition values removes whole files; Delta counts their rows from the log's stats
+            rows_before = table_rows(spark, path, version - 1)
+            return WriteResult(before, version, True, written, int(metrics["numDeletedRows"]), rows_before, how)
         rows_before, replaced = _rows_and_rows_where(spark, path, version - 1, scope)
-        return WriteResult(before, version, True, int(metrics.get("numOutputRows", 0)), replaced, rows_before, how)
+        return WriteResult(before, version, True, written, replaced, rows_before, how)
     rows_before = table_rows(spark, path, version - 1)
     written = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
     replaced = int(metrics.get("numTargetRowsUpdated", 0)) + int(metrics.get("numTargetRowsDeleted", 0))
@@ -330,8 +339,33 @@ def _writer(df, mode: str, txn: Txn, user_metadata: str | None = None):
     return writer if user_metadata is None else writer.option("userMetadata", user_metadata)
 
 
-def _create(scored, path: str, partition_by: Sequence[str], txn: Txn, user_metadata: str) -> None:
+STATS_COLUMNS = "delta.dataSkippingStatsColumns"
+"""The table property that names the columns Delta collects file statistics (min, max, null count) on."""
+
+
+def stats_properties(key: Sequence[str], partition_by: Sequence[str]) -> dict[str, str]:
+    """Table properties of a new output table: file statistics on the key columns only.
+
+    Delta's default collects min/max/null counts on the first 32 columns of every file it writes, here the predictions
+    and the six lineage columns too: per-row work in the write for columns nobody prunes files by. The engine's MERGE
+    and readers select rows by key and partition; partition values are in the log anyway (no statistics needed), so
+    the key columns are what file skipping can use. The row count of each file (``numRecords``) is kept whatever this
+    says: Delta answers ``count(*)`` and the run's row counts from it. To collect more on an existing table:
+    ``ALTER TABLE delta.`<path>` SET TBLPROPERTIES ('delta.dataSkippingStatsColumns' = 'customer_id,prediction')``."""
+    stats = [c for c in dict.fromkeys(key) if c not in partition_by]
+    if not stats:
+        return {"delta.dataSkippingNumIndexedCols": "0"}
+    return {STATS_COLUMNS: ",".join(_quoted(c) for c in stats)}
+
+
+def _quoted(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else "`" + name.replace("`", "``") + "`"
+
+
+def _create(scored, path: str, partition_by: Sequence[str], key: Sequence[str], txn: Txn, user_metadata: str) -> None:
     writer = _writer(scored, "errorifexists", txn, user_metadata)
+    for name, value in stats_properties(key, partition_by).items():  # options named delta.* become table properties
+        writer = writer.option(name, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)

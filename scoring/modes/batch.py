@@ -316,6 +316,8 @@ def _ok(value: Any) -> bool:
 
     if value is None:
         return False
+    if isinstance(value, list | tuple):  # an array feature: every element must be valid
+        return all(_ok(v) for v in value)
     try:
         return abs(float(value)) <= FEATURE_LIMIT
     except (TypeError, ValueError):

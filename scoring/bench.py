@@ -195,15 +195,22 @@ def _prepare(spark, rows: int, workdir: Path, models: dict[str, object]) -> Benc
 
 def _write(df, path: Path) -> None:
     """The paths' common sink: a dynamic partition overwrite (the engine's write before scoped re-runs), so that
-    every path pays the same write and the ``run`` / ``run-first-write`` paths show what the scoped replace costs."""
-    (
+    every path pays the same write and the ``run`` / ``run-first-write`` paths show what the scoped replace costs.
+    Tables are created as the engine creates its outputs: file statistics on the key only
+    (:func:`scoring.adapters.delta.stats_properties`)."""
+    from scoring.adapters.delta import stats_properties
+
+    writer = (
         df.write.format("delta")
         .mode("overwrite")
         .partitionBy("ds")
         .option("partitionOverwriteMode", "dynamic")
         .option("userMetadata", '{"bench": true}')
-        .save(str(path))
     )
+    if not (path / "_delta_log").exists():
+        for name, value in stats_properties(("customer_id",), ("ds",)).items():
+            writer = writer.option(name, value)
+    writer.save(str(path))
 
 
 def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | None) -> dict[str, Callable[[], None]]:

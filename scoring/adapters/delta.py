@@ -504,11 +504,20 @@ def append_once(df, path: str, *, txn: Txn) -> bool:
     return True
 
 
-def append_batch(df, path: str, *, partition_by: Sequence[str], txn: Txn, metadata: Mapping[str, Any]) -> WriteResult:
-    """Append `df` to the Delta table at `path` (created, partitioned by `partition_by`, if missing) in one commit,
-    at most once per transaction identity: a stream's micro-batch, ``(query, batch id)``. A batch that the table
-    already records (a restart replaying the batch whose commit landed just before the crash) is skipped and reported
-    as not committed, with the version that did commit it."""
+def append_batch(
+    df,
+    path: str,
+    *,
+    partition_by: Sequence[str],
+    txn: Txn,
+    metadata: Mapping[str, Any],
+    key: Sequence[str] = (),
+) -> WriteResult:
+    """Append `df` to the Delta table at `path` (created, partitioned by `partition_by`, if missing, with file
+    statistics on `key` only: :func:`stats_properties`) in one commit, at most once per transaction identity: a
+    stream's micro-batch, ``(query, batch id)``. A batch that the table already records (a restart replaying the batch
+    whose commit landed just before the crash) is skipped and reported as not committed, with the version that did
+    commit it."""
     spark = df.sparkSession
     before = latest_version(spark, path)
     done = committed_version(spark, path, txn)
@@ -516,6 +525,9 @@ def append_batch(df, path: str, *, partition_by: Sequence[str], txn: Txn, metada
         return _already(spark, path, txn, before)
     metadata = {**metadata, "txn_app_id": txn.app_id, "txn_version": txn.version}
     writer = _writer(df, "append", txn, json.dumps(metadata, sort_keys=True, default=str))
+    if before is None and key:  # the first micro-batch creates the table
+        for name, value in stats_properties(key, partition_by).items():
+            writer = writer.option(name, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     try:

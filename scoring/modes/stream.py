@@ -322,7 +322,12 @@ class MicroBatchScorer:
                 frame = out if out is not None else self._empty_output(source)
                 if frame is not None:
                     result = delta.append_batch(
-                        frame, table, partition_by=self.config.output.partition_by, txn=txn, metadata=metadata
+                        frame,
+                        table,
+                        partition_by=self.config.output.partition_by,
+                        txn=txn,
+                        metadata=metadata,
+                        key=self.config.input.key,
                     )
                     written, committed, version = result.rows_written, result.committed, result.version
             committed_at = time.time()

@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from deltalake import DeltaTable
 from rich.console import Console
 
 from scoring import bench, columns, demo
+from scoring.adapters.delta import STATS_COLUMNS
 from tests.integration.conftest import read_delta
 
 SIZES = (1_500, 3_000)
@@ -86,6 +88,9 @@ def test_every_bench_path_writes_every_input_key_once_with_the_expected_predicti
         if path != "parquet-copy":  # every Delta path carries the same lineage: the model it names
             assert set(written.column(columns.MODEL_NAME).to_pylist()) == {"bench_tiny"}, path
             assert written.column(columns.SCORED_AT).null_count == 0, path
+            # ... and is created as the engine creates its outputs: file statistics on the key only
+            folder = workdir / "out" / str(rows) / path.replace("/", "-")
+            assert DeltaTable(str(folder)).metadata().configuration[STATS_COLUMNS] == "customer_id", path
         else:
             assert columns.MODEL_NAME not in written.column_names
 

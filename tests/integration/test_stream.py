@@ -52,6 +52,12 @@ def test_a_delta_stream_scores_every_appended_row_once_equal_to_the_models_predi
     np.testing.assert_allclose(probabilities, _model_predict(model_uri, src), rtol=1e-6)
     assert record.rows_in == record.rows_written == 900
     assert record.batches >= 3 and record.stopped == "drained"
+    # created by the first micro-batch as a batch run creates its output: file statistics on the key only
+    from deltalake import DeltaTable
+
+    from scoring.adapters.delta import STATS_COLUMNS
+
+    assert DeltaTable(config.output.table).metadata().configuration[STATS_COLUMNS] == "customer_id"
     # every row says which micro-batch and source versions it came from
     run_ids = set(out.column(columns.SCORING_RUN_ID).to_pylist())
     assert all(r.startswith(f"{record.query_id}:") for r in run_ids)

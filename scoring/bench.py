@@ -57,6 +57,12 @@ from scoring import columns, demo
 N_FEATURES = 20
 BATCH_ROWS = 10_000
 MODELS = {"tiny": (), "heavy": (256, 256)}
+TENSOR = "tensor"
+TENSOR_WIDTH = 64
+TENSOR_HIDDEN = 64
+ALL_MODELS = (*MODELS, TENSOR)
+"""``--model`` choices: the two regressors over 20 scalar features, and ``tensor``: an MLP over one array column
+``emb`` (float32[64]) of its own generated input (:func:`tensor_model`)."""
 SWEEP = [(b, i) for b in (2_048, 10_000) for i in (1, 2, 4)]
 
 
@@ -145,7 +151,48 @@ class Bench:
     """where this size's outputs go, one table (or Parquet folder) per path"""
     rows: int
     models: dict[str, object]
-    """model key -> ModelRef"""
+    """model key -> ModelRef (the regressors; the tensor model is in `tensor`)"""
+    tensor: object | None = None
+    """The tensor model's ModelRef, when it was chosen"""
+    tensor_input: str | None = None
+    """its input of `rows` rows (key, ds, emb float32[64]), when it was chosen"""
+
+
+def tensor_model():
+    """The bench's tensor model: ``emb`` float [rows, 64] -> ReLU(emb @ W1 + b1) @ W2 + b2 -> ``prediction`` float
+    [rows, 1]: a small MLP over an embedding column, built with onnx.helper (fixed weights, nothing downloaded)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(64)
+    weights = {
+        "W1": rng.normal(scale=0.2, size=(TENSOR_WIDTH, TENSOR_HIDDEN)),
+        "B1": rng.normal(scale=0.1, size=(TENSOR_HIDDEN,)),
+        "W2": rng.normal(scale=0.2, size=(TENSOR_HIDDEN, 1)),
+        "B2": rng.normal(scale=0.1, size=(1,)),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["emb", "W1"], ["h0"]),
+            helper.make_node("Add", ["h0", "B1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h"]),
+            helper.make_node("MatMul", ["h", "W2"], ["o0"]),
+            helper.make_node("Add", ["o0", "B2"], [columns.PREDICTION]),
+        ],
+        "bench_tensor",
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", TENSOR_WIDTH])],
+        [helper.make_tensor_value_info(columns.PREDICTION, TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def tensor_input(rows: int, days: int = 8, seed: int = 64) -> pa.Table:
+    """``customer_id``, ``ds`` and ``emb`` (float32[64] per row, an Arrow list column): the tensor model's input."""
+    rng = np.random.default_rng(seed)
+    values = pa.array(rng.normal(size=rows * TENSOR_WIDTH).astype(np.float32))
+    offsets = pa.array(np.arange(0, (rows + 1) * TENSOR_WIDTH, TENSOR_WIDTH, dtype=np.int32))
+    keyed = demo.make_features(rows, n_features=1, days=days, seed=seed).select(["customer_id", "ds"])
+    return keyed.append_column("emb", pa.ListArray.from_arrays(offsets, values))
 
 
 def _register_models(workdir: Path, keys: list[str]) -> dict[str, object]:
@@ -163,10 +210,21 @@ def _register_models(workdir: Path, keys: list[str]) -> dict[str, object]:
         try:
             client.get_model_version_by_alias(name, "bench")
         except MlflowException:
-            table = demo.make_features(5000, n_features=N_FEATURES)
-            demo.register(
-                demo.train_regressor(table, features, hidden=MODELS[key]), table, features, name=name, alias="bench"
-            )
+            if key == TENSOR:
+                import mlflow
+
+                with demo._mlflow_chatter_held(), mlflow.start_run(run_name=f"train-{name}"):
+                    info = mlflow.onnx.log_model(tensor_model(), name="model", registered_model_name=name)
+                client.set_registered_model_alias(name, "bench", str(info.registered_model_version))
+            else:
+                table = demo.make_features(5000, n_features=N_FEATURES)
+                demo.register(
+                    demo.train_regressor(table, features, hidden=MODELS[key]),
+                    table,
+                    features,
+                    name=name,
+                    alias="bench",
+                )
         refs[key] = resolve_model(f"models:/{name}@bench", demo.tracking_uri_for(workdir))
     return refs
 
@@ -190,7 +248,16 @@ def _prepare(spark, rows: int, workdir: Path, models: dict[str, object]) -> Benc
     if not (parquet_path / "_SUCCESS").exists():
         spark.read.format("delta").load(str(table_path)).write.mode("overwrite").parquet(str(parquet_path))
     out = workdir / "out" / str(rows)
-    return Bench(spark, str(table_path), str(parquet_path), demo.tracking_uri_for(workdir), workdir, out, rows, models)
+    regressors = {k: r for k, r in models.items() if k != TENSOR}
+    bench = Bench(
+        spark, str(table_path), str(parquet_path), demo.tracking_uri_for(workdir), workdir, out, rows, regressors
+    )
+    if TENSOR in models:
+        tensor_path = workdir / f"tensor-input-{rows}"
+        if not (tensor_path / "_delta_log").exists():
+            demo.write_delta(tensor_path, tensor_input(rows))
+        bench = dataclasses.replace(bench, tensor=models[TENSOR], tensor_input=str(tensor_path))
+    return bench
 
 
 def _write(df, path: Path) -> None:
@@ -246,7 +313,7 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
         total = functools.reduce(lambda a, b: a + b, [F.col(f) for f in features])
         return df.select("customer_id", "ds", total.cast(FloatType()).alias(columns.PREDICTION))
 
-    first = next(iter(bench.models.values()))
+    first = next(iter(bench.models.values()), bench.tensor)
     if want("jvm-copy"):
         paths["jvm-copy"] = lambda: _write(stamped(feature_sum(read()), first)[0], out / "jvm-copy")
     if want("parquet-copy"):
@@ -347,6 +414,8 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
                         inflight,
                     )
                     paths[f"{key}/{name}"] = engine(triton_spec, out / f"{key}-{name}")
+    if bench.tensor is not None:
+        paths |= _tensor_paths(bench, want, stamped, triton_url)
     if "tiny" in bench.models:
         ref = bench.models["tiny"]
 
@@ -391,6 +460,47 @@ def _paths(bench: Bench, chosen: set[str] | None, triton_url: dict[str, str] | N
             # every repetition into a new output table: the first write of a run (no MERGE)
             fresh = itertools.count()
             paths["run-first-write"] = lambda: run(job(f"first-{next(fresh)}"), spark=spark)
+    return paths
+
+
+def _tensor_paths(bench: Bench, want, stamped, triton_url) -> dict[str, Callable[[], None]]:
+    """The tensor model's paths over its own input (an ``emb`` float32[64] column): ``tensor/jvm-copy`` (the sum of
+    the array's elements in the JVM, same lineage and writer), ``tensor/embedded`` and ``tensor/triton-grpc`` (the
+    engine, one [rows, 64] tensor per request)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import FloatType
+
+    from scoring.adapters.embedded import EmbeddedSpec
+    from scoring.adapters.spark import probe_outputs, score_dataframe
+    from scoring.adapters.triton import TritonSpec
+    from scoring.core.score import ScoringSpec
+
+    ref, spark, out = bench.tensor, bench.spark, bench.out
+
+    def read():
+        return spark.read.format("delta").load(bench.tensor_input).select("customer_id", "ds", "emb")
+
+    paths: dict[str, Callable[[], None]] = {}
+    if want(f"{TENSOR}/jvm-copy"):
+        total = F.aggregate("emb", F.lit(0.0), lambda acc, x: acc + x).cast(FloatType()).alias(columns.PREDICTION)
+        paths[f"{TENSOR}/jvm-copy"] = lambda: _write(
+            stamped(read().select("customer_id", "ds", total), ref)[0], out / f"{TENSOR}-jvm-copy"
+        )
+    spec = ScoringSpec(("emb",), ("customer_id", "ds"), ("customer_id",), ref.uri)
+    embedded_spec = EmbeddedSpec(ref.uri, ref.local_path, ref.flavors, ("emb",), 1, ref.tracking_uri, ref.registry_uri)
+    spec = dataclasses.replace(spec, output_schema=probe_outputs(read().limit(16).toArrow(), spec, embedded_spec))
+    lineage = stamped(read(), ref)[1]
+
+    def engine(predictor_spec, target: Path) -> Callable[[], None]:
+        return lambda: _write(score_dataframe(read(), spec, predictor_spec, lineage), target)
+
+    if want(f"{TENSOR}/embedded"):
+        paths[f"{TENSOR}/embedded"] = engine(embedded_spec, out / f"{TENSOR}-embedded")
+    if triton_url is not None and want(f"{TENSOR}/triton-grpc"):
+        triton_spec = TritonSpec(
+            ref.uri, ref.name, ref.version, ("emb",), triton_url["grpc"], "grpc", "none", 60.0, 3, BATCH_ROWS, 2
+        )
+        paths[f"{TENSOR}/triton-grpc"] = engine(triton_spec, out / f"{TENSOR}-triton-grpc")
     return paths
 
 

@@ -661,7 +661,12 @@ def bench(
         ),
     ] = None,
     models: Annotated[
-        list[str] | None, typer.Option("--model", help="Models to run: tiny, heavy (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="Models to run (repeatable): tiny and heavy (over 20 scalar features), tensor (an MLP over one "
+            "float32[64] array column of its own input: tensor/jvm-copy, tensor/embedded, tensor/triton-grpc).",
+        ),
     ] = None,
     triton: Annotated[bool, typer.Option(help="Include the Triton paths (starts a local sidecar).")] = True,
 ) -> None:
@@ -669,13 +674,13 @@ def bench(
     Delta with lineage, parquet-copy from Parquet to Parquet), the no-model floors, raw onnxruntime, the embedded
     engine, mlflow.pyfunc.spark_udf, predict_batch_udf and a hand-written mapInArrow scorer on the same model, and
     Triton over gRPC, HTTP and shared memory with a sweep of request size and requests in flight. Also samples the
-    Python workers' peak RSS per path."""
-    from scoring.bench import MODELS, run_bench
+    Python workers' peak RSS per path; and a tensor model (an array column) through the engine and Triton."""
+    from scoring.bench import ALL_MODELS, run_bench
 
-    chosen = models or list(MODELS)
-    unknown = [m for m in chosen if m not in MODELS]
+    chosen = models or list(ALL_MODELS)
+    unknown = [m for m in chosen if m not in ALL_MODELS]
     if unknown:
-        _fail(ConfigError(f"--model {unknown}: choose from {list(MODELS)}"))
+        _fail(ConfigError(f"--model {unknown}: choose from {list(ALL_MODELS)}"))
     sizes = rows or [1_000_000]
     if any(n < 1 for n in sizes):
         _fail(ConfigError(f"--rows {sizes}: each size must be at least 1"))

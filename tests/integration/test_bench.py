@@ -23,6 +23,7 @@ SIZES = (1_500, 3_000)
 # the new paths (the engine's own, tiny/embedded, is checked by the rest of the suite); one repetition, no warm-up
 PATHS = ("jvm-copy", "parquet-copy", "tiny/predict_batch_udf", "tiny/mapInArrow-onnx")
 MODEL_PATHS = [p for p in PATHS if p.startswith("tiny/")]
+TENSOR_PATHS = ("tensor/jvm-copy", "tensor/embedded")  # the tensor model over its own array-column input
 FEATURES = demo.feature_names(bench.N_FEATURES)
 
 
@@ -39,14 +40,15 @@ def bench_run(spark, registry, tmp_path_factory):
             repeat=1,
             output=output,
             workdir=workdir,
-            only=list(PATHS),
-            models=["tiny"],
+            only=[*PATHS, *TENSOR_PATHS],
+            models=["tiny", "tensor"],
             triton=False,
             console=console,
             warmup=False,
         )
         # the registered model's own files, fetched from the bench's registry by the URI the report names
         model_dir = mlflow.artifacts.download_artifacts(report["models"]["tiny"], dst_path=str(workdir / "model"))
+        mlflow.artifacts.download_artifacts(report["models"]["tensor"], dst_path=str(workdir / "tensor-model"))
     finally:
         mlflow.set_tracking_uri(registry)
         mlflow.set_experiment("scoring-tests")
@@ -95,12 +97,30 @@ def test_every_bench_path_writes_every_input_key_once_with_the_expected_predicti
             assert columns.MODEL_NAME not in written.column_names
 
 
+@pytest.mark.parametrize("rows", SIZES)
+def test_the_tensor_paths_write_every_key_once_with_the_tensor_models_own_predictions(bench_run, rows):
+    workdir = bench_run[0]
+    source = read_delta(workdir / f"tensor-input-{rows}").sort_by("customer_id")
+    emb = np.stack(source.column("emb").to_numpy(zero_copy_only=False)).astype(np.float32)
+    assert emb.shape == (rows, bench.TENSOR_WIDTH)
+    expected = {
+        "tensor/jvm-copy": emb.sum(axis=1, dtype=np.float32),  # the JVM reference: every element read, summed
+        "tensor/embedded": _model_predictions(workdir / "tensor-model", emb),  # the registered model's own run
+    }
+    for path in TENSOR_PATHS:
+        written = _output(workdir, rows, path).sort_by("customer_id")
+        assert written.column("customer_id").to_pylist() == source.column("customer_id").to_pylist(), path
+        predicted = np.asarray(written.column(columns.PREDICTION).to_pylist(), dtype=np.float32).reshape(-1)
+        np.testing.assert_allclose(predicted, expected[path], rtol=1e-4, atol=1e-4, err_msg=path)
+        assert set(written.column(columns.MODEL_NAME).to_pylist()) == {"bench_tensor"}, path
+
+
 def test_the_bench_report_holds_the_spread_the_scaling_line_and_the_workers_memory(bench_run):
     _, output, report, printed, _ = bench_run
     assert json.loads(output.read_text()) == report
     assert [s["rows"] for s in report["sizes"]] == list(SIZES)
     for size in report["sizes"]:
-        assert list(size["paths"]) == list(PATHS)
+        assert list(size["paths"]) == [*PATHS, *TENSOR_PATHS]
         for name, r in size["paths"].items():
             assert r["min_s"] <= r["median_s"] <= r["max_s"], name
             assert r["rows_per_s_min"] <= r["rows_per_s"] <= r["rows_per_s_max"], name

@@ -53,10 +53,13 @@ def triton_model_name(ref: ModelRef) -> str:
 def _onnx_bytes(ref: ModelRef, n_features: int | None) -> bytes:
     local = Path(ref.local_path)
     if ref.is_onnx:
+        import onnx
         import yaml
 
         conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["onnx"]
-        return (local / conf.get("data", "model.onnx")).read_bytes()
+        # MLflow may keep large initializers in external data files beside model.onnx: loaded in here, so that the
+        # exported model is one self-contained file (the repository gets model.onnx only)
+        return onnx.load_model(str(local / conf.get("data", "model.onnx")), load_external_data=True).SerializeToString()
     if "sklearn" in ref.flavors:
         import mlflow.sklearn
 

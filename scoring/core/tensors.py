@@ -177,6 +177,8 @@ def feed(column: pa.Array, layout: TensorLayout, dtype: np.dtype | type, shape: 
         )
     out = matrix(column, layout, dtype)
     width = shape[1] if shape is not None else None
+    if len(column) == 0 and isinstance(width, int) and width > 0:
+        return out.reshape(0, width)  # an empty batch has no rows to measure: the input's own width
     if isinstance(width, int) and width > 0 and out.shape[1] != width:
         raise ModelError(
             f"model {model}: input {layout.input!r} takes {width} elements per row, column {layout.column!r} has "

@@ -388,3 +388,102 @@ class TestTritonGrpcSharedMemory(TritonContract):
 class TestTritonHttpSharedMemory(TritonContract):
     protocol = "http"
     shared_memory = "system"
+
+
+# --- a tensor model: one array column -> one [rows, 64] input -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tensor_ref(registry):
+    """The bench's tensor model (an MLP over ``emb`` float32[64]), registered in the session's registry."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from scoring import bench, demo
+    from scoring.adapters.registry import resolve_model
+
+    with demo._mlflow_chatter_held(), mlflow.start_run(run_name="contract-tensor"):
+        info = mlflow.onnx.log_model(bench.tensor_model(), name="model", registered_model_name="contract_tensor")
+    MlflowClient().set_registered_model_alias("contract_tensor", "champion", str(info.registered_model_version))
+    return resolve_model("models:/contract_tensor@champion")
+
+
+@pytest.fixture(scope="module")
+def tensor_server(tmp_path_factory, tensor_ref):
+    """A server of its own for the tensor model (the session's serves the champion only), stopped by pid."""
+    from scoring.adapters import triton_server as ts
+    from scoring.adapters.triton_export import export_model
+
+    repository = tmp_path_factory.mktemp("tensor-repository")
+    export_model(tensor_ref, repository, target="python")
+    with ts.running_server(repository, ready_timeout_s=120) as handle:
+        yield handle
+
+
+def tensor_reference(ref) -> Reference:
+    """onnxruntime on the registered tensor model, fed the ``emb`` column as one [rows, 64] array."""
+    import mlflow.onnx
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(mlflow.onnx.load_model(ref.uri).SerializeToString())
+    outputs = [o.name for o in session.get_outputs()]
+
+    def predict(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        emb = batch.column("emb").flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+        (out,) = session.run(outputs, {"emb": emb.astype(np.float32)})
+        return {outputs[0]: out.reshape(batch.num_rows, -1).squeeze(1) if out.shape[1:] == (1,) else out}
+
+    return predict
+
+
+class TensorContract(PredictorContract):
+    """The contract for a model that takes an array column: the bench's tensor model, 3,000 rows of ``emb``."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def features(cls) -> tuple[str, ...]:
+        return ("emb",)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def inputs(cls) -> pa.RecordBatch:
+        from scoring import bench
+
+        return concat(bench.tensor_input(3000).select(["emb"]).to_batches())
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def reference(cls, tensor_ref) -> Reference:
+        return tensor_reference(tensor_ref)
+
+
+class TestEmbeddedTensor(TensorContract):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def make_predictor(cls, tensor_ref) -> MakePredictor:
+        from scoring.adapters.embedded import EmbeddedSpec
+
+        return lambda features: EmbeddedSpec(
+            tensor_ref.uri, tensor_ref.local_path, tensor_ref.flavors, features
+        ).create()
+
+
+class TestTritonTensorGrpc(TensorContract):
+    request_rows = 256
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def make_predictor(cls, tensor_ref, tensor_server) -> MakePredictor:
+        from scoring.adapters.triton import TritonSpec
+        from scoring.adapters.triton_export import triton_model_name
+
+        return lambda features: TritonSpec(
+            tensor_ref.uri,
+            triton_model_name(tensor_ref),
+            tensor_ref.version,
+            tuple(features),
+            tensor_server.grpc_url,
+            timeout_s=20,
+            batch_rows=cls.request_rows,
+            max_inflight=2,
+        ).create()

@@ -44,9 +44,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from scoring.columns import PREDICTION
 from scoring.core.predictor import Predictor
 from scoring.errors import EXIT_TERMINAL, ModelError, exit_code_for
 from tests.integration.conftest import FEATURES
+from tests.integration.tensor_models import SEQ, ids_mask_model, register_onnx
 
 pytest_plugins = ["tests.integration.triton_fixtures"]
 
@@ -396,28 +398,44 @@ class TestTritonHttpSharedMemory(TritonContract):
 @pytest.fixture(scope="module")
 def tensor_ref(registry):
     """The bench's tensor model (an MLP over ``emb`` float32[64]), registered in the session's registry."""
-    import mlflow
-    from mlflow import MlflowClient
+    from scoring import bench
 
-    from scoring import bench, demo
-    from scoring.adapters.registry import resolve_model
-
-    with demo._mlflow_chatter_held(), mlflow.start_run(run_name="contract-tensor"):
-        info = mlflow.onnx.log_model(bench.tensor_model(), name="model", registered_model_name="contract_tensor")
-    MlflowClient().set_registered_model_alias("contract_tensor", "champion", str(info.registered_model_version))
-    return resolve_model("models:/contract_tensor@champion")
+    return register_onnx(bench.tensor_model(), "contract_tensor")
 
 
 @pytest.fixture(scope="module")
-def tensor_server(tmp_path_factory, tensor_ref):
-    """A server of its own for the tensor model (the session's serves the champion only), stopped by pid."""
+def ids_mask_ref(registry):
+    """A two-input model: ``ids`` and ``mask``, int64 [rows, 6] each."""
+    return register_onnx(ids_mask_model(), "contract_ids_mask")
+
+
+@pytest.fixture(scope="module")
+def tensor_server(tmp_path_factory, tensor_ref, ids_mask_ref):
+    """A server of its own for the tensor models (the session's serves the champion only), stopped by pid."""
     from scoring.adapters import triton_server as ts
     from scoring.adapters.triton_export import export_model
 
     repository = tmp_path_factory.mktemp("tensor-repository")
-    export_model(tensor_ref, repository, target="python")
+    for ref in (tensor_ref, ids_mask_ref):
+        export_model(ref, repository, target="python")
     with ts.running_server(repository, ready_timeout_s=120) as handle:
         yield handle
+
+
+def _triton_tensor_predictor(ref, server, request_rows: int) -> MakePredictor:
+    from scoring.adapters.triton import TritonSpec
+    from scoring.adapters.triton_export import triton_model_name
+
+    return lambda features: TritonSpec(
+        ref.uri,
+        triton_model_name(ref),
+        ref.version,
+        tuple(features),
+        server.grpc_url,
+        timeout_s=20,
+        batch_rows=request_rows,
+        max_inflight=2,
+    ).create()
 
 
 def tensor_reference(ref) -> Reference:
@@ -474,16 +492,66 @@ class TestTritonTensorGrpc(TensorContract):
     @pytest.fixture(scope="class")
     @classmethod
     def make_predictor(cls, tensor_ref, tensor_server) -> MakePredictor:
-        from scoring.adapters.triton import TritonSpec
-        from scoring.adapters.triton_export import triton_model_name
+        return _triton_tensor_predictor(tensor_ref, tensor_server, cls.request_rows)
 
-        return lambda features: TritonSpec(
-            tensor_ref.uri,
-            triton_model_name(tensor_ref),
-            tensor_ref.version,
-            tuple(features),
-            tensor_server.grpc_url,
-            timeout_s=20,
-            batch_rows=cls.request_rows,
-            max_inflight=2,
+
+# --- a model with two named inputs, each fed by an int64 array column ------------------------------------------------
+
+
+class MultiInputContract(PredictorContract):
+    """The contract for a model with two named inputs: ``ids`` and ``mask`` columns, int64[6] each, 3,000 rows."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def features(cls) -> tuple[str, ...]:
+        return ("ids", "mask")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def inputs(cls) -> pa.RecordBatch:
+        rng = np.random.default_rng(6)
+        rows = 3000
+        lengths = rng.integers(1, SEQ + 1, size=rows)
+        ids = rng.integers(1, 100, size=(rows, SEQ))
+        mask = (np.arange(SEQ)[None, :] < lengths[:, None]).astype(np.int64)
+        return pa.RecordBatch.from_arrays(
+            [pa.array(list(ids), pa.list_(pa.int64())), pa.array(list(mask), pa.list_(pa.int64()))],
+            names=["ids", "mask"],
+        )
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def reference(cls, ids_mask_ref) -> Reference:
+        import mlflow.onnx
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(mlflow.onnx.load_model(ids_mask_ref.uri).SerializeToString())
+
+        def predict(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+            feeds = {
+                name: batch.column(name).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, SEQ)
+                for name in ("ids", "mask")
+            }
+            return {PREDICTION: session.run(["total"], feeds)[0]}  # a model's one output is the `prediction`
+
+        return predict
+
+
+class TestEmbeddedMultiInput(MultiInputContract):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def make_predictor(cls, ids_mask_ref) -> MakePredictor:
+        from scoring.adapters.embedded import EmbeddedSpec
+
+        return lambda features: EmbeddedSpec(
+            ids_mask_ref.uri, ids_mask_ref.local_path, ids_mask_ref.flavors, features
         ).create()
+
+
+class TestTritonMultiInputGrpc(MultiInputContract):
+    request_rows = 256
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def make_predictor(cls, ids_mask_ref, tensor_server) -> MakePredictor:
+        return _triton_tensor_predictor(ids_mask_ref, tensor_server, cls.request_rows)

@@ -14,10 +14,10 @@ import pytest
 from scoring import build_job_config, demo, run
 from scoring.errors import InputError, InvalidRowsError
 from tests.integration.conftest import read_delta
+from tests.integration.tensor_models import SEQ, ids_mask_model, register_onnx
 
 ROWS = 240
 EMB = 8
-SEQ = 6
 
 
 def _emb_model():
@@ -43,39 +43,6 @@ def _emb_model():
         initializer=[w, b, shape],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _ids_mask_model():
-    """``ids`` int64 [rows, 6] + ``mask`` int64 [rows, 6] -> ``total`` float [rows]: the masked ids' sum, weighted."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = numpy_helper.from_array(np.linspace(0.5, 1.5, SEQ).astype(np.float32), "Wt")
-    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["ids", "mask"], ["kept"]),
-            helper.make_node("Cast", ["kept"], ["kept_f"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["kept_f", "Wt"], ["weighted"]),
-            helper.make_node("ReduceSum", ["weighted", "axes"], ["total"], keepdims=0),
-        ],
-        "ids_mask",
-        [
-            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", SEQ]),
-            helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", SEQ]),
-        ],
-        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N"])],
-        initializer=[weights, axes],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _register(model, name: str) -> None:
-    import mlflow
-    from mlflow import MlflowClient
-
-    with demo._mlflow_chatter_held(), mlflow.start_run(run_name=f"tensor-{name}"):
-        info = mlflow.onnx.log_model(model, name="model", registered_model_name=name)
-    MlflowClient().set_registered_model_alias(name, "champion", str(info.registered_model_version))
 
 
 def _ort(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -118,9 +85,9 @@ def tensor_lake(tmp_path_factory, registry) -> TensorLake:
         }
     )
     demo.write_delta(root / "input", table)
-    lake = TensorLake(root, table, _emb_model(), _ids_mask_model())
-    _register(lake.emb_model, "tensor_emb")
-    _register(lake.ids_mask_model, "tensor_ids_mask")
+    lake = TensorLake(root, table, _emb_model(), ids_mask_model())
+    register_onnx(lake.emb_model, "tensor_emb")
+    register_onnx(lake.ids_mask_model, "tensor_ids_mask")
     return lake
 
 

@@ -422,6 +422,12 @@ def tensor_server(tmp_path_factory, tensor_ref, ids_mask_ref):
         yield handle
 
 
+def _embedded_predictor(ref) -> MakePredictor:
+    from scoring.adapters.embedded import EmbeddedSpec
+
+    return lambda features: EmbeddedSpec(ref.uri, ref.local_path, ref.flavors, features).create()
+
+
 def _triton_tensor_predictor(ref, server, request_rows: int) -> MakePredictor:
     from scoring.adapters.triton import TritonSpec
     from scoring.adapters.triton_export import triton_model_name
@@ -479,11 +485,7 @@ class TestEmbeddedTensor(TensorContract):
     @pytest.fixture(scope="class")
     @classmethod
     def make_predictor(cls, tensor_ref) -> MakePredictor:
-        from scoring.adapters.embedded import EmbeddedSpec
-
-        return lambda features: EmbeddedSpec(
-            tensor_ref.uri, tensor_ref.local_path, tensor_ref.flavors, features
-        ).create()
+        return _embedded_predictor(tensor_ref)
 
 
 class TestTritonTensorGrpc(TensorContract):
@@ -541,11 +543,7 @@ class TestEmbeddedMultiInput(MultiInputContract):
     @pytest.fixture(scope="class")
     @classmethod
     def make_predictor(cls, ids_mask_ref) -> MakePredictor:
-        from scoring.adapters.embedded import EmbeddedSpec
-
-        return lambda features: EmbeddedSpec(
-            ids_mask_ref.uri, ids_mask_ref.local_path, ids_mask_ref.flavors, features
-        ).create()
+        return _embedded_predictor(ids_mask_ref)
 
 
 class TestTritonMultiInputGrpc(MultiInputContract):

@@ -63,6 +63,8 @@ class Snapshot:
     columns: tuple[str, ...]
     partition_columns: tuple[str, ...]
     table: DeltaTable = dataclasses.field(repr=False, compare=False)
+    table_id: str = ""
+    """Delta's table id (the log's ``metaData.id``): a table deleted and re-created at the same place has another."""
 
     def dataset(self) -> pds.Dataset:
         """The snapshot's files as a pyarrow dataset (partition columns typed as in the table).
@@ -110,6 +112,7 @@ def snapshot(path: str | Any, *, key: str = "table") -> Snapshot | None:
         columns=tuple(field.name for field in table.schema().fields),
         partition_columns=tuple(table.metadata().partition_columns),
         table=table,
+        table_id=str(table.metadata().id),
     )
 
 

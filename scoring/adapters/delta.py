@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scoring.core.identity import table_identity
 from scoring.errors import ConflictError, InputError, OutputError
 
 _LOGGER = logging.getLogger(__name__)
@@ -157,19 +157,9 @@ def _only_orphans(folder: Path) -> bool:
 
 
 def _local_path(path: str) -> Path | None:
-    if path.startswith("file:"):
-        return Path("/" + path[len("file:") :].lstrip("/"))
-    if "://" in path:
-        return None
-    return Path(path)
-
-
-def same_table(a: str, b: str) -> bool:
-    """Whether two table paths name the same place (after resolving relative paths and symlinks)."""
-    pa_, pb = _local_path(a), _local_path(b)
-    if pa_ is None or pb is None:
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.realpath(pa_) == os.path.realpath(pb)
+    """The local folder of a table reference; None on an object store (see :mod:`scoring.core.identity`)."""
+    local = table_identity(path).local_path
+    return None if local is None else Path(local)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from scoring.core.identity import table_identity
 from scoring.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,23 +36,34 @@ _LOGGER = logging.getLogger(__name__)
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-def _check_path(path: str, key: str) -> None:
-    """Refuse a catalog table name (delta-rs knows no catalog) and a local path with a literal percent escape
-    (``%20``): delta-rs would read another path."""
+def location(path: str, key: str) -> str:
+    """Where delta-rs opens the table `path` names: its canonical identity (:mod:`scoring.core.identity`; a local
+    table as its real absolute path, an object store as its canonical URI), so that every reader without Spark (the
+    sensor, the runs table, ``scoring show``, the online index, the Redis publish) opens one place however it is
+    spelled.
+
+    Refuses a catalog table name (delta-rs knows no catalog) and a local path with a literal percent escape (``%20``),
+    which delta-rs would decode and so read another path."""
     from scoring.adapters.catalog import refuse_name
 
     refuse_name(path, key)
-    if "://" in path:  # a URI: percent escapes are meant to be decoded
-        return
-    found = _ESCAPE.search(path)
+    try:
+        identity = table_identity(path)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}", hint=f"give {key} a path or a URI such as s3://bucket/path") from None
+    local = identity.local_path
+    if local is None:  # a URI: percent escapes are meant to be decoded
+        return identity.uri
+    found = _ESCAPE.search(local)
     if found:
         raise ConfigError(
             f"{key}: {path} contains {found.group()!r}, which delta-rs decodes (reading "
-            f"{path.replace(found.group(), bytes.fromhex(found.group()[1:]).decode('latin-1'))!r} instead), so this "
+            f"{local.replace(found.group(), bytes.fromhex(found.group()[1:]).decode('latin-1'))!r} instead), so this "
             "table cannot be read without Spark",
             hint="rename the folder so that the path has no '%' (a real space or '_' both work); escaping the '%' "
             "as %25 does not help, delta-rs decodes it either way",
         )
+    return local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +90,10 @@ class Snapshot:
 
 def _local_filesystem(path: str) -> Any:
     """pyarrow's local filesystem rooted at a local table's folder; None (delta-rs's own) for an object-store URI."""
-    import os
-    from urllib.parse import unquote, urlparse
-
     import pyarrow.fs as pfs
 
-    if path.startswith("file:"):
-        folder = unquote(urlparse(path).path)
-    elif "://" in path:
-        return None
-    else:
-        folder = path
-    return pfs.SubTreeFileSystem(os.path.abspath(folder), pfs.LocalFileSystem())
+    local = table_identity(path).local_path
+    return None if local is None else pfs.SubTreeFileSystem(local, pfs.LocalFileSystem())
 
 
 def snapshot(path: str | Any, *, key: str = "table") -> Snapshot | None:
@@ -101,9 +105,9 @@ def snapshot(path: str | Any, *, key: str = "table") -> Snapshot | None:
     from deltalake.exceptions import TableNotFoundError
 
     path = str(path)
-    _check_path(path, key)
+    where = location(path, key)
     try:
-        table = DeltaTable(path)
+        table = DeltaTable(where)
     except TableNotFoundError:
         return None
     return Snapshot(
@@ -286,8 +290,7 @@ def append(path: str, rows: pa.Table, *, key: str = "table") -> None:
     """Append `rows` to the table at `path`, creating it on the first call."""
     from deltalake import write_deltalake
 
-    _check_path(str(path), key)
-    write_deltalake(str(path), rows, mode="append")
+    write_deltalake(location(str(path), key), rows, mode="append")
 
 
 def commit_summary(text: str) -> tuple[int | None, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from scoring import columns
 from scoring.adapters import delta
 from scoring.config import JobConfig
+from scoring.core.identity import same_table
 from scoring.errors import ConfigError, InputError, OutputError
 
 _NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
@@ -28,7 +29,7 @@ def check_paths(config: JobConfig, spark) -> None:
         ("input.table", "quality.quarantine_table"),
         ("output.table", "quality.quarantine_table"),
     ):
-        if delta.same_table(tables[a], tables[b]):
+        if same_table(tables[a], tables[b]):
             raise ConfigError(
                 f"{b} is the same table as {a} ({tables[b]}): a run must never write into its input or mix "
                 "predictions and quarantined rows",

@@ -23,6 +23,8 @@ _IN_COMMIT = (
     "input_table",
     "input_where",
     "output_table",
+    "input_uri",
+    "output_uri",
     "rows_read",
     "rows_rejected",
     "rows_quarantined",
@@ -79,6 +81,10 @@ class RunRecord:
     quality: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Gate reports by gate (``input``, ``output``): success, per-expectation statistics, rows quarantined."""
     quarantine_table: str | None = None
+    input_uri: str = ""
+    """The input table's canonical identity (:mod:`scoring.core.identity`): one spelling per place, for lineage."""
+    output_uri: str = ""
+    """The output table's canonical identity."""
     """Where rejected and quarantined rows went (None when there were none)."""
     warnings: tuple[str, ...] = ()
 
@@ -144,6 +150,8 @@ class RunRecord:
             input_table=meta.get("input_table", ""),
             input_version=meta.get(columns.INPUT_VERSION),
             output_table=meta.get("output_table", ""),
+            input_uri=meta.get("input_uri", ""),
+            output_uri=meta.get("output_uri", ""),
             scored_at=meta.get(columns.SCORED_AT, ""),
             backend=meta.get("backend", ""),
             input_where=meta.get("input_where"),

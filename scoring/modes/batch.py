@@ -26,6 +26,7 @@ from typing import Any
 from scoring import columns
 from scoring.adapters import catalog, delta
 from scoring.config import JobConfig
+from scoring.core.identity import table_identity
 from scoring.core.score import ScoringSpec
 from scoring.engine import checks, gates
 from scoring.engine.faults import fault_point
@@ -496,6 +497,8 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
             partitions=tuple(p.to_dict() for p in plan.partitions),
             quality=reports,
             quarantine_table=plan.given("quality.quarantine_table") if quarantined is not None else None,
+            input_uri=table_identity(config.input.table).uri,
+            output_uri=table_identity(config.output.table).uri,
         )
         if scored is None:
             scored = _empty_output(spark, config.output.table, source, plan.passthrough)

@@ -37,6 +37,7 @@ import numpy as np
 from scoring import columns
 from scoring.adapters import catalog, delta, deltalog
 from scoring.config import JobConfig
+from scoring.core.identity import same_table, table_identity
 from scoring.core.score import ScoringSpec
 from scoring.engine import checks, gates
 from scoring.engine.faults import fault_point
@@ -82,7 +83,24 @@ def source_of(config: JobConfig) -> str:
     if stream.source == "kafka":
         assert stream.kafka is not None
         return f"kafka:{stream.kafka.topic}"
-    return f"delta:{config.input.table}"
+    return f"delta:{table_identity(config.input.table)}"
+
+
+def _same_source(recorded: Any, ours: str) -> bool:
+    """Whether a commit's recorded ``source`` is `ours`: Delta sources compare by table identity (commits written
+    before identities were recorded hold the path as the config spelled it)."""
+    if not isinstance(recorded, str) or ":" not in recorded:
+        return False
+    kind, _, where = recorded.partition(":")
+    our_kind, _, our_where = ours.partition(":")
+    if kind != our_kind:
+        return False
+    if kind != "delta":
+        return where == our_where
+    try:
+        return same_table(where, our_where)
+    except ValueError:
+        return False
 
 
 # -- the summary --------------------------------------------------------------------------------------------------
@@ -722,7 +740,7 @@ def _other_query(spark, config: JobConfig, ours: str | None) -> dict[str, Any] |
         if (
             isinstance(meta, dict)
             and meta.get("mode") == "stream"
-            and meta.get("source") == source
+            and _same_source(meta.get("source"), source)
             and meta.get("stream_query_id") != ours
         ):
             return meta

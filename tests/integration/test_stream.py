@@ -153,6 +153,41 @@ def test_a_new_checkpoint_on_an_output_another_query_fills_is_refused(spark, lak
     assert delta_version(config.output.table) == version
 
 
+def _spellings(path: str, tmp_path) -> list[str]:
+    """Other ways to write the folder `path`: relative, trailing slash, file: URIs, a `..` detour, a symlink."""
+    import os
+
+    link = tmp_path / "source_link"
+    link.symlink_to(path)
+    parent, name = os.path.split(path)
+    return [
+        os.path.relpath(path),
+        path + "/",
+        f"file:{path}",
+        f"file://{path}/",
+        f"{parent}/{name}/../{name}",
+        str(link),
+    ]
+
+
+def test_a_new_checkpoint_on_the_same_source_however_it_is_spelled_is_refused(spark, lake, tmp_path):
+    config = _job(lake, tmp_path)
+    _append(config.input.table, _chunk(50, 26, 0))
+    first = stream.run(config, spark=spark, available_now=True)
+    version = delta_version(config.output.table)
+    for i, spelling in enumerate(_spellings(config.input.table, tmp_path)):
+        moved = config.model_copy(
+            update={
+                "input": config.input.model_copy(update={"table": spelling}),
+                "stream": config.stream.model_copy(update={"checkpoint": str(tmp_path / f"ck_{i}")}),
+            }
+        )
+        with pytest.raises(ConfigError, match=rf"already holds micro-batches of stream query {first.query_id}"):
+            stream.run(moved, spark=spark, available_now=True)
+    assert delta_version(config.output.table) == version
+    assert read_delta(config.output.table).num_rows == 50
+
+
 def test_a_missing_source_or_column_is_a_clear_error_at_start(spark, lake, tmp_path):
     config = _job(lake, tmp_path)
     with pytest.raises(InputError, match="input.table: .* is not a Delta table"):

@@ -153,6 +153,31 @@ def test_an_output_that_is_the_input_or_not_a_delta_table_is_refused_before_anyt
     assert delta_version(lake.input_table) == input_version
 
 
+def test_an_output_or_quarantine_that_is_the_input_spelled_another_way_is_refused(spark, lake, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(os.path.dirname(lake.input_table))
+    name = os.path.basename(lake.input_table)
+    spellings = [
+        os.path.relpath(lake.input_table),
+        lake.input_table + "/",
+        f"file://{lake.input_table}",
+        f"file:{os.path.dirname(lake.input_table)}/./{name}/",
+        f"link/{name}",
+    ]
+    input_version = delta_version(lake.input_table)
+    for spelling in spellings:
+        for section in ({"output": {"table": spelling}}, {"quality": {"quarantine_table": spelling}}):
+            job = lake.job(str(lake.root / "spelled_out"))
+            for key, value in section.items():
+                job[key] = {**job.get(key, {}), **value}
+            with pytest.raises(ConfigError, match="is the same table as input.table"):
+                run(build_job_config(job), spark=spark)
+    assert delta_version(lake.input_table) == input_version
+    assert delta_version(str(lake.root / "spelled_out")) is None
+
+
 def test_a_quarantine_table_equal_to_the_input_or_the_output_is_refused(spark, lake):
     for table in (lake.input_table, str(lake.root / "q_same")):
         job = lake.job("q_same", quality={"quarantine_table": table})

@@ -25,6 +25,9 @@ Spark key (``spark.conf.spark.driver.memory=4g``); a section set to null in the 
 
 String values (not keys) may use ``${VAR}`` or ``${VAR:-default}`` to read the environment, once (a variable's value
 is not expanded again, and defaults do not nest); ``$${`` is a literal ``${``, and any other ``${`` is refused.
+Loaded for manifests (``keep_env_refs=True``, ``scoring render k8s``), the values in :data:`MANIFEST_ENV_PATHS` keep
+their ``${VAR}`` as written (the pods expand them, from their own environment), and a variable unset elsewhere is left
+as written instead of refused.
 """
 
 from __future__ import annotations
@@ -609,17 +612,30 @@ class ServeConfig(_Strict):
     ``Authorization: Bearer <token>``. The token itself never goes in a config file."""
 
 
-_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MiB = Annotated[_Int, Field(ge=1), _at_most(4 * 1024 * 1024, "more than 4 TiB is a typo")]
 
 
-def _k8s_names(value: Any) -> Any:
-    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    for name in names:
-        if isinstance(name, str) and not _K8S_NAME.fullmatch(name):
-            raise ValueError(f"{_show(name)} is not a Kubernetes object name (lower-case letters, digits, '-', '.')")
-    return value
+def _k8s_check(rule: str, what: str) -> Any:
+    """A before-validator holding a name (or a list of names) to one of the API server's rules
+    (:mod:`scoring.k8s_names`)."""
+
+    def check(value: Any) -> Any:
+        from scoring import k8s_names
+
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for name in names:
+            problems = k8s_names.RULES[rule](name) if isinstance(name, str) else []
+            if problems:
+                raise ValueError(f"{_show(name)} is not {what}: it {'; it '.join(problems)}")
+        return value
+
+    return check
+
+
+_k8s_names = _k8s_check("dns1123_subdomain", "a Kubernetes object name (a DNS-1123 subdomain)")
+_k8s_namespace = _k8s_check("dns1123_label", "a Kubernetes namespace (a DNS-1123 label, at most 63 characters)")
+_k8s_key = _k8s_check("config_map_key", "a key of a Kubernetes Secret")
 
 
 def _env_names(value: Any) -> Any:
@@ -638,6 +654,7 @@ class KubernetesSecretKeyConfig(_Strict):
     """Key in the Secret."""
 
     _names = field_validator("secret", mode="before")(_k8s_names)
+    _keys = field_validator("key", mode="before")(_k8s_key)
 
 
 class KubernetesTolerationConfig(_Strict):
@@ -795,7 +812,8 @@ class KubernetesConfig(_Strict):
     executor: KubernetesExecutorConfig = KubernetesExecutorConfig()
     sidecar: KubernetesSidecarConfig = KubernetesSidecarConfig()
 
-    _names = field_validator("namespace", "image_pull_secrets", "env_from_secrets", mode="before")(_k8s_names)
+    _names = field_validator("image_pull_secrets", "env_from_secrets", mode="before")(_k8s_names)
+    _namespace = field_validator("namespace", mode="before")(_k8s_namespace)
     _env = field_validator("env", "secret_env", mode="before")(_env_names)
 
     @field_validator("env", mode="before")
@@ -1066,10 +1084,17 @@ def _load_yaml(text: str, *, source: str, prefix: _Path = (), label: str, hint: 
 _ENV = re.compile(r"\$(?P<escape>\$)?\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?")
 
 
-def _expand_text(value: str, source: str, path: _Path) -> str:
+MANIFEST_ENV_PATHS: tuple[_Path, ...] = (("spark", "conf"), ("kubernetes", "env"))
+"""Values that ``scoring render k8s`` copies into manifests: loaded with ``keep_env_refs``, their ``${VAR}`` are kept
+as written, never read from this environment (a credential there stays a reference; the pods provide the variable)."""
+
+
+def _expand_text(value: str, source: str, path: _Path, keep_env_refs: bool = False) -> str:
+    keep = keep_env_refs and any(path[: len(prefix)] == prefix for prefix in MANIFEST_ENV_PATHS)
+
     def sub(m: re.Match[str]) -> str:
         if m["escape"]:
-            return m[0][1:]
+            return m[0] if keep else m[0][1:]
         name, default = m["name"], m["default"]
         if name is None:
             raise ConfigError(
@@ -1081,10 +1106,14 @@ def _expand_text(value: str, source: str, path: _Path) -> str:
                 f"{_located(source, path)}: {_show(value)} nests ${{...}} in a default, which is not supported",
                 hint=f"write a plain default, e.g. ${{{name}:-/some/path}}",
             )
+        if keep:
+            return m[0]
         if name in os.environ:
             return os.environ[name]
         if default is not None:
             return default
+        if keep_env_refs:  # unset where the manifests are rendered: the pods expand it
+            return m[0]
         raise ConfigError(
             f"{_located(source, path)}: environment variable {name} is not set",
             hint=f"export {name}=..., or write ${{{name}:-default}}",
@@ -1093,10 +1122,10 @@ def _expand_text(value: str, source: str, path: _Path) -> str:
     return _ENV.sub(sub, value)
 
 
-def _expand_env(value: Any, source: str, path: _Path = ()) -> Any:
+def _expand_env(value: Any, source: str, path: _Path = (), keep_env_refs: bool = False) -> Any:
     """Expand ``${VAR}`` in every string value (never in keys) of a parsed tree; copies dicts and lists."""
     if isinstance(value, str):
-        return _expand_text(value, source, path)
+        return _expand_text(value, source, path, keep_env_refs)
     if isinstance(value, dict):
         expanded = {}
         for key, item in value.items():
@@ -1105,10 +1134,10 @@ def _expand_env(value: Any, source: str, path: _Path = ()) -> Any:
                     f"{_located(source, (*path, key))}: environment variables expand in values, not in keys",
                     hint="write the key out; ${VAR} may appear in its value",
                 )
-            expanded[key] = _expand_env(item, source, (*path, key))
+            expanded[key] = _expand_env(item, source, (*path, key), keep_env_refs)
         return expanded
     if isinstance(value, list):
-        return [_expand_env(item, source, (*path, i)) for i, item in enumerate(value)]
+        return [_expand_env(item, source, (*path, i), keep_env_refs) for i, item in enumerate(value)]
     return value
 
 
@@ -1277,7 +1306,9 @@ def build_job_config(raw: Mapping[str, Any], *, source: str = "<config>", overri
     return _build(raw, source, overrides, {})
 
 
-def _build(raw: Any, source: str, overrides: Iterable[str], lines: Mapping[_Path, int]) -> JobConfig:
+def _build(
+    raw: Any, source: str, overrides: Iterable[str], lines: Mapping[_Path, int], keep_env_refs: bool = False
+) -> JobConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"{source}: a job config is a mapping of sections (input:, model:, output:, ...), found {_kind(raw)}",
@@ -1286,9 +1317,10 @@ def _build(raw: Any, source: str, overrides: Iterable[str], lines: Mapping[_Path
     applied: list[tuple[str, _Path]] = []
     try:
         parsed = parse_overrides(overrides)
-        tree = _expand_env(dict(raw), source)
+        tree = _expand_env(dict(raw), source, (), keep_env_refs)
         for dotted, value in parsed.items():
-            applied.append((dotted, _apply(tree, dotted, _expand_env(value, _SET, tuple(dotted.split("."))))))
+            value = _expand_env(value, _SET, tuple(dotted.split(".")), keep_env_refs)
+            applied.append((dotted, _apply(tree, dotted, value)))
         return JobConfig.model_validate(tree)
     except ValidationError as e:
         problems = "\n".join(f"  {_describe(err, lines, applied)}" for err in e.errors())
@@ -1337,11 +1369,17 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def load_job_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobConfig:
-    """Read a YAML job config, apply ``key=value`` overrides, and validate it strictly."""
+def load_job_config(
+    path: str | os.PathLike[str], overrides: Iterable[str] = (), *, keep_env_refs: bool = False, text: str | None = None
+) -> JobConfig:
+    """Read a YAML job config, apply ``key=value`` overrides, and validate it strictly.
+
+    `keep_env_refs`: load it for manifests (``scoring render k8s``): ``${VAR}`` in :data:`MANIFEST_ENV_PATHS` stay as
+    written and unset variables elsewhere are left as written (see the module's docstring). `text`: the file's text,
+    when already read (`path` then only names it)."""
     path = Path(path)
     raw, lines = _load_yaml(
-        _read(path),
+        _read(path) if text is None else text,
         source=str(path),
         label=str(path),
         hint="fix the YAML at the line shown; quote values that contain ': ' or start with a special character",
@@ -1354,4 +1392,4 @@ def load_job_config(path: str | os.PathLike[str], overrides: Iterable[str] = ())
             hint="start from conf/jobs/demo.yaml",
         )
     raw.setdefault("name", path.stem)
-    return _build(raw, str(path), overrides, lines)
+    return _build(raw, str(path), overrides, lines, keep_env_refs)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,8 @@ from typing import Any
 
 import yaml
 
-from scoring.config import JobConfig, KubernetesConfig, KubernetesPodConfig
+from scoring import k8s_env, k8s_names
+from scoring.config import JobConfig, KubernetesConfig, KubernetesPodConfig, load_job_config
 from scoring.errors import ConfigError, ModelError
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
@@ -112,14 +114,32 @@ def image_path(path: str, app_root: str = APP_ROOT) -> str:
     return path if posixpath.isabs(path) else posixpath.join(app_root, path)
 
 
+APP_NAME_MAX = 57
+"""Longest SparkApplication name: the operator's ``<app>-driver`` pod and our ``<app>-job`` ConfigMap still fit 63."""
+NAME_HASH_CHARS = 10
+"""Hex digits of the job name's SHA-256 that end a name the job name could not be used in as written."""
+_HASHED = re.compile(rf"-[0-9a-f]{{{NAME_HASH_CHARS}}}\Z")
+
+
 def _dns_name(text: str, limit: int = 63) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].rstrip("-")
 
 
 def application_name(config: JobConfig) -> str:
-    """A DNS-1123 name for the SparkApplication (the operator may add a suffix per run); at most 57 characters, so
-    that the operator's ``-driver`` pod name and our ``-job`` ConfigMap still fit 63."""
-    return _dns_name(f"scoring-{config.name}", 57)
+    """The SparkApplication's name, ``scoring-<job name>``: a DNS-1035 label (spark-operator's webhook requires one)
+    of at most :data:`APP_NAME_MAX` characters; the ConfigMap is named after it.
+
+    Distinct job names give distinct names. A job name used as written (lower-case letters, digits and ``-``, short
+    enough) is kept; any other (upper case, ``_``, ``.``, other characters, too long) is shortened and ended with
+    ``-`` and :data:`NAME_HASH_CHARS` hex digits of its SHA-256: ``Churn``, ``churn_`` and two long names sharing
+    their first 60 characters get different names. A name used as written never ends like a hashed one (such a name
+    is hashed too), so the two kinds cannot meet."""
+    wanted = f"scoring-{config.name}"
+    plain = _dns_name(wanted, APP_NAME_MAX)
+    if plain == wanted and not _HASHED.search(plain):
+        return plain
+    digest = hashlib.sha256(config.name.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_HASH_CHARS]
+    return f"{_dns_name(wanted, APP_NAME_MAX - NAME_HASH_CHARS - 1)}-{digest}"
 
 
 def namespace_for(config: JobConfig) -> str:
@@ -137,7 +157,8 @@ def image_for(config: JobConfig, image: str | None = None) -> str:
 
 
 def spark_conf(config: JobConfig) -> dict[str, str]:
-    """The Delta/Spark defaults and the job's own ``spark.conf``; never a pod template setting (refused)."""
+    """The Delta/Spark defaults and the job's own ``spark.conf``; never a pod template setting (refused). For the
+    manifests, `config` is loaded with ``keep_env_refs``: a ``${VAR}`` stays as written."""
     from scoring.adapters.spark import DEFAULTS
 
     given = sorted(set(config.spark.conf) & set(POD_TEMPLATE_KEYS))
@@ -232,14 +253,8 @@ def _megabytes(mib: int) -> str:
 
 
 def _env(k8s: KubernetesConfig) -> dict[str, Any]:
-    """The ``env`` / ``envFrom`` of every container that runs scoring code: plain values and Secret references."""
-    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in sorted(k8s.env.items())]
-    env += [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
-        for name, ref in sorted(k8s.secret_env.items())
-    ]
-    env_from = [{"secretRef": {"name": name}} for name in k8s.env_from_secrets]
-    return {**({"env": env} if env else {}), **({"envFrom": env_from} if env_from else {})}
+    """The ``env`` / ``envFrom`` of every container that runs scoring code (:func:`scoring.k8s_env.container_env`)."""
+    return k8s_env.container_env(k8s)
 
 
 def _tolerations(pod: KubernetesPodConfig) -> list[dict[str, Any]]:
@@ -421,13 +436,22 @@ def render(
     The ConfigMap holds `config_text` (default: the file's text) under the file's name; `overrides` (``key=value``,
     possibly Airflow templates) go to the driver as ``--set``, followed by the pinned model version (`model`, else
     resolved now: :func:`pin_model`) and, for Triton, the sidecar's loopback address.
+
+    No environment variable's value is read for the manifests: ``spark.conf`` and ``kubernetes.env`` are taken from
+    `config_text` and `overrides` loaded again with their ``${VAR}`` kept (never from `config`, which may have been
+    loaded with them expanded), and every ``${VAR}`` the pods will expand must be provided to them
+    (:mod:`scoring.k8s_env`). Every name and key in the objects is checked against the API server's rules
+    (:mod:`scoring.k8s_names`). Both refusals are ConfigErrors.
     """
     k8s = config.kubernetes or KubernetesConfig()
     _check(config, k8s, overrides)
-    conf = spark_conf(config)
     file_name = Path(config_file).name
     if config_text is None:
         config_text = Path(config_file).read_text()
+    as_written = load_job_config(config_file, overrides, keep_env_refs=True, text=config_text)
+    conf = spark_conf(as_written)
+    k8s = k8s.model_copy(update={"env": (as_written.kubernetes or KubernetesConfig()).env})  # ${VAR} as written
+    k8s_env.check(k8s_env.references(config_text, overrides), k8s, config.name)
     model = model or pin_model(config)
     image = image_for(config, image)
     name = application_name(config)
@@ -537,6 +561,13 @@ def render(
         "metadata": {"name": config_map_name, "namespace": namespace, "labels": dict(labels)},
         "data": {file_name: config_text},
     }
+    problems = k8s_names.manifest_problems([config_map, application])
+    if problems:
+        raise ConfigError(
+            f"job {config.name!r}: the API server would refuse these names or keys:\n"
+            + "\n".join(f"  {line}" for line in problems),
+            hint="change the config key (or rename the file) each line names; docs/kubernetes.md, 'Names'",
+        )
     return Manifests(name, namespace, model, copy.deepcopy(config_map), copy.deepcopy(application))
 
 

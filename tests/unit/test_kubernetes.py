@@ -442,8 +442,9 @@ def test_two_jobs_of_one_name_are_refused(tmp_path):
 
 
 def test_a_job_name_becomes_a_valid_kubernetes_name():
+    assert kubernetes.application_name(load_job_config(NIGHTLY, ["name=churn-eu"])) == "scoring-churn-eu"  # as is
     config = load_job_config(NIGHTLY, ["name=Churn_Scores.EU nightly"])
-    assert kubernetes.application_name(config) == "scoring-churn-scores-eu-nightly"
+    assert kubernetes.application_name(config).startswith("scoring-churn-scores-eu-nightly-")  # and a hash
     long = load_job_config(NIGHTLY, ["name=" + "x" * 80])
     assert len(kubernetes.application_name(long)) <= 57  # room for -driver and -job
 

@@ -607,6 +607,14 @@ class ServeConfig(_Strict):
     """Largest request body accepted (413 above it)."""
     max_batch_keys: Annotated[_Int, Field(ge=1), _at_most(1_000_000, "more keys than that is a typo")] = 1_000
     """Most keys in one ``POST /v1/score`` list (413 above it)."""
+    request_receive_timeout_s: Annotated[_Seconds, Field(gt=0)] = 10.0
+    """Longest time a connection may take to send one whole request (headers and body), from its first byte (or
+    from connecting); past it the server answers 408 and closes the connection. Bounds slow clients: a client that
+    sends a byte at a time cannot hold a connection longer than this."""
+    max_connections: Annotated[_Int, Field(ge=1), _at_most(1_000_000, "more connections than that is a typo")] = 4096
+    """Most connections held open at once. A connection beyond it sheds another: the oldest one still sending its
+    request first, then the oldest idle keep-alive one; only when every connection has a request being answered is
+    the new one refused (503). So slow clients are dropped, not healthy ones."""
     auth_token_env: str | None = None
     """Name of an environment variable holding a bearer token; when set, every route but ``/v2/health/*`` needs
     ``Authorization: Bearer <token>``. The token itself never goes in a config file."""

@@ -13,7 +13,6 @@ is the stored record with a short header, not re-encoded. Status codes:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
@@ -22,7 +21,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -32,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scoring.core import index, kserve
 from scoring.engine.live import LiveUnavailable, RequestError
-from scoring.modes.online import OnlineService, describe_live_failure
+from scoring.modes.online import OnlineService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -115,6 +113,85 @@ def _json_body(body: bytes) -> Any:
         raise RequestError(f"the body is not valid JSON: {e}", field="body", status=400) from None
 
 
+def _score_schema(service: OnlineService) -> dict[str, Any]:
+    """The ``POST /v1/score`` body as OpenAPI describes it (the route reads the raw body itself, for speed and for
+    its own error messages; this is what clients, and schema-driven fuzzers, are told)."""
+    scalar = {"oneOf": [{"type": "string"}, {"type": "number"}]}
+    columns = list(service.key_columns)
+    key: dict[str, Any] = scalar
+    if len(columns) > 1:
+        key = {
+            "oneOf": [
+                {"type": "array", "items": scalar, "minItems": len(columns), "maxItems": len(columns)},
+                {
+                    "type": "object",
+                    "properties": {c: scalar for c in columns},
+                    "required": columns,
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    features = {
+        "type": "object",
+        "properties": {
+            f: {"type": "boolean" if str(t) == "bool" else "number"} for f, t in service.feature_types().items()
+        },
+        "required": list(service.feature_types()),
+        "additionalProperties": False,
+    }
+    item = {
+        "type": "object",
+        "properties": {"key": key, "features": features},
+        "required": ["key"],
+        "additionalProperties": False,
+    }
+    body = {"oneOf": [item, {"type": "array", "items": item, "maxItems": service.serve.max_batch_keys}]}
+    return {"requestBody": {"required": True, "content": {_JSON: {"schema": body}}}}
+
+
+_INFER_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                    "datatype": {"enum": ["BOOL", "INT32", "INT64", "FP32", "FP64"]},
+                                    "data": {"type": "array"},
+                                    "parameters": {"type": "object"},
+                                },
+                                "required": ["name", "shape", "datatype", "data"],
+                            },
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"name": {"type": "string"}},
+                                "required": ["name"],
+                            },
+                        },
+                        "parameters": {"type": "object"},
+                    },
+                    "required": ["inputs"],
+                }
+            }
+        },
+    }
+}
+"""The KServe v2 inference request (JSON form) as OpenAPI describes it."""
+
+
 def build_app(service: OnlineService) -> Any:
     """The ASGI application serving `service` (wrapped in the auth / size guard)."""
     app = FastAPI(
@@ -125,7 +202,6 @@ def build_app(service: OnlineService) -> Any:
     )
     metrics = service.metrics
     serve = service.serve
-    wait_s = serve.deadline_s + serve.batch_window_ms / 1000 + 0.05
 
     @app.exception_handler(_TooLarge)
     async def _too_large(request: Request, exc: _TooLarge) -> Response:
@@ -137,7 +213,7 @@ def build_app(service: OnlineService) -> Any:
 
     @app.exception_handler(kserve.ProtocolError)
     async def _bad_protocol(request: Request, exc: kserve.ProtocolError) -> Response:
-        return _error(exc.status, str(exc))
+        return _error(exc.status, str(exc), field=exc.field or "inputs")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -145,7 +221,7 @@ def build_app(service: OnlineService) -> Any:
             return _error(404, f"no route {request.url.path}; see /docs for the routes")
         if exc.status_code == 405:
             return _error(405, f"{request.method} is not allowed on {request.url.path}; see /docs for the routes")
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), field="request")
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
@@ -191,98 +267,11 @@ def build_app(service: OnlineService) -> Any:
     @app.get("/v1/scores/{key:path}")
     async def get_score(key: str) -> Response:
         started = time.perf_counter()
-        parts = key.split("/")
-        found = service.lookup(service.key_from_path(parts))
-        shown: Any = parts[0] if len(parts) == 1 else dict(zip(service.key_columns, parts, strict=True))
-        if found.outcome == "hit" or (found.outcome == "stale" and serve.serve_stale):
-            metrics.lookup(found.outcome)
-            metrics.request("scores", "precomputed", time.perf_counter() - started)
-            return Response(service.precomputed_body(shown, found), media_type=_JSON)
-        metrics.lookup(found.outcome)
-        metrics.request("scores", "none", time.perf_counter() - started)
-        if found.outcome == "stale":
-            return _error(
-                404,
-                f"the precomputed score for {shown!r} is stale ({found.reason}); POST /v1/score with its features "
-                "to score it live (or set serve.serve_stale: true to serve it marked stale)",
-                field="key",
-            )
-        return _error(
-            404,
-            f"no precomputed score for key {shown!r} in {service.table} (version {service.index_version}); POST "
-            "/v1/score with its features to score it live",
-            field="key",
-        )
+        answer = service.answer_path(key.split("/"))
+        metrics.request("scores", answer.source, time.perf_counter() - started)
+        return Response(answer.body, status_code=answer.status, media_type=_JSON, headers=answer.headers)
 
-    async def _answer(items: Sequence[Any], single: bool) -> list[tuple[int, bytes, dict[str, str] | None]]:
-        """Answer each item: precomputed when current, else live (all live items in one submission)."""
-        answers: list[tuple[int, bytes, dict[str, str] | None] | None] = [None] * len(items)
-        live_rows: list[dict[str, Any]] = []
-        live_at: list[tuple[int, Any, Any]] = []
-        for i, item in enumerate(items):
-            where = "" if single else f"[{i}]"
-            if not isinstance(item, dict):
-                raise RequestError(f"{where or 'the body'}: expected an object with key and features", field="body")
-            unknown = [k for k in item if k not in ("key", "features")]
-            if unknown:
-                raise RequestError(
-                    f"{where}{unknown[0]}: unknown field (expected key and features)", field=str(unknown[0])
-                )
-            if "key" not in item:
-                raise RequestError(f"{where}key: required", field="key")
-            key_value = item["key"]
-            key = service.key_of(key_value)
-            found = service.lookup(key)
-            features = item.get("features")
-            if found.outcome == "hit":
-                metrics.lookup("hit")
-                answers[i] = (
-                    200,
-                    service.precomputed_body(key_value, found, features_given=features is not None),
-                    None,
-                )
-                continue
-            if features is None or not serve.live:
-                if found.outcome == "stale" and serve.serve_stale:
-                    metrics.lookup("stale")
-                    answers[i] = (200, service.precomputed_body(key_value, found, features_given=False), None)
-                    continue
-                metrics.lookup(found.outcome)
-                why = (
-                    f"its precomputed score is stale ({found.reason})"
-                    if found.outcome == "stale"
-                    else "it has no precomputed score"
-                )
-                how = "send its features to score it live" if serve.live else "live inference is off (serve.live)"
-                answers[i] = (404, orjson.dumps({"error": f"key {key_value!r}: {why}; {how}", "field": "key"}), None)
-                continue
-            live_rows.append(features)
-            live_at.append((i, key_value, found))
-        if live_rows:
-            where = None if single else [f"[{i}]" for i, _, _ in live_at]
-            prepared, future = service.submit_live(live_rows, where=where)
-            try:
-                result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=wait_s)
-            except BaseException as e:  # noqa: BLE001 - every live failure becomes a 503 (or a stale answer)
-                if isinstance(e, asyncio.CancelledError):
-                    raise
-                failure = describe_live_failure(e)
-                metrics.live_error(failure.kind)
-                for i, key_value, found in live_at:
-                    if found.outcome == "stale" and serve.serve_stale:
-                        metrics.lookup("stale")
-                        answers[i] = (200, service.precomputed_body(key_value, found, features_given=True), None)
-                    else:
-                        retry = str(max(1, math.ceil(failure.retry_after_s)))
-                        body = orjson.dumps({"error": str(failure), "key": key_value})
-                        answers[i] = (503, body, {"Retry-After": retry})
-            else:
-                metrics.lookup("live", len(live_at))
-                for row, (i, key_value, _) in enumerate(live_at):
-                    answers[i] = (200, orjson.dumps(service.live_answer(key_value, prepared, result, row)), None)
-        return [a for a in answers if a is not None]
-
-    @app.post("/v1/score")
+    @app.post("/v1/score", openapi_extra=_score_schema(service))
     async def score(request: Request) -> Response:
         started = time.perf_counter()
         payload = _json_body(await request.body())
@@ -292,18 +281,14 @@ def build_app(service: OnlineService) -> Any:
             return _error(413, f"{len(items)} items; serve.max_batch_keys allows {serve.max_batch_keys}", field="body")
         if not items:
             return Response(b"[]", media_type=_JSON)
-        answers = await _answer(items, single)
-        bodies = [body for _, body, _ in answers]
-        source = "none"  # every item refused (404, 503): still counted, as a request answered by nothing
-        if any(b'"source":"live"' in body for body in bodies):
-            source = "live"
-        elif any(b'"source":"precomputed"' in body for body in bodies):
-            source = "precomputed"
+        answers = await service.answer(items, single=single)
+        sources = {a.source for a in answers}
+        source = "live" if "live" in sources else "precomputed" if "precomputed" in sources else "none"
         metrics.request("score", source, time.perf_counter() - started)
         if single:
-            status, body, headers = answers[0]
-            return Response(body, status_code=status, media_type=_JSON, headers=headers)
-        joined = b"[" + b",".join(_with_status(status, body) for status, body, _ in answers) + b"]"
+            (answer,) = answers
+            return Response(answer.body, status_code=answer.status, media_type=_JSON, headers=answer.headers)
+        joined = b"[" + b",".join(_with_status(a.status, a.body) for a in answers) + b"]"
         return Response(joined, media_type=_JSON)
 
     # -- KServe v2 / Open Inference Protocol -----------------------------------------------------------------------
@@ -353,16 +338,20 @@ def build_app(service: OnlineService) -> Any:
         ok, why = service.ready()
         return Response(orjson.dumps({"ready": ok, "reason": why}), status_code=200 if ok else 503, media_type=_JSON)
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
+    @app.post("/v2/models/{name}/infer", openapi_extra=_INFER_SCHEMA)
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_SCHEMA)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         started = time.perf_counter()
         refused = _served(name, version)
         if refused is not None:
             return refused
         header = request.headers.get("inference-header-content-length")
-        if header is not None and not header.isdigit():
-            return _error(400, "Inference-Header-Content-Length must be a number of bytes")
+        if header is not None and not (header.isascii() and header.isdigit()):
+            return _error(
+                400,
+                "Inference-Header-Content-Length must be a number of bytes (ASCII digits)",
+                field="Inference-Header-Content-Length",
+            )
         types = service.feature_types()
         parsed = kserve.parse_request(
             await request.body(),
@@ -371,14 +360,10 @@ def build_app(service: OnlineService) -> Any:
             types=types,
         )
         if parsed.features.num_rows == 0:
-            return _error(422, "the inputs hold no rows")
+            return _error(422, "the inputs hold no rows", field="inputs")
         try:
-            prepared, future = service.submit_batch(parsed.features)
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=wait_s)
-        except BaseException as e:  # noqa: BLE001 - every live failure becomes a 503
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            failure = describe_live_failure(e)
+            prepared, result = await service.infer(parsed.features)
+        except LiveUnavailable as failure:
             metrics.live_error(failure.kind)
             return _unavailable(failure)
         body, json_length = kserve.encode_response(
@@ -423,21 +408,124 @@ def _triton_name(service: OnlineService) -> str:
 # -- running it ----------------------------------------------------------------------------------------------------
 
 
-def _uvicorn_config(app: Any, host: str, port: int):
+def _uvicorn_config(app: Any, host: str, port: int, service: OnlineService):
     import uvicorn
 
+    serve = service.serve
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="auto",
-        http="auto",
+        http=receipt_protocol(serve.request_receive_timeout_s, serve.max_connections),
         access_log=False,
         log_level="warning",
         lifespan="off",
         timeout_keep_alive=30,
         server_header=False,
     )
+
+
+def receipt_protocol(receive_timeout_s: float, max_connections: int) -> type:
+    """uvicorn's HTTP protocol (httptools) with a receipt deadline per connection and a cap that sheds slow
+    connections first.
+
+    - **Deadline**: a request must arrive whole (headers and body) within `receive_timeout_s` of its first byte (of
+      the connection being made, for the first request); past it the connection gets a 408 naming the setting and is
+      closed. uvicorn's own keep-alive timer restarts on every byte, so a client sending a byte at a time would hold a
+      connection for ever; this timer does not restart. It stops when the request is complete (a slow answer is the
+      service's business, not the client's) and starts again with the next request's first byte.
+    - **Cap**: when a new connection makes more than `max_connections`, the oldest connection still sending its
+      request is closed (a 408), else the oldest idle keep-alive one; only when every other connection has a request
+      being answered is the new one refused (503). uvicorn's ``limit_concurrency`` would instead answer 503 to every
+      new request, healthy or not, once full.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class ReceiptDeadlineProtocol(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:  # noqa: ANN001 - asyncio's signature
+            super().connection_made(transport)
+            self._receipt = None
+            self._receiving_since: float | None = None
+            self._start_receipt()
+            if len(self.connections) > max_connections:
+                _shed(self)
+
+        def data_received(self, data: bytes) -> None:
+            if self._receipt is None and not self.transport.is_closing():
+                self._start_receipt()
+            super().data_received(data)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._stop_receipt()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_receipt()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:  # uvicorn's, for bytes that are not HTTP: JSON naming it
+            body = orjson.dumps({"error": f"{msg} (the request line or a header is malformed)", "field": "request"})
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            self.transport.close()
+
+        def _start_receipt(self) -> None:
+            self._receiving_since = self.loop.time()
+            self._receipt = self.loop.call_later(receive_timeout_s, self._receipt_expired)
+
+        def _stop_receipt(self) -> None:
+            if self._receipt is not None:
+                self._receipt.cancel()
+            self._receipt = None
+            self._receiving_since = None
+
+        def _receipt_expired(self) -> None:
+            self._receipt = None
+            self._close_with(
+                408,
+                f"the request did not arrive whole within serve.request_receive_timeout_s ({receive_timeout_s:g} s)",
+            )
+
+        def _close_with(self, status: int, message: str) -> None:
+            self._receiving_since = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                body = orjson.dumps({"error": message, "field": "request"})
+                reason = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+                self.transport.write(
+                    f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                    f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+            self.transport.close()
+
+        @property
+        def _idle(self) -> bool:
+            return self._receiving_since is None and (self.cycle is None or self.cycle.response_complete)
+
+    def _shed(new: ReceiptDeadlineProtocol) -> None:
+        others = [c for c in new.connections if c is not new and not c.transport.is_closing()]
+        receiving = [c for c in others if getattr(c, "_receiving_since", None) is not None]
+        if receiving:
+            oldest = min(receiving, key=lambda c: c._receiving_since)
+            oldest._close_with(
+                408,
+                f"shed: the server holds serve.max_connections ({max_connections}) and this connection was the "
+                "oldest still sending its request",
+            )
+            return
+        idle = [c for c in others if getattr(c, "_idle", False)]
+        if idle:
+            idle[0].transport.close()
+            return
+        new._close_with(503, f"the server holds serve.max_connections ({max_connections}), all busy; try again")
+
+    return ReceiptDeadlineProtocol
 
 
 class Running:
@@ -447,7 +535,7 @@ class Running:
         import uvicorn
 
         self.service = service
-        self._server = uvicorn.Server(_uvicorn_config(build_app(service), host, port))
+        self._server = uvicorn.Server(_uvicorn_config(build_app(service), host, port, service))
         self._server.install_signal_handlers = lambda: None  # the embedding process keeps its own handlers
         self._thread = threading.Thread(target=self._server.run, name="scoring-serve", daemon=True)
         self._thread.start()
@@ -493,7 +581,7 @@ def serve_forever(service: OnlineService, sock: socket.socket) -> None:
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(_uvicorn_config(build_app(service), host, port))
+    server = uvicorn.Server(_uvicorn_config(build_app(service), host, port, service))
     # Once it has shut down, uvicorn raises the signal it stopped on again, to the handler that was there before it:
     # for SIGTERM that was the default one, which killed the process before the caller could close the service.
     main = threading.current_thread() is threading.main_thread()

@@ -35,6 +35,43 @@ FEATURE_LIMIT = float(np.finfo(np.float32).max)
 """The largest feature magnitude accepted: models here take float32 (ONNX ``tensor(float)``, Triton ``FP32``), so a
 larger value would reach the model as infinity."""
 
+_INTEGER_RANGES = {
+    pa.int8(): (-(2**7), 2**7 - 1),
+    pa.int16(): (-(2**15), 2**15 - 1),
+    pa.int32(): (-(2**31), 2**31 - 1),
+    pa.int64(): (-(2**63), 2**63 - 1),
+}
+
+
+def feature_value_problem(value: object, kind: pa.DataType) -> str | None:
+    """Why one feature value is invalid for a model input of Arrow type `kind`, or None when it is valid.
+
+    The scalar form of :func:`invalid_mask`'s rule (a number, finite, within :data:`FEATURE_LIMIT`), for a value
+    before it is in a batch (a request's JSON value), plus what the input type needs of it: an integer, within the
+    integer type's range, for an integer input; ``true``/``false`` for a boolean one. The reason is a phrase for a
+    message: ``"1e+39 is beyond float32's range (3.4028235e+38)"``."""
+    if pa.types.is_boolean(kind):
+        return None if isinstance(value, bool) else f"expected true or false, got {_shown(value)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected a number, got {_shown(value)}"
+    if not abs(value) <= FEATURE_LIMIT:  # the comparison invalid_mask makes: NaN compares False, so it is out too
+        if isinstance(value, float) and not np.isfinite(value):
+            return f"{value!r} is not a finite number"
+        return f"{value!r} is beyond float32's range ({FEATURE_LIMIT:.8g})"
+    if pa.types.is_integer(kind):
+        if isinstance(value, float):
+            if not value.is_integer():
+                return f"expected an integer, got {value!r}"
+            value = int(value)
+        low, high = _INTEGER_RANGES.get(kind, (-(2**63), 2**64 - 1))
+        if not low <= value <= high:
+            return f"{value!r} is out of {kind}'s range"
+    return None
+
+
+def _shown(value: object) -> str:
+    return type(value).__name__ if isinstance(value, dict | list) else repr(value)[:80]
+
 
 def invalid_mask(batch: pa.RecordBatch, features: Sequence[str]) -> np.ndarray | None:
     """Boolean mask of rows with a null, NaN, infinite or float32-overflowing value in any feature column, or None

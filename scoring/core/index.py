@@ -253,7 +253,9 @@ class PrecomputedIndex:
     """Key -> the record of its most recently scored row, for one version of one table. Immutable once built: a new
     table version gets a new index, swapped in whole by the caller."""
 
-    def __init__(self, encoded: Encoded, *, table_version: int | None, source: str) -> None:
+    def __init__(
+        self, encoded: Encoded, *, table_version: int | None, source: str, table_id: str = "", identity: Any = None
+    ) -> None:
         order = np.argsort(encoded.scored_at_us, kind="stable")  # the newest row of a key is inserted last
         keys = encoded.keys
         self._position: dict[Key, int] = dict(zip([keys[i] for i in order.tolist()], order.tolist(), strict=True))
@@ -266,12 +268,28 @@ class PrecomputedIndex:
         self._version_codes = encoded.version_codes
         self.table_version = table_version
         self.source = source
+        self.table_id = table_id
+        """Delta's table id (the log's ``metaData.id``) of the table read: a table re-created at the same place has
+        another, whatever its version number."""
+        self.identity = identity
+        """The :class:`~scoring.core.identity.TableIdentity` of the place the table was read from (None: unknown)."""
         self.rows = len(encoded)
         self.built_at = dt.datetime.now(dt.UTC)
 
     @classmethod
-    def build(cls, table: pa.Table, layout: Layout, *, table_version: int | None, source: str) -> PrecomputedIndex:
-        return cls(encode_rows(table, layout), table_version=table_version, source=source)
+    def build(
+        cls,
+        table: pa.Table,
+        layout: Layout,
+        *,
+        table_version: int | None,
+        source: str,
+        table_id: str = "",
+        identity: Any = None,
+    ) -> PrecomputedIndex:
+        return cls(
+            encode_rows(table, layout), table_version=table_version, source=source, table_id=table_id, identity=identity
+        )
 
     def __len__(self) -> int:
         return len(self._position)

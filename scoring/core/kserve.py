@@ -17,6 +17,7 @@ output, or ``binary_data_output`` in the request's parameters), as ``tritonclien
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,9 +47,11 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 class ProtocolError(ValueError):
     """A malformed inference request; the message names the input or field (a 400 or 422)."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    def __init__(self, message: str, *, status: int = 400, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field
+        """The input, header or field at fault (None: the inputs as a whole)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,25 +64,49 @@ class InferRequest:
     """Output names asked for (None: all)."""
 
 
+_MAX_VALUES = 2**31 - 1
+"""The most values one input tensor may declare (a shape whose product is larger is refused before any data is
+read: no request body holds that many)."""
+
+
+def _parameters(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be an object", field="parameters")
+    return value
+
+
 def _split(body: bytes, header_length: int | None) -> tuple[dict[str, Any], bytes]:
     if header_length is None:
         head, rest = body, b""
     else:
         if header_length < 0 or header_length > len(body):
             raise ProtocolError(
-                f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes"
+                f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes",
+                field="Inference-Header-Content-Length",
             )
         head, rest = body[:header_length], body[header_length:]
     try:
         request = loads(head)
     except orjson.JSONDecodeError as e:
-        raise ProtocolError(f"the request is not valid JSON: {e}") from None
+        raise ProtocolError(f"the request is not valid JSON: {e}", field="body") from None
     if not isinstance(request, dict):
-        raise ProtocolError("the request must be a JSON object with an 'inputs' list")
+        raise ProtocolError("the request must be a JSON object with an 'inputs' list", field="body")
     return request, rest
 
 
 def _tensor(spec: Any, i: int, binary: memoryview, at: int) -> tuple[str, np.ndarray, int]:
+    try:
+        return _read_tensor(spec, i, binary, at)
+    except ProtocolError as e:
+        if e.field is None:
+            name = spec.get("name") if isinstance(spec, dict) else None
+            e.field = name if isinstance(name, str) else f"inputs[{i}]"
+        raise
+
+
+def _read_tensor(spec: Any, i: int, binary: memoryview, at: int) -> tuple[str, np.ndarray, int]:
     if not isinstance(spec, dict):
         raise ProtocolError(f"inputs[{i}] must be an object with name, shape, datatype and data")
     name = spec.get("name")
@@ -90,11 +117,15 @@ def _tensor(spec: Any, i: int, binary: memoryview, at: int) -> tuple[str, np.nda
         raise ProtocolError(f"{where}: 'name' must be a string")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"{where}: 'shape' must be a list of non-negative integers")
-    if datatype not in _DTYPES:
+    if not isinstance(datatype, str) or datatype not in _DTYPES:
         raise ProtocolError(f"{where}: datatype {datatype!r} is not supported (use FP32, FP64, INT32 or INT64)")
     dtype = np.dtype(_DTYPES[datatype])
-    count = int(np.prod(shape)) if shape else 1
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # exact (Python integers): a product beyond any body is refused below, never wraps
+    if count > _MAX_VALUES:
+        raise ProtocolError(
+            f"{where}: shape {shape} holds {count} values; at most {_MAX_VALUES} are accepted", status=413
+        )
+    size = _parameters(spec.get("parameters"), f"{where}: 'parameters'").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize or at + size > len(binary):
             raise ProtocolError(
@@ -193,23 +224,28 @@ def parse_request(
                 raise ProtocolError(
                     f"feature {f!r}: row {int(np.flatnonzero(bad)[0])} is {values[bad][0]!r}, not a finite number",
                     status=422,
+                    field=f,
                 )
         try:
             arrays.append(pa.array(values).cast(types[f]))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise ProtocolError(f"feature {f!r}: {e}", status=422) from None
+            raise ProtocolError(f"feature {f!r}: {e}", status=422, field=f) from None
     outputs = request.get("outputs")
-    params = request.get("parameters") or {}
+    params = _parameters(request.get("parameters"), "'parameters'")
     requested: tuple[str, ...] | None = None
     binary_outputs: frozenset[str] | bool = bool(params.get("binary_data_output", False))
     if outputs is not None:
         if not isinstance(outputs, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
         ):
-            raise ProtocolError("'outputs' must be a list of objects with a name")
+            raise ProtocolError("'outputs' must be a list of objects with a name", field="outputs")
         requested = tuple(o["name"] for o in outputs)
         binary_outputs = frozenset(
-            o["name"] for o in outputs if (o.get("parameters") or {}).get("binary_data", binary_outputs is True)
+            o["name"]
+            for o in outputs
+            if _parameters(o.get("parameters"), f"outputs ({o['name']!r}): 'parameters'").get(
+                "binary_data", binary_outputs is True
+            )
         )
     request_id = request.get("id")
     return InferRequest(
@@ -242,7 +278,9 @@ def encode_response(
         unknown = [n for n in request.requested if n not in names]
         if unknown:
             raise ProtocolError(
-                f"unknown output(s) {', '.join(unknown)}; the model returns {', '.join(names)}", status=400
+                f"unknown output(s) {', '.join(unknown)}; the model returns {', '.join(names)}",
+                status=400,
+                field="outputs",
             )
         names = list(request.requested)
     outputs = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-import math
 import queue
 import threading
 import time
@@ -26,10 +25,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from scoring.core.batching import FEATURE_LIMIT, feature_value_problem, invalid_mask
 from scoring.core.index import json_texts
 from scoring.core.predictor import Predictor
 from scoring.core.score import ScoringSpec, score_batch
-from scoring.errors import ScoringError
+from scoring.errors import ModelError, ScoringError, Transient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,26 +60,71 @@ class LiveUnavailable(Exception):
         self.kind = kind
 
 
+class RowRejected(RequestError):
+    """The model would not score a request's own rows (they failed alone, after their micro-batch failed without a
+    backend fault): a 422 for that request only, never counted against the circuit breaker."""
+
+
+def is_backend_fault(error: BaseException) -> bool:
+    """Whether a failure to score is the backend's (by type, never by text): what the adapters raise when a server
+    does not answer (:class:`~scoring.errors.Transient`) or the model runtime fails
+    (:class:`~scoring.errors.ModelError`). A row's own fault (invalid features, a non-finite prediction) is not."""
+    return isinstance(error, Transient | ModelError)
+
+
 def feature_types(signature: Sequence[tuple[str, str]] | None, features: Sequence[str]) -> dict[str, pa.DataType]:
     """Arrow type of each feature, from the model's MLflow signature (float64 where it does not say)."""
     given = dict(signature or ())
     return {f: _ARROW_TYPES.get(str(given.get(f, "double")).lower(), pa.float64()) for f in features}
 
 
-def _check_value(name: str, value: Any, kind: pa.DataType, where: str) -> None:
-    if isinstance(value, bool) and not pa.types.is_boolean(kind):
-        raise RequestError(f"{where}features.{name}: expected a number, got {value!r}", field=name)
-    if pa.types.is_boolean(kind):
-        if not isinstance(value, bool):
-            raise RequestError(f"{where}features.{name}: expected true or false, got {value!r}", field=name)
+def check_value(name: str, value: Any, kind: pa.DataType, where: str = "") -> None:
+    """Refuse one feature value of a request that the model's input (`kind`) cannot take: the rule the batch engine
+    applies to invalid features (:func:`scoring.core.batching.feature_value_problem`), as a :class:`RequestError`
+    naming the feature."""
+    problem = feature_value_problem(value, kind)
+    if problem is not None:
+        raise RequestError(f"{where}features.{name}: {problem}", field=name)
+
+
+def check_features(row: Any, types: Mapping[str, pa.DataType], where: str = "") -> None:
+    """Refuse a request's ``features`` object unless it holds exactly the model's features, each with a value its
+    input takes (:func:`check_value`); `where` prefixes the message (which item of a list)."""
+    names = types.keys()
+    if not isinstance(row, Mapping):
+        raise RequestError(f"{where}features: expected an object of feature values", field="features")
+    if len(row) != len(types) or any(n not in types for n in row):
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise RequestError(
+                f"{where}features: missing {', '.join(missing)} (the model takes {', '.join(names)})",
+                field=missing[0],
+            )
+        extra = [n for n in row if n not in types]
+        raise RequestError(
+            f"{where}features: unknown {', '.join(map(str, extra))} (the model takes {', '.join(names)})",
+            field=str(extra[0]),
+        )
+    for n, kind in types.items():
+        check_value(n, row[n], kind, where)
+
+
+def check_batch(batch: pa.RecordBatch, types: Mapping[str, pa.DataType]) -> None:
+    """Refuse a typed feature batch (the KServe v2 route's inputs) holding a value the batch engine would set aside
+    as invalid (:func:`scoring.core.batching.invalid_mask`: null, NaN, infinite, beyond float32's range), naming the
+    input and the first such row."""
+    names = [n for n in types if n in batch.schema.names]
+    if invalid_mask(batch, names) is None:
         return
-    if not isinstance(value, int | float):
-        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
-        raise RequestError(f"{where}features.{name}: expected a number, got {shown}", field=name)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RequestError(f"{where}features.{name}: {value!r} is not a finite number", field=name)
-    if pa.types.is_integer(kind) and isinstance(value, float) and not value.is_integer():
-        raise RequestError(f"{where}features.{name}: expected an integer, got {value!r}", field=name)
+    for name in names:
+        mask = invalid_mask(batch, [name])
+        if mask is not None:
+            row = int(mask.argmax())
+            raise RequestError(
+                f"inputs.{name}: row {row} holds {batch.column(name)[row].as_py()!r}: null, NaN, infinite or beyond "
+                f"float32's range ({FEATURE_LIMIT:.8g})",
+                field=name,
+            )
 
 
 def features_batch(
@@ -90,25 +135,9 @@ def features_batch(
     names = list(types)
     columns: dict[str, list[Any]] = {n: [] for n in names}
     for i, row in enumerate(rows):
-        prefix = f"{where[i]}." if where else ""
-        if not isinstance(row, Mapping):
-            raise RequestError(f"{prefix}features: expected an object of feature values", field="features")
-        missing = [n for n in names if n not in row]
-        if missing:
-            raise RequestError(
-                f"{prefix}features: missing {', '.join(missing)} (the model takes {', '.join(names)})",
-                field=missing[0],
-            )
-        extra = [n for n in row if n not in types]
-        if extra:
-            raise RequestError(
-                f"{prefix}features: unknown {', '.join(map(str, extra))} (the model takes {', '.join(names)})",
-                field=str(extra[0]),
-            )
+        check_features(row, types, f"{where[i]}." if where else "")
         for n in names:
-            value = row[n]
-            _check_value(n, value, types[n], prefix)
-            columns[n].append(value)
+            columns[n].append(row[n])
     arrays = []
     for n in names:
         try:
@@ -354,22 +383,58 @@ class LiveScorer:
         try:
             scored = score_batch(batch, predictor, self.spec)
         except ScoringError as e:
-            if fallback:
-                self._fail(live, f"the embedded fallback failed: {e.message}", "fallback_failed")
+            if isinstance(e, Transient):  # the backend did not answer: every request of the batch fails alike
+                self._backend_failed(live, batch, e, name, fallback)
                 return
-            self._on_event("backend_error", name)
-            opened = self.breaker.failure()
-            self._primary = None if opened else self._primary
-            if opened:
-                self._opened()
-            if self._fallback_factory is not None:
-                self._score_with_fallback(live, batch)
-                return
-            self._fail(live, f"live inference through {name} failed: {e.message}", "backend_error")
+            self._isolate(live, e, predictor, name, fallback)  # which request's rows is it? only that one fails
             return
         if not fallback:
             self.breaker.success()
         self._deliver(live, scored, name, fallback)
+
+    def _backend_failed(
+        self, live: list[_Pending], batch: pa.RecordBatch, e: ScoringError, name: str, fallback: bool
+    ) -> None:
+        if fallback:
+            self._fail(live, f"the embedded fallback failed: {e.message}", "fallback_failed")
+            return
+        self._on_event("backend_error", name)
+        opened = self.breaker.failure()
+        self._primary = None if opened else self._primary
+        if opened:
+            self._opened()
+        if self._fallback_factory is not None:
+            self._score_with_fallback(live, batch)
+            return
+        self._fail(live, f"live inference through {name} failed: {e.message}", "backend_error")
+
+    def _isolate(
+        self, live: list[_Pending], error: ScoringError, predictor: Predictor, name: str, fallback: bool
+    ) -> None:
+        """A micro-batch failed, the backend answering (a terminal error: a row the model or the checks will not
+        take, or a model fault): score each request alone, so that only the requests whose own rows fail get an
+        error; one that fails alone with a backend fault (:func:`is_backend_fault`) counts against the breaker, any
+        other is :class:`RowRejected` (a 422) and never does."""
+        healthy = False
+        for p in live:
+            try:
+                if len(live) == 1:  # it failed alone already
+                    raise error
+                scored = score_batch(p.batch, predictor, self.spec)
+            except ScoringError as e:
+                if is_backend_fault(e):
+                    self._backend_failed([p], p.batch, e, name, fallback)
+                    continue
+                self._on_event("row_rejected", name)
+                p.future.set_exception(
+                    RowRejected(f"the model cannot score these features: {e.message}", field="features")
+                )
+                healthy = True  # the backend answered; the rows were at fault
+                continue
+            healthy = True
+            self._deliver([p], scored, name, fallback)
+        if healthy and not fallback:
+            self.breaker.success()
 
     def _deliver(self, live: list[_Pending], scored: pa.RecordBatch, name: str, fallback: bool) -> None:
         now = time.time()
@@ -418,6 +483,11 @@ __all__ = [
     "LiveScorer",
     "LiveUnavailable",
     "RequestError",
+    "RowRejected",
+    "check_batch",
+    "check_features",
+    "check_value",
     "feature_types",
+    "is_backend_fault",
     "features_batch",
 ]

@@ -20,11 +20,13 @@ features, or with live down, the stale score is served marked ``stale: true`` on
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import threading
 import time
@@ -37,6 +39,7 @@ import pyarrow as pa
 from scoring.adapters import deltalog
 from scoring.adapters.metrics import ServeMetrics
 from scoring.config import JobConfig, ServeConfig
+from scoring.core.identity import TableIdentity, same_table, table_identity
 from scoring.core.index import Hit, Key, Layout, PrecomputedIndex, decode_hit, dumps, key_text
 from scoring.core.score import ScoringSpec
 from scoring.engine.live import (
@@ -45,6 +48,8 @@ from scoring.engine.live import (
     LiveScorer,
     LiveUnavailable,
     RequestError,
+    check_batch,
+    check_features,
     feature_types,
     features_batch,
 )
@@ -71,11 +76,106 @@ class Lookup:
     reason: str | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Model:
     prepared: PreparedModel
     types: dict[str, pa.DataType]
     live: LiveScorer | None
+
+
+_ITEM_FIELDS = ("key", "features")
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One item's answer: its status, its JSON body and headers, and what answered it (``precomputed``, ``live``
+    or ``none``)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] | None = None
+    source: str = "none"
+
+
+def _refusal(status: int, message: str, field: str | None, *, key: Any = None) -> Answer:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    if key is not None:
+        body["key"] = key
+    return Answer(status, orjson.dumps(body))
+
+
+def _shown(value: Any) -> str:
+    return type(value).__name__ if isinstance(value, dict | list) else repr(value)[:80]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSnapshot:
+    """What one request is answered from, read once when it starts: the index (one table version, or one Redis
+    version), the model (version and live scorer) and the staleness rule with the time it is judged at. A swap of
+    the index or a move of the alias while the request runs changes none of it."""
+
+    index: PrecomputedIndex | _RedisView | None
+    model: _Model
+    max_age_s: float | None
+    now: float
+    index_stale: str | None
+    """Why every score of this index is stale (its table is gone for longer than ``serve.max_age_s``), or None."""
+    serve_stale: bool
+
+    def get_many(self, keys: Sequence[Key]) -> list[Hit | None]:
+        index = self.index
+        if index is None:
+            return [None] * len(keys)
+        if isinstance(index, _RedisView):
+            return index.get_many(keys)
+        return [index.get(k) for k in keys]
+
+    def judge(self, hit: Hit | None) -> Lookup:
+        """A key's outcome: ``hit`` (current), ``stale`` (with why) or ``miss``."""
+        if hit is None:
+            return Lookup("miss", reason=None if self.index is not None else "the index is not loaded")
+        current = self.model.prepared.version
+        if hit.model_version != current:
+            return Lookup(
+                "stale", hit, f"scored by model version {hit.model_version}; the alias points to {current} now"
+            )
+        if self.index_stale is not None:
+            return Lookup("stale", hit, self.index_stale)
+        max_age = self.max_age_s
+        if max_age is not None:
+            age = self.now - hit.scored_at_us / 1e6
+            if age > max_age:
+                return Lookup("stale", hit, f"scored {age:.0f} s ago, older than serve.max_age_s ({max_age:g} s)")
+        return Lookup("hit", hit)
+
+
+def precomputed_body(key: Any, lookup: Lookup, *, features_given: bool | None = None) -> bytes:
+    """The JSON answer for a precomputed (or stale) score: the stored record with where it came from."""
+    assert lookup.hit is not None
+    head = {"key": key, "source": "precomputed", "stale": lookup.outcome == "stale"}
+    if lookup.outcome == "stale":
+        head["stale_reason"] = lookup.reason
+    if features_given is not None:
+        head["features_used"] = False
+    return dumps(head)[:-1] + b"," + lookup.hit.record[1:]
+
+
+def live_answer(key: Any, prepared: PreparedModel, result: LiveResult, row: int) -> dict[str, Any]:
+    return {
+        "key": key,
+        "source": "live",
+        "stale": False,
+        "backend": result.backend,
+        "fallback": result.fallback,
+        "features_used": True,
+        "model_name": prepared.name,
+        "model_version": prepared.version,
+        "model_uri": prepared.uri,
+        "scored_at": dt.datetime.fromtimestamp(result.scored_at, dt.UTC).isoformat().replace("+00:00", "Z"),
+        "predictions": {name: orjson.Fragment(texts[row]) for name, texts in result.prediction_json.items()},
+    }
 
 
 class _RedisIndex:
@@ -101,24 +201,42 @@ class _RedisIndex:
     def table_version(self) -> int | None:
         return None if self.published is None else self.published.version
 
-    def get(self, key: Key) -> Hit | None:
-        if self.published is None:
-            return None
-        record = self.reader.get(self.published.version, redis_key(key))
-        if record is None:
-            self.refresh()  # a publish may have switched versions under us
-            record = self.reader.get(self.published.version, redis_key(key))
-        return None if record is None else decode_hit(record)
+    def view(self) -> _RedisView:
+        return _RedisView(self, self.published)
 
     def __len__(self) -> int:
         return 0 if self.published is None else int(self.published.keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RedisView:
+    """The Redis index at one published version, for one request: its keys are read in one round trip, all at one
+    version (when a publish switched and deleted that version meanwhile, all at the new one)."""
+
+    index: _RedisIndex
+    published: Any
+
+    @property
+    def table_version(self) -> int | None:
+        return None if self.published is None else self.published.version
+
+    def get_many(self, keys: Sequence[Key]) -> list[Hit | None]:
+        if self.published is None or not keys:
+            return [None] * len(keys)
+        names = [redis_key(k) for k in keys]
+        records = self.index.reader.mget(self.published.version, names)
+        if any(r is None for r in records) and self.index.refresh():  # switched under us: all at the new version
+            records = self.index.reader.mget(self.index.published.version, names)
+        return [None if r is None else decode_hit(r) for r in records]
 
 
 class OnlineService:
     """Answers ``scoring serve``'s routes without HTTP; see the module's docstring. Use :meth:`start` and
     :meth:`close` (or ``with``)."""
 
-    def __init__(self, config: JobConfig, *, reporter: Reporter | None = None, clock=time.time) -> None:
+    def __init__(
+        self, config: JobConfig, *, reporter: Reporter | None = None, clock=time.time, check_requests: bool = True
+    ) -> None:
         self.config = config
         self.serve: ServeConfig = config.serve or ServeConfig()
         self.reporter = reporter or LogReporter()
@@ -134,6 +252,15 @@ class OnlineService:
         self._token = self._auth_token()
         self._swap_lock = threading.Lock()
         self.index_error: str | None = None
+        """Why the last refresh of the index failed (the served table missing, unreadable), or None."""
+        self.identity: TableIdentity = table_identity(self.table)
+        """Where the served table lives (the memory index compares this, Delta's table id and the version)."""
+        self._confirmed_at: float | None = None
+        """When a refresh last found the served table as the index holds it (or built the index)."""
+        self._wait_s = self.serve.deadline_s + self.serve.batch_window_ms / 1000 + 0.05
+        self.check_requests = check_requests
+        """Whether each item's features are checked before it is answered (always, but for the benchmark that
+        measures what the checks cost: ``scoring bench-serve --request-checks both``)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -292,6 +419,7 @@ class OnlineService:
     def _swap(self, index: PrecomputedIndex) -> None:
         with self._swap_lock:
             self._index = index
+            self._confirmed_at = self._clock()
         self.reporter.step(f"serving {len(index):,} precomputed keys from {self.table} version {index.table_version}")
         self._record_index()
 
@@ -313,15 +441,38 @@ class OnlineService:
                 _LOGGER.warning("refreshing the index failed (keeping the one served)", exc_info=True)
 
     def refresh_index(self) -> bool:
-        """Check the table (or Redis) for a new version now; build and swap when there is one. True when swapped."""
+        """Check the table (or Redis) now; build and swap when it is another table or another version of it. True
+        when swapped.
+
+        The memory index is reloaded when the served table's identity changes: the place
+        (:func:`~scoring.core.identity.same_table`), Delta's table id (a table deleted and re-created at the same
+        place is another table, whatever its version number) or the version. A table that is gone is reported in
+        :attr:`index_error` at once; the last index keeps answering (stale once it is older than
+        ``serve.max_age_s``)."""
         index = self._index
         if isinstance(index, _RedisIndex):
             changed = index.refresh()
             if changed:
                 self._record_index()
             return changed
-        latest = deltalog.version(self.table)
-        if latest is None or (index is not None and latest == index.table_version):
+        snap = deltalog.snapshot(self.table, key="serve.table" if self.serve.table else "output.table")
+        if snap is None:
+            error = (
+                f"the served table {self.table} is gone (no Delta table there); answering from the last index "
+                f"(version {self.index_version})"
+            )
+            if self.index_error != error:
+                _LOGGER.warning("%s", error)
+            self.index_error = error
+            return False
+        if (
+            index is not None
+            and index.identity is not None
+            and same_table(index.identity, self.identity)
+            and (index.table_id, index.table_version) == (snap.table_id, snap.version)
+        ):
+            self._confirmed_at = self._clock()
+            self.index_error = None
             return False
         self._swap(self._build_index())
         self.index_error = None
@@ -333,10 +484,46 @@ class OnlineService:
 
     # -- answering -------------------------------------------------------------------------------------------------
 
+    def snapshot(self) -> ServingSnapshot:
+        """What one request answers from, read once: the index, the model (version and live scorer) and the
+        staleness rule with the clock. Every item of the request is judged against this one snapshot."""
+        model = self._model
+        assert model is not None, "start() first"
+        index = self._index
+        now = self._clock()
+        if isinstance(index, _RedisIndex):
+            index = index.view()
+        return ServingSnapshot(
+            index=index,
+            model=model,
+            max_age_s=self.serve.max_age_s,
+            now=now,
+            index_stale=self._index_stale(now),
+            serve_stale=self.serve.serve_stale,
+        )
+
+    def _index_stale(self, now: float) -> str | None:
+        """Why every answer of the served index is stale (its table cannot be confirmed for longer than
+        ``serve.max_age_s``), or None."""
+        max_age = self.serve.max_age_s
+        if max_age is None or self.index_error is None or self._confirmed_at is None:
+            return None
+        age = now - self._confirmed_at
+        if age <= max_age:
+            return None
+        return (
+            f"the served index (version {self.index_version}) was last confirmed {age:.0f} s ago, longer than "
+            f"serve.max_age_s ({max_age:g} s): {self.index_error}"
+        )
+
     def ready(self) -> tuple[bool, str]:
-        """Ready when the index is loaded and live inference (when enabled) can answer; with why not."""
+        """Ready when the index is loaded, not stale as a whole, and live inference (when enabled) can answer (the
+        backend's health only: clients' mistakes never count); with why not."""
         if self._index is None or (isinstance(self._index, _RedisIndex) and self._index.published is None):
             return False, "the precomputed index is not loaded"
+        stale = self._index_stale(self._clock())
+        if stale is not None:
+            return False, stale
         model = self._model
         if model is not None and model.live is not None and not model.live.ready():
             return False, f"the live backend ({model.live.primary_name}) is not ready"
@@ -351,7 +538,7 @@ class OnlineService:
                 value = value[columns[0]]
             if isinstance(value, str | int | float) and not isinstance(value, bool):
                 return key_text(value)
-            raise RequestError(f"key: expected a string or a number for {columns[0]}, got {value!r}", field="key")
+            raise RequestError(f"key: expected a string or a number for {columns[0]}, got {_shown(value)}", field="key")
         if isinstance(value, Mapping):
             missing = [c for c in columns if c not in value]
             extra = [c for c in value if c not in columns]
@@ -370,7 +557,7 @@ class OnlineService:
             )
         for part, column in zip(value, columns, strict=True):
             if not isinstance(part, str | int | float) or isinstance(part, bool):
-                raise RequestError(f"key.{column}: expected a string or a number, got {part!r}", field=column)
+                raise RequestError(f"key.{column}: expected a string or a number, got {_shown(part)}", field=column)
         return tuple(key_text(p) for p in value)
 
     def key_from_path(self, segments: Sequence[str]) -> Key:
@@ -384,76 +571,162 @@ class OnlineService:
         return segments[0] if len(segments) == 1 else tuple(segments)
 
     def lookup(self, key: Key) -> Lookup:
-        index = self._index
-        if index is None:
-            return Lookup("miss", reason="the index is not loaded")
-        hit = index.get(key)
-        if hit is None:
-            return Lookup("miss")
-        current = self.model.version
-        if hit.model_version != current:
-            return Lookup(
-                "stale", hit, f"scored by model version {hit.model_version}; the alias points to {current} now"
+        """One key against a fresh snapshot (a request of several keys uses one :meth:`snapshot` for all)."""
+        snap = self.snapshot()
+        return snap.judge(snap.get_many([key])[0])
+
+    def answer_path(self, segments: Sequence[str]) -> Answer:
+        """``GET /v1/scores/<key>``: the key's precomputed score (current, or stale where allowed), else a 404."""
+        snap = self.snapshot()
+        key = self.key_from_path(segments)
+        shown: Any = segments[0] if len(segments) == 1 else dict(zip(self.key_columns, segments, strict=True))
+        found = snap.judge(snap.get_many([key])[0])
+        self.metrics.lookup(found.outcome)
+        if found.outcome == "hit" or (found.outcome == "stale" and snap.serve_stale):
+            return Answer(200, precomputed_body(shown, found), source="precomputed")
+        if found.outcome == "stale":
+            return _refusal(
+                404,
+                f"the precomputed score for {shown!r} is stale ({found.reason}); POST /v1/score with its features "
+                "to score it live (or set serve.serve_stale: true to serve it marked stale)",
+                "key",
             )
-        max_age = self.serve.max_age_s
-        if max_age is not None:
-            age = self._clock() - hit.scored_at_us / 1e6
-            if age > max_age:
-                return Lookup("stale", hit, f"scored {age:.0f} s ago, older than serve.max_age_s ({max_age:g} s)")
-        return Lookup("hit", hit)
+        version = snap.index.table_version if snap.index is not None else None
+        return _refusal(
+            404,
+            f"no precomputed score for key {shown!r} in {self.table} (version {version}); POST /v1/score with its "
+            "features to score it live",
+            "key",
+        )
 
-    def precomputed_body(self, key: Any, lookup: Lookup, *, features_given: bool | None = None) -> bytes:
-        """The JSON answer for a precomputed (or stale) score: the stored record with where it came from."""
-        assert lookup.hit is not None
-        head = {"key": key, "source": "precomputed", "stale": lookup.outcome == "stale"}
-        if lookup.outcome == "stale":
-            head["stale_reason"] = lookup.reason
-        if features_given is not None:
-            head["features_used"] = False
-        return dumps(head)[:-1] + b"," + lookup.hit.record[1:]
+    async def answer(self, items: Sequence[Any], *, single: bool) -> list[Answer]:
+        """``POST /v1/score``: answer every item from one :meth:`snapshot`, in order.
 
-    def submit_live(self, rows: Sequence[Mapping[str, Any]], *, where: Sequence[str] | None = None):
-        """Queue feature rows for live inference: ``(model, future of LiveResult)``; bad features raise
-        :class:`RequestError`, live switched off or down raises :class:`LiveUnavailable` (via the future)."""
-        model = self._model
-        assert model is not None
+        Each item is judged on its own and the same way whatever the table holds: its shape and every feature value
+        are checked against the model's inputs first (a 422 naming the field, for that item alone); then a current
+        precomputed score answers it, else its features are scored live (all of the request's live items in one
+        submission, with the snapshot's model), else a stale score where ``serve.serve_stale`` allows, else a 404.
+        A live failure is a 503 (a backend fault) or a 422 (the model would not take that item's rows)."""
+        snap = self.snapshot()
+        types = snap.model.types
+        answers: list[Answer | None] = [None] * len(items)
+        keyed: list[tuple[int, Any, Key, Any]] = []
+        for i, item in enumerate(items):
+            where = "" if single else f"[{i}]"
+            try:
+                key_value, key, features = self._item(item, where, types)
+            except RequestError as e:
+                answers[i] = _refusal(e.status, str(e), e.field)
+                continue
+            keyed.append((i, key_value, key, features))
+        hits = snap.get_many([key for _, _, key, _ in keyed])
+        live_rows: list[Mapping[str, Any]] = []
+        live_at: list[tuple[int, Any, Lookup]] = []
+        metrics = self.metrics
+        for (i, key_value, _, features), hit in zip(keyed, hits, strict=True):
+            found = snap.judge(hit)
+            if found.outcome == "hit":
+                metrics.lookup("hit")
+                answers[i] = Answer(
+                    200, precomputed_body(key_value, found, features_given=features is not None), source="precomputed"
+                )
+            elif features is not None and self.serve.live:
+                live_rows.append(features)
+                live_at.append((i, key_value, found))
+            elif found.outcome == "stale" and snap.serve_stale:
+                metrics.lookup("stale")
+                answers[i] = Answer(200, precomputed_body(key_value, found, features_given=False), source="precomputed")
+            else:
+                metrics.lookup(found.outcome)
+                why = (
+                    f"its precomputed score is stale ({found.reason})"
+                    if found.outcome == "stale"
+                    else "it has no precomputed score"
+                )
+                how = "send its features to score it live" if self.serve.live else "live inference is off (serve.live)"
+                answers[i] = _refusal(404, f"key {key_value!r}: {why}; {how}", "key")
+        if live_rows:
+            for i, answer in zip([i for i, _, _ in live_at], await self._answer_live(snap, live_rows, live_at)):
+                answers[i] = answer
+        return [a for a in answers if a is not None]
+
+    def _item(self, item: Any, where: str, types: Mapping[str, pa.DataType]) -> tuple[Any, Key, Any]:
+        """An item's key as given, as the index's key, and its features (None when not sent), once checked."""
+        if not isinstance(item, dict):
+            raise RequestError(f"{where or 'the body'}: expected an object with key and features", field="body")
+        if len(item) > 2 or any(k not in _ITEM_FIELDS for k in item):
+            unknown = [k for k in item if k not in _ITEM_FIELDS]
+            raise RequestError(f"{where}{unknown[0]}: unknown field (expected key and features)", field=str(unknown[0]))
+        if "key" not in item:
+            raise RequestError(f"{where}key: required", field="key")
+        key_value = item["key"]
+        try:
+            key = self.key_of(key_value)
+        except RequestError as e:
+            raise RequestError(f"{where}{e}", field=e.field, status=e.status) from None
+        features = item.get("features")
+        if features is not None and self.check_requests:
+            check_features(features, types, f"{where}." if where else "")
+        return key_value, key, features
+
+    async def _answer_live(
+        self, snap: ServingSnapshot, rows: list[Mapping[str, Any]], at: list[tuple[int, Any, Lookup]]
+    ) -> list[Answer]:
+        metrics = self.metrics
+        try:
+            result = await self._score_live(snap.model, features_batch(rows, snap.model.types))
+        except RequestError as e:  # the rows failed on their own in the model (RowRejected): this request only
+            metrics.live_error("rejected")
+            return [_refusal(e.status, str(e), e.field, key=key_value) for _, key_value, _ in at]
+        except LiveUnavailable as failure:
+            metrics.live_error(failure.kind)
+            retry = {"Retry-After": str(max(1, math.ceil(failure.retry_after_s)))}
+            out = []
+            for _, key_value, found in at:
+                if found.outcome == "stale" and snap.serve_stale:
+                    metrics.lookup("stale")
+                    out.append(
+                        Answer(200, precomputed_body(key_value, found, features_given=True), source="precomputed")
+                    )
+                else:
+                    out.append(Answer(503, orjson.dumps({"error": str(failure), "key": key_value}), retry, "none"))
+            return out
+        metrics.lookup("live", len(at))
+        prepared = snap.model.prepared
+        return [
+            Answer(200, orjson.dumps(live_answer(key_value, prepared, result, row)), source="live")
+            for row, (_, key_value, _) in enumerate(at)
+        ]
+
+    async def _score_live(self, model: _Model, batch: pa.RecordBatch) -> LiveResult:
+        """`batch` scored live by `model`'s scorer within the deadline; raises :class:`LiveUnavailable` or
+        :class:`RequestError` (:class:`RowRejected`)."""
         if model.live is None:
             raise LiveUnavailable(
                 "live inference is switched off (serve.live: false)", retry_after_s=60.0, kind="disabled"
             )
-        batch = features_batch(rows, model.types, where=where)
-        return model.prepared, model.live.submit(batch)
+        future = model.live.submit(batch)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self._wait_s)
+        except asyncio.CancelledError:
+            raise
+        except RequestError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - every other live failure is "unavailable" (a 503)
+            raise describe_live_failure(e) from None
 
-    def submit_batch(self, batch: pa.RecordBatch):
-        """Queue an already-typed feature batch (the KServe v2 route): ``(model, future of LiveResult)``."""
-        model = self._model
-        assert model is not None
-        if model.live is None:
-            raise LiveUnavailable(
-                "live inference is switched off (serve.live: false)", retry_after_s=60.0, kind="disabled"
-            )
-        return model.prepared, model.live.submit(batch)
+    async def infer(self, batch: pa.RecordBatch) -> tuple[PreparedModel, LiveResult]:
+        """The KServe v2 route: an already-typed feature batch scored live with one snapshot's model; its values
+        are checked first by the features' rule (:class:`RequestError` naming the input)."""
+        model = self.snapshot().model
+        if self.check_requests:
+            check_batch(batch, model.types)
+        return model.prepared, await self._score_live(model, batch)
 
     def feature_types(self) -> dict[str, pa.DataType]:
         """The model's features and their types, in its order."""
         assert self._model is not None, "start() first"
         return dict(self._model.types)
-
-    def live_answer(self, key: Any, prepared: PreparedModel, result: LiveResult, row: int) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "key": key,
-            "source": "live",
-            "stale": False,
-            "backend": result.backend,
-            "fallback": result.fallback,
-            "features_used": True,
-            "model_name": prepared.name,
-            "model_version": prepared.version,
-            "model_uri": prepared.uri,
-            "scored_at": dt.datetime.fromtimestamp(result.scored_at, dt.UTC).isoformat().replace("+00:00", "Z"),
-            "predictions": {name: orjson.Fragment(texts[row]) for name, texts in result.prediction_json.items()},
-        }
-        return answer
 
     # -- auth ------------------------------------------------------------------------------------------------------
 
@@ -527,7 +800,14 @@ def build_index(config: JobConfig) -> PrecomputedIndex:
             f"{table_path} is not a scoring output table: {e}",
             hint="point serve.table at a table written by scoring run (key, lineage and prediction columns)",
         ) from None
-    index = PrecomputedIndex.build(table, layout, table_version=snap.version, source=table_path)
+    index = PrecomputedIndex.build(
+        table,
+        layout,
+        table_version=snap.version,
+        source=table_path,
+        table_id=snap.table_id,
+        identity=table_identity(table_path),
+    )
     _LOGGER.info(
         "index of %s version %d: %d keys from %d rows in %.2f s",
         table_path,

@@ -444,13 +444,13 @@ BAD = {
         "f00",
         "finite",
     ),
-    "a bad item in a list names its index": (
+    "a value beyond float32": (
         "POST",
         "/v1/score",
-        _json([{"key": "x", "features": _GOOD}, {"key": "y", "features": {**_GOOD, "f03": "a"}}]),
+        b'{"key": "x", "features": {"f00": 1, "f01": 1e39, "f02": 1, "f03": 1, "f04": 1}}',
         422,
-        "f03",
-        "[1].features.f03",
+        "f01",
+        "beyond float32",
     ),
     "too many keys": ("POST", "/v1/score", _json([{"key": 1}] * (MAX_KEYS + 1)), 413, "body", "max_batch_keys"),
     "oversized body": (
@@ -472,6 +472,20 @@ def test_every_bad_input_is_a_4xx_naming_the_field(svc, case):
     error = response.json()
     assert error["field"] == field, error
     assert says in error["error"] and (field in error["error"] or field in ("body",)), error
+
+
+def test_a_bad_item_in_a_list_is_a_422_naming_its_index_and_field_for_that_item_alone(svc, served):
+    rows = feature_rows(served.features.slice(0, 2))
+    body = [
+        {"key": "x", "features": rows[0]},
+        {"key": "y", "features": {**_GOOD, "f03": "a"}},
+        {"key": "z", "features": rows[1]},
+    ]
+    response = svc.client.post("/v1/score", json=body)
+    assert response.status_code == 200, response.text
+    first, bad, last = response.json()
+    assert bad["status"] == 422 and bad["field"] == "f03" and "[1].features.f03" in bad["error"], bad
+    assert_live([first, last], rows, svc.service.model.uri)
 
 
 def test_an_oversized_body_without_a_length_is_refused_too(svc):

@@ -552,12 +552,16 @@ def render_k8s(
 ) -> None:
     """Write each job's Kubernetes manifests: a ConfigMap with its config and a SparkApplication (spark-operator v2)
     whose pods carry the Triton sidecar inline. The model alias is resolved now, once: the run scores that version.
-    Apply them with `kubectl apply -f OUT`; see docs/kubernetes.md."""
+    No environment variable's value is written: `${VAR}` stays a reference, expanded in the pods, which get it from
+    a Secret (kubernetes.secret_env / env_from_secrets). Apply them with `kubectl apply -f OUT`; see
+    docs/kubernetes.md."""
     from scoring import kubernetes, load_job_config
 
     try:
         rendered = [
-            kubernetes.render(load_job_config(config, set_ or []), config, overrides=set_ or [], image=image)
+            kubernetes.render(
+                load_job_config(config, set_ or [], keep_env_refs=True), config, overrides=set_ or [], image=image
+            )
             for config in configs
         ]
         written = kubernetes.write(rendered, out_dir)

@@ -19,6 +19,13 @@ record::
 is written to ``--summary-json`` (in place of the summary) and to the container's termination message file
 (``/dev/termination-log``, or ``$SCORING_TERMINATION_LOG``) when that file exists and is writable: Kubernetes puts
 it in the driver pod's status, where the Airflow task reads it (:func:`scoring.kubernetes.driver_outcome`).
+
+On Kubernetes, ``${VAR}`` in ``spark.conf`` reaches the driver as written, both in the config file and in the
+SparkApplication's ``sparkConf`` (spark-submit's ``--conf``): ``scoring render k8s`` never writes a variable's value,
+and neither spark-operator nor Spark expands ``${VAR}``. This entry point expands it from the driver's own
+environment (where the pod spec put it, from a Secret) before the Spark session is built, and hands the expanded
+settings to the session, so that the text ``${VAR}`` never becomes a setting's value. A variable unset there stops the
+run with a config error (exit 2) naming the variable and the setting.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +104,62 @@ def write_termination_message(record: dict[str, Any]) -> Path | None:
     return path
 
 
+def submitted_spark_conf() -> dict[str, str]:
+    """The Spark settings spark-submit started this driver with (its ``--conf``: on Kubernetes, the SparkApplication's
+    ``sparkConf``); empty when this process was not started by spark-submit."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; starts nothing
+    return dict(SparkConf().getAll())
+
+
+def expand_spark_conf(conf: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings of `conf` whose values use ``${VAR}`` / ``${VAR:-default}`` / ``$${`` (the job config's syntax),
+    expanded from `environ` (default: this process's environment); other settings are left out. A ``${`` of another
+    form (Spark's own ``${env:VAR}``) is left as it is. Raises a :class:`~scoring.errors.ConfigError` naming the
+    setting and the variable when one is unset and has no default."""
+    from scoring.config import _ENV
+    from scoring.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    expanded = {}
+    for key, value in conf.items():
+
+        def sub(m, key=key) -> str:
+            if m["escape"]:
+                return m[0][1:]
+            name = m["name"]
+            if name is None:
+                return m[0]
+            if name in environ:
+                return environ[name]
+            if m["default"] is not None:
+                return m["default"]
+            raise ConfigError(
+                f"spark.conf {key}: environment variable {name} is not set in the driver's environment",
+                hint=f"give the driver pod {name} (kubernetes.secret_env.{name} names a Secret's key, or "
+                "kubernetes.env_from_secrets a Secret holding it), or write ${" + name + ":-default}",
+            )
+
+        new = _ENV.sub(sub, value)
+        if new != value:
+            expanded[key] = new
+    return expanded
+
+
+def with_spark_conf_from_environment(config):
+    """`config` with ``spark.conf`` completed for the session: the settings spark-submit was given that use
+    ``${VAR}`` (the config's own are expanded already, by the loader), expanded from this environment. The session
+    built from `config` then overrides the text spark-submit holds with the values."""
+    expanded = expand_spark_conf(submitted_spark_conf())
+    if not expanded:
+        return config
+    conf = {**expanded, **config.spark.conf}
+    return config.model_copy(update={"spark": config.spark.model_copy(update={"conf": conf})})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scoring.spark_entry", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML job config")
@@ -116,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     from scoring.errors import ScoringError
 
     try:
+        config = with_spark_conf_from_environment(load_job_config(args.config, args.overrides))
         if args.stream:
-            summary = _stream(load_job_config(args.config, args.overrides), args.available_now)
+            summary = _stream(config, args.available_now)
         else:
-            summary = run(load_job_config(args.config, args.overrides))
+            summary = run(config)
     except Exception as e:  # noqa: BLE001 - every failure becomes an exit code and an error record
         record = error_record(e)
         if debug:

@@ -114,8 +114,9 @@ def image_path(path: str, app_root: str = APP_ROOT) -> str:
     return path if posixpath.isabs(path) else posixpath.join(app_root, path)
 
 
-APP_NAME_MAX = 57
-"""Longest SparkApplication name: the operator's ``<app>-driver`` pod and our ``<app>-job`` ConfigMap still fit 63."""
+APP_NAME_MAX = 56
+"""Longest SparkApplication name: the operator's ``<app>-driver`` pod and our ``<app>-job`` ConfigMap still fit 63
+(a DNS label, as a pod's host name is)."""
 NAME_HASH_CHARS = 10
 """Hex digits of the job name's SHA-256 that end a name the job name could not be used in as written."""
 _HASHED = re.compile(rf"-[0-9a-f]{{{NAME_HASH_CHARS}}}\Z")

@@ -446,7 +446,7 @@ def test_a_job_name_becomes_a_valid_kubernetes_name():
     config = load_job_config(NIGHTLY, ["name=Churn_Scores.EU nightly"])
     assert kubernetes.application_name(config).startswith("scoring-churn-scores-eu-nightly-")  # and a hash
     long = load_job_config(NIGHTLY, ["name=" + "x" * 80])
-    assert len(kubernetes.application_name(long)) <= 57  # room for -driver and -job
+    assert len(kubernetes.application_name(long)) <= 56  # room for -driver and -job
 
 
 # -- golden files, the ConfigMap's apply ---------------------------------------------------------------------

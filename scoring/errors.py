@@ -89,6 +89,12 @@ class InvalidRowsError(InputError):
     """Rows whose features are null or NaN, with `input.on_invalid_rows: fail`."""
 
 
+class UnwritableRowsError(InputError):
+    """Selected rows the output table cannot take (a partition value too long to be a path, a key that does not fit
+    the output column's type), found before anything was written; a batch run without a quarantine table refuses
+    them (see :mod:`scoring.core.writable`)."""
+
+
 class ModelError(ScoringError, Terminal):
     """The model cannot be resolved, loaded, or does not accept the job's inputs."""
 

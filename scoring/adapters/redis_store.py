@@ -43,12 +43,14 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from scoring.errors import BackendUnavailableError, ScoringError
+from scoring.core.identity import same_table
+from scoring.errors import BackendUnavailableError, ConfigError, ScoringError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -196,6 +198,24 @@ def _parse_meta(prefix: str, url: str, fields: dict[bytes, bytes]) -> Published 
 # --- publishing ------------------------------------------------------------------------------------------------------
 
 
+def source_of(identity: Any, table_id: str) -> str:
+    """What the meta hash records as a published version's ``source``: the table's identity and Delta table id
+    (``file:///lake/scores#<id>``), so that a table re-created at the same place is not taken for the one published."""
+    return f"{identity}#{table_id}" if table_id else str(identity)
+
+
+def same_source(recorded: str, ours: str) -> bool:
+    """Whether a recorded ``source`` is the table `ours` names: the same place by identity and, where both say, the
+    same Delta table id (a meta hash written before ids were recorded holds the path alone)."""
+    where, _, table_id = recorded.rpartition("#") if "#" in recorded else (recorded, "", "")
+    our_where, _, our_id = ours.rpartition("#") if "#" in ours else (ours, "", "")
+    try:
+        place = same_table(where, our_where) if where and our_where else where == our_where
+    except ValueError:
+        place = where == our_where
+    return place and (not table_id or not our_id or table_id == our_id)
+
+
 def publish(
     url: str,
     prefix: str,
@@ -232,6 +252,14 @@ def publish(
         with _translated(url, f"publishing version {version} under {prefix!r}"):
             current = _parse_meta(prefix, url, client.hgetall(meta_key(prefix)))
             if current is not None and current.version == version:
+                if not same_source(current.source, source):
+                    raise ConfigError(
+                        f"version {version} under {prefix!r} at {redacted(url)} is already served from "
+                        f"{current.source}, and this publish is version {version} of {source}: another table (or one "
+                        "deleted and re-created at the same place), whose keys would overwrite the served ones in "
+                        "place",
+                        hint="publish under a new serve.redis.prefix, or publish again after the table's next commit",
+                    )
                 removed = _delete_retired(client, prefix, version)
                 _LOGGER.info("version %d under %r is already current: nothing to publish", version, prefix)
                 return PublishResult(version, current.keys, False, None, time.monotonic() - started, removed)

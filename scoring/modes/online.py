@@ -839,7 +839,7 @@ def publish(config: JobConfig, *, reporter: Reporter | None = None) -> dict[str,
         prefix,
         int(index.table_version or 0),
         ((redis_key(key), record) for key, record in index.items()),
-        source=index.source,
+        source=redis_store.source_of(index.identity or index.source, index.table_id),
         batch_keys=serve.redis.batch_keys,
         on_progress=progress,
     )

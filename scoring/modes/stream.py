@@ -13,8 +13,10 @@ What a query promises, and how:
   records that transaction (the batch's commit landed just before the crash).
 - Every check that can fail for the user's reason runs before the micro-batch's output commit: a failing gate with
   ``policy: fail`` stops the query with nothing of that micro-batch committed.
-- Rows that cannot be scored (a malformed Kafka record, invalid features, rows failing a gate with ``policy:
-  quarantine``) go to the quarantine table, after the output commit and under their own transaction identity: once.
+- Rows that cannot be scored or written (a malformed Kafka record, a row the output cannot take: a partition value
+  that cannot be a path, a key that does not fit the output column's type (:mod:`scoring.core.writable`), invalid
+  features, rows failing a gate with ``policy: quarantine``) go to the quarantine table, after the output commit and
+  under their own transaction identity: once.
 - A new checkpoint pointed at an output that already holds another query's micro-batches from the same source is
   refused: it would score the whole source again into it.
 """
@@ -39,6 +41,7 @@ from scoring.adapters import catalog, delta, deltalog
 from scoring.config import JobConfig
 from scoring.core.identity import same_table, table_identity
 from scoring.core.score import ScoringSpec
+from scoring.core.writable import WriteRule
 from scoring.engine import checks, gates
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
@@ -226,6 +229,7 @@ class MicroBatchScorer:
         self._last_alias_check = time.monotonic()
         self._key = list(dict.fromkeys(config.input.key))
         self._passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
+        self._write_rules: dict[str, WriteRule] = {}
         self.tables: catalog.Resolved | None = None
         self.unregistered: tuple[str, ...] = ()
         """Keys of tables named in the catalog but not in it yet (a new output): registered after their first
@@ -267,7 +271,8 @@ class MicroBatchScorer:
         rows = rows.persist()
         cached = [rows]
         try:
-            rows_in, unparseable, invalid = self._profile(rows)
+            rule = self._write_rule(rows.schema)
+            rows_in, unparseable, unwritable, invalid = self._profile(rows, rule)
             lap("read")
             if rows_in == 0:
                 return
@@ -277,6 +282,9 @@ class MicroBatchScorer:
                 cut = self._unparseable(source, stamp, unparseable)
                 source, quarantined_n = cut.kept, quarantined_n + cut.count
                 set_aside.append(cut.set_aside)
+            cut = self._unwritable(source, rule, stamp, unwritable)
+            source, quarantined_n = cut.kept, quarantined_n + cut.count
+            set_aside.append(cut.set_aside)
             cut = self._invalid_features(source, stamp, invalid)
             source, quarantined_n = cut.kept, quarantined_n + cut.count
             set_aside.append(cut.set_aside)
@@ -444,12 +452,13 @@ class MicroBatchScorer:
         rows = rows.withColumn(columns.EVENT_TIME, F.timestamp_millis(millis)).drop(_FILE)
         return rows, version_from, version_to
 
-    def _profile(self, rows) -> tuple[int, int, int]:
-        """One pass over the (cached) micro-batch: its rows, the Kafka records that cannot be parsed, and the rows
-        with invalid features among the others."""
+    def _profile(self, rows, rule: WriteRule) -> tuple[int, int, int, int]:
+        """One pass over the (cached) micro-batch: its rows, the Kafka records that cannot be parsed, the rows the
+        output cannot take among the others (`rule`), and the rows with invalid features among the rest."""
         from pyspark.sql import functions as F
 
         valid = gates.valid_features(rows.schema, self.active.model.features)
+        fits = gates.unwritable_reason(rule).isNull() if rule.can_fail else F.lit(True)
         if self.stream.source == "kafka":
             from scoring.adapters import kafka
 
@@ -459,9 +468,34 @@ class MicroBatchScorer:
         row = rows.agg(
             F.count(F.lit(1)).alias("n"),
             F.sum(F.when(~parsed, 1).otherwise(0)).alias("unparseable"),
-            F.sum(F.when(parsed & ~valid, 1).otherwise(0)).alias("invalid"),
+            F.sum(F.when(parsed & ~fits, 1).otherwise(0)).alias("unwritable"),
+            F.sum(F.when(parsed & fits & ~valid, 1).otherwise(0)).alias("invalid"),
         ).head()
-        return int(row["n"]), int(row["unparseable"] or 0), int(row["invalid"] or 0)
+        return (
+            int(row["n"]),
+            int(row["unparseable"] or 0),
+            int(row["unwritable"] or 0),
+            int(row["invalid"] or 0),
+        )
+
+    def _write_rule(self, schema) -> WriteRule:
+        """Which rows the output can take (:mod:`scoring.core.writable`), for rows of `schema`: found once per
+        source schema (the output's types do not change under the query)."""
+        known = self._write_rules.get(schema.simpleString())
+        if known is None:
+            known = gates.write_rule(
+                self.spark, self.config.output.table, schema, self.config.output.partition_by, self._passthrough
+            )
+            self._write_rules[schema.simpleString()] = known
+        return known
+
+    def _unwritable(self, rows, rule: WriteRule, stamp: gates.Stamp, n: int) -> gates.Split:
+        """Rows the output cannot take (a partition value that cannot be a path, a key or partition value that does
+        not fit the output column's type): set aside with why, never written, never failing the micro-batch. The
+        rest go on with their key and partition columns cast to the output's types."""
+        if n == 0:
+            return gates.Split(gates.conform(rows, rule), None, 0)
+        return dataclasses.replace(gates.split_unwritable(rows, rule, stamp, count=False), count=n)
 
     def _unparseable(self, rows, stamp: gates.Stamp, n: int) -> gates.Split:
         """Kafka records that cannot be scored (not JSON, a wrong type, a missing field): set aside with why."""

@@ -246,6 +246,25 @@ def test_publishing_the_current_version_again_writes_nothing(redis_server, redis
         assert reader.get(1, "customer-8") == records[8][1]
 
 
+def test_the_same_version_of_another_table_is_refused_and_the_served_keys_stay(redis_server, redis_prefix, tmp_path):
+    """A table deleted and re-created at the same place (another Delta table id), or another table, whose version
+    equals the served one, must not overwrite the served keys in place; the same table by another spelling is the
+    same table."""
+    table = tmp_path / "scores"
+    table.mkdir()
+    served = _records(50, "first")
+    store.publish(redis_server.url, redis_prefix, 3, served, source=store.source_of(f"file://{table}", "id-1"))
+    for other in (store.source_of(f"file://{table}", "id-2"), store.source_of("s3://bucket/scores", "id-1")):
+        with pytest.raises(ScoringError, match=r"already served from .*overwrite the served ones") as caught:
+            store.publish(redis_server.url, redis_prefix, 3, _records(50, "second"), source=other)
+        assert "serve.redis.prefix" in caught.value.hint
+    same = store.publish(redis_server.url, redis_prefix, 3, _records(50, "x"), source=str(table) + "/#id-1")
+    assert same.published is False
+    assert store.publish(redis_server.url, redis_prefix, 3, [], source=str(table)).published is False  # no id: place
+    with store.RedisReader(redis_server.url, redis_prefix) as reader:
+        assert [reader.get(3, k) for k, _ in served] == [v for _, v in served]
+
+
 def test_a_new_version_becomes_current_and_the_old_keys_are_deleted(redis_server, redis_prefix):
     old, new = _records(1200, "v1"), _records(900, "v2")
     store.publish(redis_server.url, redis_prefix, 1, old, source=SOURCE)

@@ -4,6 +4,7 @@
     open_predictor   the embedded runtime or a Triton sidecar              (runtime.py)
     probe            score a few rows on the driver: the output schema     (probe.py)
     split_invalid / apply_gate   rows kept, rows set aside, gate reports   (gates.py)
+    write_rule / split_unwritable   rows the output cannot take, set aside  (gates.py, scoring.core.writable)
     Lineage          what every row is stamped with                        (scoring.core.stamp)
     RunRecord        the summary, the commit metadata and the runs-table row of one run   (record.py)
 

@@ -1,4 +1,5 @@
-"""What is kept and what is set aside: invalid feature rows, data-quality gates, invalid predictions.
+"""What is kept and what is set aside: invalid feature rows, rows the output cannot take, data-quality gates, invalid
+predictions.
 
 Each check splits a Spark DataFrame into the rows that go on and the rows set aside (shaped for the quarantine table,
 with the reason), and reports what it did. Nothing here writes.
@@ -12,9 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from scoring import quality
+from scoring.adapters import delta
 from scoring.config import GateConfig
+from scoring.core import writable
 from scoring.core.batching import FEATURE_LIMIT
-from scoring.errors import ScoringError, from_spark_exception
+from scoring.core.writable import WriteRule
+from scoring.errors import OutputError, ScoringError, from_spark_exception
 
 _FLOATS = ("FloatType", "DoubleType")
 
@@ -88,15 +92,17 @@ def finite_predictions(schema):
     return condition
 
 
-def split(df, good, reason: str, stage: str, stamp: Stamp, *, count: bool = True) -> Split:
-    """Rows of `df` where `good` holds go on; the others are set aside with `reason`."""
+def split(df, good, reason, stage: str, stamp: Stamp, *, count: bool = True) -> Split:
+    """Rows of `df` where `good` holds go on; the others are set aside with `reason` (a text, or a string column
+    that says it per row)."""
     from pyspark.sql import functions as F
 
     bad = df.where(~good)
     n = bad.count() if count else -1
     if n == 0:
         return Split(df, None, 0)
-    frame = quality.quarantine_frame(bad, F.lit(reason), stage, stamp.passthrough, stamp.run_id, stamp.at)
+    why = F.lit(reason) if isinstance(reason, str) else reason
+    frame = quality.quarantine_frame(bad, why, stage, stamp.passthrough, stamp.run_id, stamp.at)
     return Split(df.where(good), frame, n)
 
 
@@ -127,3 +133,106 @@ def union(frames: Sequence[Any]):
     for frame in frames[1:]:
         out = out.unionByName(frame, allowMissingColumns=True)
     return out
+
+
+# -- rows the output can take (scoring.core.writable, compiled into Spark conditions) ------------------------------
+
+WRITE_STAGE = "write"
+"""The quarantine stage of a row the output cannot take."""
+
+_FLOAT_MAX = 3.4028234663852886e38
+
+
+def write_rule(spark, table: str, schema, partition_by: Sequence[str], columns: Sequence[str]) -> WriteRule:
+    """The rule for writing rows of `schema` into `table`: its partition paths, and a cast check for each of
+    `columns` (key and partition columns) whose type differs from the existing table's. Raises
+    :class:`~scoring.errors.OutputError` when a column's type never casts to the table's."""
+    layout = delta.layout(spark, table)
+    existing = {} if layout is None else {f.name: f.dataType.simpleString() for f in layout[1].fields}
+    given = {f.name: f.dataType.simpleString() for f in schema.fields}
+    try:
+        return WriteRule.for_table(table, partition_by, given, existing, columns=columns)
+    except ValueError as e:
+        raise OutputError(
+            f"output.table: {table}: {e}",
+            hint="write to a new output.table, or give the column the output's type upstream",
+        ) from None
+
+
+def _escaped_class() -> str:
+    """A Java regex character class of :data:`~scoring.core.writable.ESCAPED_CHARS`."""
+    return "[" + "".join(f"\\x{{{ord(c):02X}}}" for c in sorted(writable.ESCAPED_CHARS)) + "]"
+
+
+def segment_bytes(column: str, value):
+    """Bytes of UTF-8 of the directory name Spark writes for `value` (a string column) of partition `column`: each
+    escaped character (one byte) becomes three."""
+    from pyspark.sql import functions as F
+
+    name = writable.utf8_len(writable.escape_path_name(column)) + 1
+    escaped = F.length(value) - F.length(F.regexp_replace(value, _escaped_class(), ""))
+    default = writable.utf8_len(writable.DEFAULT_PARTITION)
+    return F.lit(name) + F.when(value.isNull() | (value == ""), F.lit(default)).otherwise(
+        F.octet_length(value) + 2 * escaped
+    )
+
+
+def unwritable_reason(rule: WriteRule):
+    """A string column: why the row cannot be written (the first problem found), null when it can. The path
+    reasons read as :meth:`WriteRule.path_problem` writes them; a cast reason names the column and the value."""
+    from pyspark.sql import functions as F
+
+    checks: list[tuple[Any, Any]] = []
+    for check in rule.casts:
+        col = F.col(f"`{check.column}`")
+        cast = col.try_cast(check.target)
+        if check.kind == "parse":
+            bad = cast.isNull()
+        elif check.target == "float":  # precision is given up by design; a value beyond float's range does not fit
+            magnitude = F.abs(col.cast("double"))
+            bad = cast.isNull() | ((magnitude > F.lit(_FLOAT_MAX)) & (magnitude < F.lit(float("inf"))))
+        elif check.source in ("float", "double"):  # to an integral or decimal: a fraction or an overflow is lost
+            bad = cast.isNull() | (cast.cast("double") != col.cast("double"))
+        else:  # a narrower integral or decimal, a timestamp to a date: the value must come back
+            bad = cast.isNull() | ~cast.cast(check.source).eqNullSafe(col)
+        bad = col.isNotNull() & bad
+        shown = F.substring(col.cast("string"), 1, 60)
+        checks.append((bad, F.concat(F.lit(f"{check.column} = "), shown, F.lit(check.reason()))))
+    total = F.lit(0)
+    for column in rule.partition_by:
+        value = F.col(f"`{column}`").cast("string")
+        nul = value.isNotNull() & (F.length(value) != F.length(F.regexp_replace(value, "\\x{00}", "")))
+        checks.append((nul, F.lit(writable.nul_reason(column))))
+        size = segment_bytes(column, value)
+        if rule.segment_max_bytes is not None:
+            head, tail = writable.segment_reason_parts(column, rule.segment_max_bytes)
+            checks.append((size > rule.segment_max_bytes, F.concat(F.lit(head), size.cast("string"), F.lit(tail))))
+        total = total + size + 1
+    if rule.partition_by:
+        head, tail = writable.path_reason_parts(rule.is_local, rule.path_budget_bytes)
+        checks.append((total > rule.path_budget_bytes, F.concat(F.lit(head), total.cast("string"), F.lit(tail))))
+    if not checks:
+        return F.lit(None).cast("string")
+    out = F.when(checks[0][0], checks[0][1])
+    for bad, why in checks[1:]:
+        out = out.when(bad, why)
+    return out
+
+
+def conform(df, rule: WriteRule):
+    """`df` with each cast-checked column cast to the output's type (apply to rows :func:`unwritable_reason` passed)."""
+    from pyspark.sql import functions as F
+
+    for check in rule.casts:
+        df = df.withColumn(check.column, F.col(f"`{check.column}`").cast(check.target))
+    return df
+
+
+def split_unwritable(df, rule: WriteRule, stamp: Stamp, *, count: bool = True) -> Split:
+    """Rows the output can take (cast to its types) go on; the others are set aside with their reason, stage
+    :data:`WRITE_STAGE`."""
+    if not rule.can_fail:
+        return Split(df, None, 0)
+    why = unwritable_reason(rule)
+    cut = split(df, why.isNull(), why, WRITE_STAGE, stamp, count=count)
+    return Split(conform(cut.kept, rule), cut.set_aside, cut.count)

@@ -34,7 +34,15 @@ from scoring.engine.model import PreparedModel, prepare_model
 from scoring.engine.probe import PROBE_ROWS, probe
 from scoring.engine.record import RunRecord
 from scoring.engine.runtime import open_predictor
-from scoring.errors import ConfigError, InputError, InvalidRowsError, OutputError, ScoringError, from_spark_exception
+from scoring.errors import (
+    ConfigError,
+    InputError,
+    InvalidRowsError,
+    OutputError,
+    ScoringError,
+    UnwritableRowsError,
+    from_spark_exception,
+)
 from scoring.progress import LogReporter, Reporter, watch_spark
 
 _LOGGER = logging.getLogger(__name__)
@@ -118,6 +126,8 @@ class Plan:
     """Key and partition columns of every selected row (scored or set aside): what the run replaces."""
     tables: catalog.Resolved | None = dataclasses.field(repr=False, default=None)
     """The job's tables as the config named them and where they are (``config`` holds the locations)."""
+    rows_unwritable: int = 0
+    """Selected rows the output cannot take, set aside in the quarantine table (counted in ``rows_rejected``)."""
 
     def named(self, key: str) -> str | None:
         """A table as the config gave it: a catalog name is shown with its location."""
@@ -145,7 +155,8 @@ class Plan:
             f"input      {self.named('input.table')} @ version {self.input_version}"
             + (f" where {c.input.where}" if c.input.where else ""),
             f"selected   {self.rows_read:,} rows"
-            + (f", {self.rows_rejected:,} with invalid features (set aside)" if self.rows_rejected else ""),
+            + (f", {self.rows_invalid:,} with invalid features (set aside)" if self.rows_invalid else "")
+            + (f", {self.rows_unwritable:,} the output cannot take (set aside)" if self.rows_unwritable else ""),
             f"output     {self.named('output.table')}"
             + (f" ({self.output_rows:,} rows now)" if self.output_exists else " (new table, created by this run)"),
         ]
@@ -175,11 +186,16 @@ class Plan:
             "output_table": self.given("output.table"),
             "output_rows": self.output_rows,
             "rows_selected": self.rows_read,
-            "rows_invalid": self.rows_rejected,
+            "rows_invalid": self.rows_invalid,
+            "rows_unwritable": self.rows_unwritable,
             "rows_to_replace": self.rows_to_replace,
             "resumes": self.resumes,
             "partitions": [p.to_dict() for p in self.partitions],
         }
+
+    @property
+    def rows_invalid(self) -> int:
+        return self.rows_rejected - self.rows_unwritable
 
     @property
     def rows_to_replace(self) -> int | None:
@@ -249,8 +265,11 @@ def plan(
     passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
     source = source.select(*[f"`{c}`" for c in dict.fromkeys([*passthrough, *model.features])])
     valid = gates.valid_features(source.schema, model.features)
+    # which selected rows the output can take (a partition value that is a path, a key that fits its column's type)
+    rule = gates.write_rule(spark, config.output.table, source.schema, config.output.partition_by, passthrough)
+    fits = gates.unwritable_reason(rule).isNull() if rule.can_fail else None
     try:
-        partitions, rows_read, rows_invalid, duplicate = _profile(source, config, valid)
+        partitions, rows_read, rows_invalid, duplicate, rows_unwritable = _profile(source, config, valid, fits)
     except ScoringError:
         raise
     except Exception as e:
@@ -269,6 +288,23 @@ def plan(
         )
     selected_keys = source.select(*[f"`{c}`" for c in passthrough])
     rejected = None
+    stamp = gates.Stamp(run_id, scored_at, passthrough)
+    if rows_unwritable:
+        if config.quality.quarantine_table is None:
+            why = gates.unwritable_reason(rule)
+            first = source.where(why.isNotNull()).select(*config.input.key, why.alias("_why")).limit(1).collect()[0]
+            key = ", ".join(f"{k}={first[k]!r}" for k in config.input.key)
+            raise UnwritableRowsError(
+                f"input: {rows_unwritable} selected row(s) of {config.input.table}@{input_version} cannot be written "
+                f"to {config.output.table}, first at {key}: {first['_why']}",
+                hint="fix these rows upstream or leave them out with input.where; or name a quarantine table in "
+                "quality.quarantine_table to set them aside there and write the rest",
+            )
+        reporter.step(f"setting aside {rows_unwritable} row(s) the output cannot take (quality.quarantine_table)")
+        cut = gates.split_unwritable(source, rule, stamp, count=False)
+        source, rejected = cut.kept, cut.set_aside
+    else:
+        source = gates.conform(source, rule)
     if rows_invalid:
         if config.input.on_invalid_rows == "fail":
             first = source.where(~valid).limit(1).collect()[0]
@@ -281,10 +317,9 @@ def plan(
                 "to score the rest and set these aside in the quarantine table",
             )
         reporter.step(f"setting aside {rows_invalid} row(s) with invalid features (input.on_invalid_rows: skip)")
-        stamp = gates.Stamp(run_id, scored_at, passthrough)
         reason = "invalid feature (null, NaN, infinite or beyond float32)"
         cut = gates.split(source, valid, reason, "input", stamp, count=False)
-        source, rejected = cut.kept, cut.set_aside
+        source, rejected = cut.kept, gates.union([rejected, cut.set_aside])
     output_exists = delta.latest_version(spark, config.output.table) is not None
     output_rows = None
     if output_exists:
@@ -300,7 +335,7 @@ def plan(
         scored_at=scored_at,
         input_version=input_version,
         rows_read=rows_read,
-        rows_rejected=rows_invalid,
+        rows_rejected=rows_invalid + rows_unwritable,
         partitions=tuple(partitions),
         output_exists=output_exists,
         output_rows=output_rows,
@@ -309,6 +344,7 @@ def plan(
         rejected=rejected,
         selected_keys=selected_keys,
         tables=tables,
+        rows_unwritable=rows_unwritable,
     )
 
 
@@ -325,30 +361,38 @@ def _ok(value: Any) -> bool:
         return False
 
 
-def _profile(source, config: JobConfig, valid) -> tuple[list[Partition], int, int, str | None]:
-    """One pass over the selected rows: rows and invalid rows per output partition, and the first key that appears
-    twice in one partition (None when keys are unique)."""
+def _profile(source, config: JobConfig, valid, fits=None) -> tuple[list[Partition], int, int, str | None, int]:
+    """One pass over the selected rows: rows and invalid rows per output partition, the first key that appears
+    twice in one partition (None when keys are unique), and the rows the output cannot take (where `fits`, a
+    condition, does not hold; those are not counted as invalid)."""
     from pyspark.sql import functions as F
 
+    fits = F.lit(True) if fits is None else fits
     keys = [*config.input.key, *[c for c in config.output.partition_by if c not in config.input.key]]
     per_key = source.groupBy(*[F.col(f"`{c}`") for c in keys]).agg(
-        F.count(F.lit(1)).alias("_n"), F.sum(F.when(~valid, 1).otherwise(0)).alias("_bad")
+        F.count(F.lit(1)).alias("_n"),
+        F.sum(F.when(fits & ~valid, 1).otherwise(0)).alias("_bad"),
+        F.sum(F.when(~fits, 1).otherwise(0)).alias("_unwritable"),
     )
     dupes = per_key.where(F.col("_n") > 1).limit(1)
     parts = config.output.partition_by
     agg = per_key.groupBy(*[F.col(f"`{c}`") for c in parts]).agg(
-        F.sum("_n").alias("_rows"), F.sum("_bad").alias("_bad"), F.max("_n").alias("_max")
+        F.sum("_n").alias("_rows"),
+        F.sum("_bad").alias("_bad"),
+        F.max("_n").alias("_max"),
+        F.sum("_unwritable").alias("_unwritable"),
     )
     rows = agg.collect()
     partitions = [Partition({c: r[c] for c in parts}, int(r["_rows"])) for r in rows if r["_rows"]]
     partitions.sort(key=lambda p: tuple(str(v) for v in p.values.values()))
     total = sum(int(r["_rows"] or 0) for r in rows)
     bad = sum(int(r["_bad"] or 0) for r in rows)
+    unwritable = sum(int(r["_unwritable"] or 0) for r in rows)
     duplicate = None
     if any((r["_max"] or 0) > 1 for r in rows):
         first = dupes.collect()[0]
         duplicate = ", ".join(f"{c}={first[c]!r}" for c in keys)
-    return partitions, total, bad, duplicate
+    return partitions, total, bad, duplicate, unwritable
 
 
 def _rows_to_replace(output, selected_keys, partitions, config: JobConfig, passthrough) -> list[Partition]:

@@ -301,7 +301,7 @@ def test_a_kubernetes_job_gets_a_spark_application_rendered_per_run(conf_dir, mo
     same = kubernetes.render(job.config, job.path, overrides=list(score.run_overrides), model=manifests.model)
     assert same.application == manifests.application and same.config_map == manifests.config_map
     assert manifests.config_map["metadata"] == {
-        "name": "scoring-nightly-k8s-job",
+        "name": f"{manifests.name}-job",  # scoring-nightly-k8s-<hash>: the job name has a _
         "namespace": "scoring",
         "labels": manifests.application["metadata"]["labels"],
     }
@@ -315,7 +315,7 @@ def test_a_kubernetes_job_gets_a_spark_application_rendered_per_run(conf_dir, mo
     monkeypatch.setattr("scoring.scheduling.committed_summary", lambda config, run_id, summary=None: {"run_id": run_id})
     api = score.__dict__["client"] = _ConfigMaps()  # the operator's cached CoreV1Api
     assert score.execute(_context()) == {"run_id": f"scoring__nightly_k8s__{RUN_ID}"}
-    assert api.calls[-1] == ("create", "scoring-nightly-k8s-job", "scoring")
+    assert api.calls[-1] == ("create", f"{manifests.name}-job", "scoring")
     assert submitted["spark"]["spec"]["arguments"][6] == "model.uri=models:/churn/4"
     assert resolved == ["champion", "champion"]  # once per try
 

@@ -41,7 +41,7 @@ def apimachinery():
     if go is None:
         pytest.skip("no Go toolchain (tests/k8s_names/README.md): apimachinery's own rules cannot be consulted")
     digest = hashlib.sha256(b"".join((CHECKER / n).read_bytes() for n in ("go.mod", "go.sum", "main.go"))).hexdigest()
-    cache = Path(os.environ.get("SCORING_CACHE_DIR") or Path.home() / ".cache" / "scoring") / "k8s_names"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scoring" / "k8s_names"
     binary = cache / f"k8s_names-{digest[:16]}"
     if not binary.exists():
         cache.mkdir(parents=True, exist_ok=True)

@@ -82,9 +82,7 @@ def test_no_canary_reaches_a_manifest_and_the_render_needs_no_secret(tmp_path, c
         for value in canaries.values():
             for spelling in (value, base64.b64encode(value.encode()).decode()):
                 assert spelling not in text, f"{name} holds a canary"
-    application, config_map = (
-        yaml.safe_load(files[name]) for name in sorted(files, key=lambda n: "configmap" in n)
-    )
+    application, config_map = (yaml.safe_load(files[name]) for name in sorted(files, key=lambda n: "configmap" in n))
     assert application["kind"] == "SparkApplication" and config_map["kind"] == "ConfigMap"
     conf = application["spec"]["sparkConf"]
     assert conf["spark.scoring.canary"] == conf["spark.hadoop.fs.s3a.secret.key"] == f"${{{PASSWORD}}}"
@@ -93,7 +91,9 @@ def test_no_canary_reaches_a_manifest_and_the_render_needs_no_secret(tmp_path, c
     for role in ("driver", "executor"):
         env = application["spec"][role]["template"]["spec"]["containers"][0]["env"]
         names = [item["name"] for item in env]
-        assert env[names.index(PASSWORD)]["valueFrom"] == {"secretKeyRef": {"name": "object-store", "key": "secret-key"}}
+        assert env[names.index(PASSWORD)]["valueFrom"] == {
+            "secretKeyRef": {"name": "object-store", "key": "secret-key"}
+        }
         assert env[names.index(TOKEN)]["valueFrom"] == {"secretKeyRef": {"name": "db", "key": "token"}}
         # Kubernetes' own syntax, after the variable it refers to; the literal $( escaped
         assert env[names.index("DB_URL")]["value"] == f"jdbc:postgresql://scorer:$({TOKEN})@db/scores?opt=$$(not-a-ref)"
@@ -135,9 +135,7 @@ def test_the_rendered_driver_expands_the_variable_from_its_environment_before_th
     from scoring.adapters.spark import spark_submit_env
 
     files = _render(_job(tmp_path), tmp_path / "manifests")
-    application, config_map = (
-        yaml.safe_load(files[name]) for name in sorted(files, key=lambda n: "configmap" in n)
-    )
+    application, config_map = (yaml.safe_load(files[name]) for name in sorted(files, key=lambda n: "configmap" in n))
     spec = application["spec"]
     jobs = tmp_path / "etc-scoring-jobs"  # the ConfigMap, as mounted at kubernetes.CONFIG_DIR
     jobs.mkdir()

@@ -103,7 +103,7 @@ def check_features(row: Any, types: Mapping[str, pa.DataType], where: str = "") 
         extra = [n for n in row if n not in types]
         raise RequestError(
             f"{where}features: unknown {', '.join(map(str, extra))} (the model takes {', '.join(names)})",
-            field=str(extra[0]),
+            field=str(extra[0]) or '""',
         )
     for n, kind in types.items():
         check_value(n, row[n], kind, where)

@@ -646,7 +646,9 @@ class OnlineService:
                 how = "send its features to score it live" if self.serve.live else "live inference is off (serve.live)"
                 answers[i] = _refusal(404, f"key {key_value!r}: {why}; {how}", "key")
         if live_rows:
-            for i, answer in zip([i for i, _, _ in live_at], await self._answer_live(snap, live_rows, live_at)):
+            for i, answer in zip(
+                [i for i, _, _ in live_at], await self._answer_live(snap, live_rows, live_at), strict=True
+            ):
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
@@ -656,7 +658,8 @@ class OnlineService:
             raise RequestError(f"{where or 'the body'}: expected an object with key and features", field="body")
         if len(item) > 2 or any(k not in _ITEM_FIELDS for k in item):
             unknown = [k for k in item if k not in _ITEM_FIELDS]
-            raise RequestError(f"{where}{unknown[0]}: unknown field (expected key and features)", field=str(unknown[0]))
+            name = str(unknown[0]) or '""'  # a field named by the empty string is still named
+            raise RequestError(f"{where}{name}: unknown field (expected key and features)", field=name)
         if "key" not in item:
             raise RequestError(f"{where}key: required", field="key")
         key_value = item["key"]

@@ -123,6 +123,36 @@ def test_every_list_answer_comes_from_one_table_version_while_the_table_is_rewri
             assert_record(item, expected[str(item["key"])])
 
 
+def test_an_index_swapped_in_the_middle_of_a_request_does_not_reach_that_request(served, base, tmp_path):
+    """Deterministic: the swap happens between two lookups of one request (the load test above only makes it
+    likely)."""
+    path = tmp_path / "swapped-mid-request"
+    _write(path, _with_run(base, "one"))
+    with serving(served.job(str(path), serve={"refresh_interval_s": 3600, "max_batch_keys": KEYS})) as s:
+        service = s.service
+        _write(path, _with_run(base, "two"))
+        served_index = service._index
+        lookups = 0
+        original = served_index.get
+
+        def get(key):
+            nonlocal lookups
+            lookups += 1
+            if lookups == KEYS // 2:
+                assert service.refresh_index()  # the new version is swapped in while the request is half answered
+            return original(key)
+
+        served_index.get = get
+        answer = s.client.post("/v1/score", json=[{"key": k} for k in range(KEYS)]).json()
+        assert lookups >= KEYS // 2
+        assert {a[columns.SCORING_RUN_ID] for a in answer} == {"one"}
+        after = s.client.post("/v1/score", json=[{"key": k} for k in range(KEYS)]).json()
+        assert {a[columns.SCORING_RUN_ID] for a in after} == {"two"}
+        expected = newest_rows(_read(path))
+        for item in after[::50]:
+            assert_record(item, expected[str(item["key"])])
+
+
 def test_every_answer_uses_one_model_version_while_the_alias_moves(versioned):
     versioned.point_alias(versioned.v1)
     rows = versioned.served.features

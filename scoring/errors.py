@@ -107,6 +107,11 @@ class OutputError(ScoringError, Terminal):
     """The output table cannot be written as configured (e.g. a schema or partitioning clash)."""
 
 
+class CheckpointError(ScoringError, Terminal):
+    """A stream's checkpoint cannot be used: a file of it is corrupt, was edited by hand, or is missing. The message
+    names the file; restarting on the same checkpoint fails the same way."""
+
+
 class QualityError(ScoringError, Terminal):
     """A data-quality gate failed: an expectation on the input or the output did not hold."""
 

@@ -247,7 +247,7 @@ class MicroBatchScorer:
                 self.failure = _in_batch(e, int(batch_id), self.query_id)
                 raise self.failure from None
             except Exception as e:
-                found = from_spark_exception(e)
+                found = from_spark_exception(e) or _known_failure(e, self.config, self.spark)
                 if found is None:
                     raise
                 self.failure = _in_batch(found, int(batch_id), self.query_id)
@@ -594,7 +594,11 @@ class MicroBatchScorer:
         if current.version == self.active.model.version:
             return
         old = self.active.model.version
-        self.active = _Active(current, self._open_spec(current))
+        # An alias moving back and forth reuses what each version opened (its predictor, probed output schema):
+        # one predictor per version for the life of the query, however often the alias flips.
+        opened: dict[str, _Active] = self.__dict__.setdefault("_opened", {})
+        opened[old] = self.active
+        self.active = opened.get(current.version) or _Active(current, self._open_spec(current))
         self.versions.append(current.version)
         self.reporter.step(
             f"model {self.config.model.uri} now points to version {current.version} (was {old}): scoring with "
@@ -646,7 +650,12 @@ def _query_id(spark, checkpoint: str) -> str:
             f"stream.checkpoint: {checkpoint} has no metadata file although the query started",
             hint="point stream.checkpoint at a folder only this query uses",
         )
-    return str(json.loads(text)["id"])
+    try:
+        return str(json.loads(text)["id"])
+    except (ValueError, KeyError, TypeError) as e:
+        from scoring.modes.stream_failures import checkpoint_error
+
+        raise checkpoint_error(f"{checkpoint.rstrip('/')}/metadata", f"no query id in it: {e!r}") from None
 
 
 def _offset(spark, checkpoint: str, batch_id: int) -> dict[str, Any] | None:
@@ -659,7 +668,12 @@ def _offset(spark, checkpoint: str, batch_id: int) -> dict[str, Any] | None:
         return None
     lines = [line for line in text.splitlines() if line.strip()]
     # "v1", the batch's metadata, then one offset per source (this query has one).
-    return json.loads(lines[2]) if len(lines) >= 3 and lines[2].startswith("{") else None
+    try:
+        return json.loads(lines[2]) if len(lines) >= 3 and lines[2].startswith("{") else None
+    except ValueError as e:
+        from scoring.modes.stream_failures import checkpoint_error
+
+        raise checkpoint_error(f"{checkpoint.rstrip('/')}/offsets/{batch_id}", f"not JSON: {e}") from None
 
 
 def _version_range(spark, checkpoint: str, batch_id: int) -> tuple[int | None, int | None]:
@@ -837,7 +851,7 @@ class StreamHandle:
             return self.scorer.failure
         if self._stopped_by_request and "_Stopping" in str(e):
             return _Stopped()
-        return from_spark_exception(e) or _translate(e)
+        return from_spark_exception(e) or _translate(e, self.config, self.scorer.spark)
 
     def close(self) -> StreamRecord:
         """Stop the query if it runs, release the predictor and the metrics endpoint; the summary."""
@@ -917,7 +931,9 @@ class _OwnErrorsOnly(logging.Filter):
 _PY4J_FILTER = _OwnErrorsOnly()
 
 
-def _translate(e: Exception) -> Exception:
+def _translate(e: Exception, config: JobConfig | None = None, spark=None) -> Exception:
+    """A failed query's (or start's) exception as the ScoringError that names its cause and the way to recover, when
+    the cause is known (:mod:`scoring.modes.stream_failures`); else `e` itself."""
     text = delta.message_of(e) if hasattr(e, "java_exception") or hasattr(e, "getMessage") else str(e)
     if "DELTA_SOURCE_TABLE_IGNORE_CHANGES" in text or "DELTA_SOURCE_IGNORE_DELETE" in text:
         return InputError(
@@ -925,7 +941,19 @@ def _translate(e: Exception) -> Exception:
             f"table cannot follow ({text.splitlines()[0][:300]})",
             hint="stream from an append-only table; restart with a new checkpoint and output after rewriting it",
         )
-    return e
+    return (_known_failure(e, config, spark) if config is not None else None) or e
+
+
+def _known_failure(e: BaseException, config: JobConfig, spark) -> ScoringError | None:
+    """`e` as a ScoringError when its cause is one that is not the user's data but known (a corrupt checkpoint
+    file, a re-created source, files removed by VACUUM, a deleted Kafka topic); None otherwise."""
+    from scoring.modes import stream_failures
+
+    try:
+        return stream_failures.translate(e, config, spark)
+    except Exception:  # noqa: BLE001 - explaining a failure must never hide it
+        _LOGGER.debug("could not explain %r", e, exc_info=True)
+        return None
 
 
 def start(
@@ -964,7 +992,15 @@ def start(
     spark = spark or _session(config)
     tables = catalog.resolve(config, spark)  # catalog names -> locations, once; paths stay as they are
     config = tables.config
-    _check_start(config, spark)
+    try:
+        _check_start(config, spark)
+    except ScoringError:
+        raise
+    except Exception as e:  # e.g. a checkpoint file that cannot be read: say which
+        found = _translate(e, config, spark)
+        if found is e:
+            raise
+        raise found from None
     reporter.step(f"resolving {config.model.uri}")
     model = prepare_model(config)
     reporter.step(
@@ -1006,7 +1042,7 @@ def start(
         try:
             query = writer.start()
         except Exception as e:
-            raise (from_spark_exception(e) or _translate(e)) from None
+            raise (from_spark_exception(e) or _translate(e, config, spark)) from None
         reporter.step(
             f"streaming {source_of(config)} -> {', '.join(_sink_names(config))} (query {query.id}, checkpoint "
             f"{stream.checkpoint})"

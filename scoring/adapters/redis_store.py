@@ -8,14 +8,17 @@ Layout under a `prefix` (keys are text; ``:``, spaces and any unicode are fine i
                                complete ("1"); always replaced whole, in the same MULTI/EXEC as the switch
     <prefix>:v<version>:k:<key>  one record's JSON bytes
     <prefix>:retired           set of versions replaced by a switch whose keys are still to be deleted
+    <prefix>:pending           set of versions whose keys a publish started writing and has not switched to yet
 
 Why this shape:
 
 - **A switch is one MULTI/EXEC.** Writing a version's keys takes many round trips; readers must never see half of
   them. They never do: until the meta hash names the new version, readers read the old one, untouched. The meta
   hash is deleted and rewritten in the same transaction, so its fields always belong to one version.
-- **A publish killed midway changes nothing that readers see.** The keys it wrote sit under a version nobody reads;
-  running the same publish again rewrites them all (``SET`` is idempotent) and switches.
+- **A publish killed midway changes nothing that readers see.** The keys it wrote sit under a version nobody reads,
+  marked in ``<prefix>:pending`` before the first is written. The next publish under the prefix (the same version
+  again, or a newer one) first deletes every pending version's keys, then writes its own from clean and switches: after
+  it, the prefix holds exactly the current version's records, each once, whatever a killed publish left behind.
 - **Publishing is idempotent per version.** When the meta hash already names the version as complete, `publish`
   writes nothing and says so (``published=False``): a retried job costs one round trip.
 - **The old version is deleted after the switch**, with ``SCAN MATCH`` and ``UNLINK`` in batches (never ``KEYS``,
@@ -26,7 +29,7 @@ Why this shape:
 
 One publisher per prefix at a time is assumed (the ``publish-online`` job): two publishers of different versions
 racing each other leave the last switch current, correctly, but may waste each other's writes. Keys written by a
-publish that was abandoned (never re-run) stay until :func:`drop_version` removes them.
+publish that was abandoned stay until the next publish under the prefix (or :func:`drop_version`) removes them.
 
 Redis errors are translated where they happen: a server that does not answer is a `BackendUnavailableError`
 (transient: a retry may succeed), naming the URL (password hidden) and how to fix it; anything else Redis refuses is
@@ -80,6 +83,11 @@ def meta_key(prefix: str) -> str:
 def retired_key(prefix: str) -> str:
     """The set of replaced versions whose keys are still to be deleted: ``<prefix>:retired``."""
     return f"{prefix}:retired"
+
+
+def pending_key(prefix: str) -> str:
+    """The set of versions a publish started writing and has not switched to: ``<prefix>:pending``."""
+    return f"{prefix}:pending"
 
 
 def record_key(prefix: str, version: int, key: str) -> str:
@@ -260,12 +268,15 @@ def publish(
                         "place",
                         hint="publish under a new serve.redis.prefix, or publish again after the table's next commit",
                     )
-                removed = _delete_retired(client, prefix, version)
+                removed = _delete_retired(client, prefix, version) + _delete_pending(client, prefix, version)
                 _LOGGER.info("version %d under %r is already current: nothing to publish", version, prefix)
                 return PublishResult(version, current.keys, False, None, time.monotonic() - started, removed)
+            # what a killed publish left (this version's or another's keys) goes first: this one writes from clean
+            cleared = _delete_pending(client, prefix, current.version if current is not None else None)
+            client.sadd(pending_key(prefix), version)
             written = _write(client, prefix, version, records, batch_keys, on_progress)
             previous = _switch(client, prefix, version, source, written)
-            removed = _delete_retired(client, prefix, version)
+            removed = _delete_retired(client, prefix, version) + cleared
     finally:
         pool.disconnect()
     elapsed = time.monotonic() - started
@@ -340,6 +351,7 @@ def _switch(client: redis.Redis, prefix: str, version: int, source: str, keys: i
                 if previous is not None:
                     pipe.sadd(retired, previous)
                 pipe.srem(retired, version)
+                pipe.srem(pending_key(prefix), version)
                 pipe.execute()
                 return previous
             except redis.exceptions.WatchError:  # another switch came in between: read the current version again
@@ -355,6 +367,17 @@ def _delete_retired(client: redis.Redis, prefix: str, current: int) -> int:
         if version != current:
             removed += _unlink_version(client, prefix, version)
         client.srem(retired_key(prefix), member)
+    return removed
+
+
+def _delete_pending(client: redis.Redis, prefix: str, current: int | None) -> int:
+    """Delete the keys of every version a publish started and never switched to (killed midway), never `current`'s;
+    a version leaves the pending set only once its keys are gone."""
+    removed = 0
+    for member in sorted(client.smembers(pending_key(prefix))):
+        if current is None or int(member) != current:
+            removed += _unlink_version(client, prefix, int(member))
+        client.srem(pending_key(prefix), member)
     return removed
 
 
@@ -389,6 +412,7 @@ def drop_version(url: str, prefix: str, version: int, *, timeout_s: float = PUBL
                 )
             removed = _unlink_version(client, prefix, version)
             client.srem(retired_key(prefix), version)
+            client.srem(pending_key(prefix), version)
             return removed
     finally:
         pool.disconnect()

@@ -152,8 +152,13 @@ def expand_spark_conf(conf: Mapping[str, str], environ: Mapping[str, str] | None
 def with_spark_conf_from_environment(config):
     """`config` with ``spark.conf`` completed for the session: the settings spark-submit was given that use
     ``${VAR}`` (the config's own are expanded already, by the loader), expanded from this environment. The session
-    built from `config` then overrides the text spark-submit holds with the values."""
-    expanded = expand_spark_conf(submitted_spark_conf())
+    built from `config` then overrides the text spark-submit holds with the values. Settings spark-submit used before
+    this code runs (:data:`scoring.k8s_env.READ_BEFORE_THE_DRIVER_RUNS`, which ``scoring render k8s`` keeps free of
+    ``${VAR}``) are left alone: nothing here could change them."""
+    from scoring.k8s_env import READ_BEFORE_THE_DRIVER_RUNS
+
+    submitted = {k: v for k, v in submitted_spark_conf().items() if not k.startswith(READ_BEFORE_THE_DRIVER_RUNS)}
+    expanded = expand_spark_conf(submitted)
     if not expanded:
         return config
     conf = {**expanded, **config.spark.conf}

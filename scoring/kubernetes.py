@@ -22,6 +22,12 @@ What is rendered (docs/kubernetes.md has the whole story):
   ``/v2/health/ready``: Spark's container starts only once the server is ready. Both share an in-memory ``/dev/shm``.
   The driver's config is forced to ``runtime.triton.launch=external`` at ``127.0.0.1``.
 
+No environment variable's value is written (:mod:`scoring.k8s_env`): ``spark.conf`` and ``kubernetes.env`` go into
+the SparkApplication with their ``${VAR}`` as written (``$(VAR)`` in ``env``), the pods get each variable from a Secret
+or ``kubernetes.env``, and :mod:`scoring.spark_entry` expands ``spark.conf``'s in the driver before the session starts.
+Every name and key is checked against the API server's rules before anything is returned (:mod:`scoring.k8s_names`);
+:func:`application_name` gives distinct jobs distinct names.
+
 Nothing here talks to a cluster, except :func:`apply_config_map` (the DAG's ``score`` task uses it). The DAG renders
 per run (:func:`scoring.scheduling.kubernetes_manifests`) and hands the SparkApplication to
 ``SparkKubernetesOperator``. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new Airflow try, and

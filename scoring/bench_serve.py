@@ -103,10 +103,53 @@ class Scenario:
     aim: tuple[float, float] | None = None
     """(rate, p99 ms): what we aim for on a 2-core machine, reported against, never asserted."""
 
+    @property
+    def base(self) -> str:
+        """The scenario's name without its ``@<ref>`` (the same load against the code of another commit)."""
+        return self.name.split("@", 1)[0]
+
+
+def with_baseline(scenarios: Sequence[Scenario], ref: str) -> list[Scenario]:
+    """Each scenario, followed by its twin against services started from the code at git `ref` (``<name>@<ref>``,
+    server ``<server>@<ref>``): the same requests, rates and repetitions, interleaved with the current code's, so
+    that one invocation compares the two on one machine in one window."""
+    out = []
+    for s in scenarios:
+        out += [s, dataclasses.replace(s, name=f"{s.name}@{ref}", server=f"{s.server}@{ref}")]
+    return out
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The ``scoring`` package as of git `ref`, extracted (``git archive``) under `into`; the directory to put first
+    on a child's ``sys.path``."""
+    root = Path(__file__).resolve().parent.parent
+    target = into / f"code-{ref.replace('/', '_')}"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", "--format=tar", ref, "scoring"], check=True, capture_output=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        raise ConfigError(
+            f"--baseline-ref {ref}: git archive failed: {detail.decode(errors='replace').strip() or e}"
+        ) from None
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
 
 SCENARIOS: dict[str, Scenario] = {
     "precomputed": Scenario(
         "precomputed", "embedded", "GET /v1/scores/{key}, a random existing key", (500, 1000, 2000), 1000, 1, (1000, 2.0)
+    ),
+    "precomputed-features": Scenario(
+        "precomputed-features", "embedded",
+        "POST /v1/score, a random existing key + its 20 features (a hit: the features are checked, not used)",
+        (500, 1000, 2000), 1000, 1, (1000, 2.0),
     ),
     "live-embedded": Scenario(
         "live-embedded", "embedded", "POST /v1/score, absent key + 20 features, onnxruntime in process",
@@ -312,16 +355,24 @@ class _Service:
     """``scoring serve CONFIG --port N`` as a child process (in its own session), its log in the work directory."""
 
     def __init__(
-        self, name: str, config: Path, workdir: Path, profile_dir: Path | None = None, sets: Sequence[str] = ()
+        self,
+        name: str,
+        config: Path,
+        workdir: Path,
+        profile_dir: Path | None = None,
+        sets: Sequence[str] = (),
+        code: Path | None = None,
     ) -> None:
         self.name = name
+        self.code = code
+        """Where the ``scoring`` package this service runs comes from (None: this one)."""
         self.config = config
         self.sets = list(sets)
         self.workdir = workdir
         self.profile = None if profile_dir is None else profile_dir / f"{name}.prof"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"serve-{name}.log"
+        self.log_path = workdir / f"serve-{name.replace('/', '_')}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> _Service:
@@ -333,9 +384,17 @@ class _Service:
         else:
             self.profile.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-c", _PROFILED, str(self.profile), *args]
+        env = _child_env()
+        if self.code is not None:  # another commit's code first on the path (and as the working directory)
+            env["PYTHONPATH"] = os.pathsep.join([str(self.code), *filter(None, [env.get("PYTHONPATH")])])
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=None if self.code is None else self.code,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -452,10 +511,19 @@ def requests_for(scenario: Scenario, keys: np.ndarray, features: Sequence[str], 
     """The request mix of `scenario` (the load generator samples it at random): existing `keys` for the precomputed
     scenarios, new keys with random features for the live ones."""
     rng = np.random.default_rng(seed)
-    if scenario.name == "precomputed":
+    if scenario.base == "precomputed":
         picked = rng.choice(keys, size=min(len(keys), 20_000), replace=False)
         return [loadgen.Request.get(f"/v1/scores/{int(k)}") for k in picked]
-    if scenario.name == "batch-100":
+    if scenario.base == "precomputed-features":
+        picked = rng.choice(keys, size=min(len(keys), 2_000), replace=False)
+        values = np.round(rng.standard_normal((len(picked), len(features))), 5)
+        return [
+            loadgen.Request.post_json(
+                "/v1/score", {"key": int(k), "features": dict(zip(features, map(float, row), strict=True))}
+            )
+            for k, row in zip(picked, values, strict=True)
+        ]
+    if scenario.base == "batch-100":
         count = 500
         picked = rng.choice(keys, size=(count, scenario.keys_per_request), replace=True)
         return [loadgen.Request.post_json("/v1/score", [{"key": int(k)} for k in row]) for row in picked]
@@ -818,6 +886,7 @@ def run_bench_serve(
     wait_idle_s: float = 0.0,
     busy_retries: int = 2,
     wait_budget_s: float = 300.0,
+    baseline_ref: str | None = None,
     spark=None,
     console=None,
 ) -> dict[str, Any]:
@@ -830,12 +899,16 @@ def run_bench_serve(
     a run (or a saturation search) during which they used more than ``BUSY_WARNING`` of a core is done again, up to
     `busy_retries` times, while `wait_budget_s` (all the waiting and the runs done again, together) lasts; what they
     used is reported with every run either way (``other_cpu_fraction``), and the runs set aside are kept in the
-    report (``discarded_busy_runs``)."""
+    report (``discarded_busy_runs``). With `baseline_ref` (a git revision), every scenario also runs against
+    services started from that commit's code (:func:`with_baseline`), interleaved with the current code's: what a
+    change costs, measured in one run."""
     from rich.progress import Progress
 
     from scoring.adapters import triton_server
 
     scenarios = list(scenarios) if scenarios is not None else scenarios_for(None)
+    if baseline_ref is not None:
+        scenarios = with_baseline(scenarios, baseline_ref)
     if duration_s <= 0 or repeat < 1 or rows < BATCH_KEYS or index_keys < 0:
         raise ConfigError(
             f"--duration-s must be positive, --repeat at least 1, --rows at least {BATCH_KEYS}, --index-keys >= 0"
@@ -859,19 +932,21 @@ def run_bench_serve(
 
         setup = _prepare(workdir, rows, spark, phase)
         needed = {s.server for s in scenarios}
-        if "triton" in needed:
+        if any(n.startswith("triton") for n in needed):
             phase("exporting the model and starting tritonserver")
             repository = _export_for_triton(setup)
             triton = stack.enter_context(
                 triton_server.running_server(repository, workdir=workdir / "triton", ready_timeout_s=120)
             )
-        for backend in sorted(needed):
-            phase(f"starting scoring serve ({backend})")
+        code = None if baseline_ref is None else checkout(baseline_ref, workdir)
+        for server in sorted(needed):
+            backend, _, ref = server.partition("@")
+            phase(f"starting scoring serve ({server})")
             tree = _serve_tree(setup, backend, None if triton is None else triton.grpc_url)
             config = _write_yaml(workdir / f"serve-{backend}.yaml", tree)
-            service = _Service(backend, config, workdir, profile_dir, serve_sets)
+            service = _Service(server, config, workdir, profile_dir, serve_sets, code if ref else None)
             stack.callback(service.stop)
-            services[backend] = service.start()
+            services[server] = service.start()
         mixes = {s.name: requests_for(s, setup.keys, setup.features, seed=i) for i, s in enumerate(scenarios)}
         for s in scenarios:
             probes[s.name] = _probe(services[s.server].url, mixes[s.name][0])
@@ -893,7 +968,7 @@ def run_bench_serve(
                     phase(f"{s.name} at {rate:,.0f}/s ({i + 1}/{repeat})")
                     service = services[s.server]
                     spec = _spec(service.url, mixes[s.name], rate, duration_s, seed=i)
-                    pgid = triton_pgid if s.server == "triton" else None
+                    pgid = triton_pgid if s.server.startswith("triton") else None
                     for attempt in range(1 + busy_retries):
                         clock = time.monotonic()
                         waiting = wait_idle_s > 0 and budget.left() > 0
@@ -948,6 +1023,7 @@ def run_bench_serve(
         "batch_run_s": None if setup.batch_run_s is None else round(setup.batch_run_s, 1),
         "profiled": profile_dir is not None,
         "serve_sets": list(serve_sets),
+        "baseline_ref": baseline_ref,
         "wait_idle_s": wait_idle_s,
         "busy_retries": busy_retries,
         "wait_budget_s": wait_budget_s,

@@ -754,7 +754,10 @@ def bench_serve(
     repeat: Annotated[int, typer.Option(help="Runs of each scenario and rate (interleaved); medians and min-max.")] = 3,
     scenario: Annotated[
         list[str] | None,
-        typer.Option(help="Scenarios to run (repeatable): precomputed, live-embedded, live-triton, batch-100."),
+        typer.Option(
+            help="Scenarios to run (repeatable): precomputed, precomputed-features, live-embedded, live-triton, "
+            "batch-100."
+        ),
     ] = None,
     rate: Annotated[
         list[float] | None, typer.Option(help="Requests/s of the fixed-rate runs (repeatable), for every scenario.")
@@ -782,6 +785,10 @@ def bench_serve(
     workdir: Annotated[Path, typer.Option(help="Scratch directory: demo lake, registry, Triton repository.")] = Path(
         ".bench/serve"
     ),
+    baseline_ref: Annotated[
+        str | None,
+        typer.Option(help="A git revision: run every scenario also against that commit's code, interleaved."),
+    ] = None,
 ) -> None:
     """Measure scoring serve under an open-loop load: the service and the load generator in processes of their own,
     on loopback; latency p50/p95/p99/p99.9 from each request's scheduled send time for precomputed reads, live
@@ -801,6 +808,7 @@ def bench_serve(
             busy_retries=busy_retries,
             wait_budget_s=wait_budget_s,
             serve_sets=set_ or [],
+            baseline_ref=baseline_ref,
             output=output,
             workdir=workdir,
             console=out,
@@ -829,8 +837,8 @@ def serve(
     Config keys: serve.host, serve.port, serve.table, serve.partition, serve.index (memory | redis), serve.redis.*,
     serve.refresh_interval_s, serve.alias_check_interval_s, serve.max_age_s, serve.serve_stale, serve.live,
     serve.live_fallback, serve.batch_window_ms, serve.max_batch_rows, serve.deadline_s, serve.breaker_failures,
-    serve.breaker_reset_s, serve.max_body_bytes, serve.max_batch_keys, serve.auth_token_env. See the README's Online
-    serving section.
+    serve.breaker_reset_s, serve.max_body_bytes, serve.max_batch_keys, serve.request_receive_timeout_s,
+    serve.max_connections, serve.auth_token_env. See the README's Online serving section.
 
     Runs until Ctrl-C or SIGTERM (requests in flight finish first). Exit status: 0 when stopped; 1 when there is no
     output table to serve; 2 on a bad config; 75 when Redis or the registry is unreachable at start.

@@ -142,6 +142,7 @@ class WriteRule:
     """Bytes of the table's own path: the absolute local path, or the key prefix inside the bucket."""
     partition_by: tuple[str, ...]
     casts: tuple[CastCheck, ...] = ()
+    """Key and partition columns the output holds as another type than the source gives: cast before the write."""
 
     @classmethod
     def for_table(
@@ -173,7 +174,7 @@ class WriteRule:
                     f"column {name!r}: the output holds {check.target}, the source gives {check.source}, which "
                     "never casts to it"
                 )
-            if check.kind in ("narrow", "parse"):
+            if check.kind != "same":
                 casts.append(check)
         return cls(is_local, utf8_len(base), tuple(partition_by), tuple(casts))
 
@@ -190,9 +191,14 @@ class WriteRule:
         return limit - self.base_bytes - 1 - DATA_FILE_NAME_BYTES
 
     @property
+    def checked(self) -> tuple[CastCheck, ...]:
+        """The casts that can fail for a row (``narrow``, ``parse``); a ``widen`` cast never does."""
+        return tuple(c for c in self.casts if c.kind in ("narrow", "parse"))
+
+    @property
     def can_fail(self) -> bool:
-        """Whether any row can be unwritable (an unpartitioned table without casts never refuses a row)."""
-        return bool(self.partition_by or self.casts)
+        """Whether any row can be unwritable (an unpartitioned table without checked casts never refuses a row)."""
+        return bool(self.partition_by or self.checked)
 
     def path_problem(self, values: Mapping[str, str | None]) -> str | None:
         """Why a row with these partition values (cast to strings) cannot be written, or None: the same reasons,

@@ -183,7 +183,7 @@ def unwritable_reason(rule: WriteRule):
     from pyspark.sql import functions as F
 
     checks: list[tuple[Any, Any]] = []
-    for check in rule.casts:
+    for check in rule.checked:
         col = F.col(f"`{check.column}`")
         cast = col.try_cast(check.target)
         if check.kind == "parse":
@@ -232,7 +232,7 @@ def split_unwritable(df, rule: WriteRule, stamp: Stamp, *, count: bool = True) -
     """Rows the output can take (cast to its types) go on; the others are set aside with their reason, stage
     :data:`WRITE_STAGE`."""
     if not rule.can_fail:
-        return Split(df, None, 0)
+        return Split(conform(df, rule), None, 0)
     why = unwritable_reason(rule)
     cut = split(df, why.isNull(), why, WRITE_STAGE, stamp, count=count)
     return Split(conform(cut.kept, rule), cut.set_aside, cut.count)

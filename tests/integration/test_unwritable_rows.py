@@ -6,18 +6,24 @@ or sets them aside when a quarantine table is configured. Every table is read ba
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, demo
+from scoring import build_job_config, columns, demo, quality
+from scoring.adapters import kafka_broker as kb
 from scoring.core.writable import WriteRule, partition_segment
 from scoring.engine import gates
 from scoring.errors import UnwritableRowsError
 from scoring.modes import batch, stream
-from tests.integration.conftest import DAYS, delta_version, make_table, read_delta
+from tests.integration.conftest import DAYS, FEATURES, delta_version, make_table, read_delta
 from tests.unit.test_writable import EDGE_CASES
+
+pytest_plugins = ["tests.integration.kafka_fixtures"]  # kafka_broker, kafka_topic_factory
 
 INT_MAX = 2**31 - 1
 BAD = {  # key -> (ds, what the quarantine reason says)
@@ -159,3 +165,54 @@ def test_sparks_expression_and_the_rule_agree_on_every_edge_case_and_spark_write
     df.where(F.col("id").isin([i for i, _ in ok])).write.format("delta").partitionBy("ds").save(table)
     on_disk = {name for name in os.listdir(table) if name.startswith("ds=")}
     assert on_disk == {partition_segment("ds", v) for _, v in ok}
+
+
+def test_the_issues_kafka_record_with_a_300_character_partition_value_is_set_aside_and_the_stream_goes_on(
+    spark, lake, tmp_path, kafka_broker, kafka_topic_factory
+):
+    """The issue's repro: ten good records and one well-formed record whose ds is 300 characters long, in one
+    micro-batch; then, after a restart on the same checkpoint, three more good ones and one whose ds escapes to 258
+    bytes. Every record ends in exactly one of output and quarantine (by its offset)."""
+    topic = kafka_topic_factory()
+    at = (int(time.time()) - 600) * 1000
+    rng = np.random.default_rng(5)
+
+    def record(key: int, ds: str) -> tuple[str, str, int]:
+        features = {f: float(v) for f, v in zip(FEATURES, rng.normal(size=len(FEATURES)).round(6), strict=True)}
+        return str(key), json.dumps({"customer_id": key, "ds": ds, **features}), at + key
+
+    first = [record(k, DAYS[0]) for k in range(10)] + [record(10, "x" * 300)]
+    assert kb.produce(kafka_broker.bootstrap, topic, first, partition=0) == len(first)
+    tree = lake.job(str(tmp_path / "k_out"))
+    tree["stream"] = {
+        "source": "kafka",
+        "checkpoint": str(tmp_path / "k_ck"),
+        "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "topic": topic, "fields": {"customer_id": "long"}},
+    }
+    config = build_job_config(tree)
+    done = stream.run(config, spark=spark, available_now=True)
+    assert done.stopped == "drained" and done.rows_written == 10 and done.rows_quarantined == 1
+
+    later = [record(k, DAYS[1]) for k in range(11, 14)] + [record(14, "%" * 85)]  # 85 x %25: 3 + 255 bytes
+    assert kb.produce(kafka_broker.bootstrap, topic, later, partition=0) == len(later)
+    again = stream.run(config, spark=spark, available_now=True)
+    assert again.stopped == "drained" and again.rows_written == 3 and again.rows_quarantined == 1
+
+    out = read_delta(config.output.table)
+    written = sorted(out.column(columns.SOURCE_OFFSET).to_pylist())
+    quarantine = read_delta(config.quarantine_table)
+    rows = [json.loads(r) for r in quarantine.column(quality.QUARANTINE_ROW).to_pylist()]
+    set_aside = sorted(r[columns.SOURCE_OFFSET] for r in rows)
+    assert set_aside == [10, 14] and written == [*range(10), 11, 12, 13]
+    assert sorted(written + set_aside) == list(range(15)), "every record in exactly one of output and quarantine"
+    assert [r["raw_value"] for r in sorted(rows, key=lambda r: r[columns.SOURCE_OFFSET])] == [
+        first[-1][1],
+        later[-1][1],
+    ]
+    assert set(quarantine.column(quality.QUARANTINE_STAGE).to_pylist()) == {gates.WRITE_STAGE}
+    assert sorted(quarantine.column(quality.QUARANTINE_REASON).to_pylist()) == [
+        "partition value of ds cannot be a directory name: its path segment is 258 bytes after Spark's escaping, "
+        "over the file system's 255",
+        "partition value of ds cannot be a directory name: its path segment is 303 bytes after Spark's escaping, "
+        "over the file system's 255",
+    ]

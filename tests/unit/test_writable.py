@@ -139,6 +139,11 @@ def test_the_rule_checks_only_the_columns_whose_types_differ_and_refuses_a_pair_
         columns=["customer_id", "ds"],
     )
     assert [(c.column, c.kind) for c in rule.casts] == [("customer_id", "narrow")]  # f is not a checked column
+    assert rule.checked == rule.casts
+    widened = WriteRule.for_table(
+        str(tmp_path), [], {"customer_id": "int"}, {"customer_id": "bigint"}, columns=["customer_id"]
+    )
+    assert [c.kind for c in widened.casts] == ["widen"] and widened.checked == () and not widened.can_fail
     assert WriteRule.for_table(str(tmp_path), [], given, {"customer_id": "bigint"}, columns=["customer_id"]).casts == ()
     with pytest.raises(ValueError, match="customer_id"):
         WriteRule.for_table(

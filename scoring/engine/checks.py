@@ -71,6 +71,31 @@ def check_columns(config: JobConfig, schema, features: tuple[str, ...]) -> None:
         )
 
 
+_STREAM_ONLY = frozenset({columns.SOURCE_VERSION_FROM, columns.SOURCE_TOPIC})
+"""Columns only a stream writes (where its rows came from): they tell a stream's output from a batch run's."""
+
+
+def _refuse_mixing_batch_and_stream(path: str, existing: set[str], planned: set[str]) -> None:
+    """A batch run may not write into a stream's output, nor a stream into a batch run's: a batch run replaces rows
+    by key (a stream's rows would be replaced or deleted under it) while a stream appends (a key the batch run wrote
+    would then be there twice). Refused before anything is written, naming who owns the table."""
+    theirs, ours = bool(existing & _STREAM_ONLY), bool(planned & _STREAM_ONLY)
+    if theirs and not ours:
+        raise OutputError(
+            f"output.table: {path} is the output of a stream (it has the stream's source columns "
+            f"{sorted(existing & _STREAM_ONLY)}): a batch run may not write into it, as its rows would replace, "
+            "delete or duplicate the stream's",
+            hint="write the batch run to another output.table (a stream's output takes only that stream's "
+            "micro-batches)",
+        )
+    if ours and not theirs:
+        raise OutputError(
+            f"output.table: {path} is the output of batch runs (it has none of a stream's source columns): a stream "
+            "may not append into it, as a key a batch run wrote would then be there twice",
+            hint="point the stream at a new output.table",
+        )
+
+
 def check_output_schema(spark, path: str, schema, partition_by: list[str]) -> None:
     """Fail before scoring when the existing output table cannot take this run's (or micro-batch's) rows."""
     layout = delta.layout(spark, path)
@@ -86,6 +111,7 @@ def check_output_schema(spark, path: str, schema, partition_by: list[str]) -> No
     planned = {f.name: f.dataType.simpleString() for f in schema.fields}
     if existing != planned:
         diff = sorted(set(existing.items()) ^ set(planned.items()))
+        _refuse_mixing_batch_and_stream(path, set(existing), set(planned))
         raise OutputError(
             f"output.table: {path} has columns {existing}, this run writes {planned} (differences: {diff})",
             hint="write to a new output.table, or keep the model's outputs, keys and partition columns the same",

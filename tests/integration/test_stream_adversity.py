@@ -179,6 +179,30 @@ def test_vacuum_of_the_output_while_the_stream_runs_loses_and_duplicates_nothing
     assert _keys(config.output.table) == [k for base in (0, 1000, 2000, 3000) for k in range(base, base + ROWS)]
 
 
+# -- another writer ---------------------------------------------------------------------------------------------------
+
+
+def test_a_batch_run_into_a_streams_output_is_refused_naming_the_stream_and_the_streams_rows_stay_once(
+    spark, lake, tmp_path
+):
+    from scoring.errors import OutputError
+    from scoring.modes import batch
+
+    config = build_job_config(_tree(lake, tmp_path, "mix"))
+    _append(config.input.table, _chunk(15, 0))
+    stream.run(config, spark=spark, available_now=True)
+    tree = lake.job(str(tmp_path / "mix_out"))
+    tree["output"] = {"table": config.output.table}
+    tree["input"] = {**tree["input"], "table": config.input.table}
+    with pytest.raises(OutputError, match="is the output of a stream") as caught:
+        batch.run(build_job_config(tree), spark=spark)
+    _not_generic(caught.value)
+    assert "another output.table" in caught.value.hint
+    _append(config.input.table, _chunk(16, 1000))
+    stream.run(config, spark=spark, available_now=True)  # the stream goes on: its rows once each
+    assert _keys(config.output.table) == list(range(ROWS)) + list(range(1000, 1000 + ROWS))
+
+
 # -- Kafka ----------------------------------------------------------------------------------------------------------
 
 
@@ -247,13 +271,20 @@ def test_follow_alias_with_the_alias_moving_back_and_forth_stamps_each_row_with_
     tree["model"] = {"uri": f"models:/{name}@live"}
     config = build_job_config(tree)
     client = MlflowClient()
+    flips = [first, second, first, second]
     expected: dict[int, str] = {}
+
+    def append(i: int) -> None:
+        _append(config.input.table, _chunk(20 + i, i * 1000, rows=20))
+        expected.update({k: flips[i] for k in range(i * 1000, i * 1000 + 20)})
+
+    append(0)
     handle = stream.start(config, spark=spark)
     try:
-        for i, version in enumerate([first, second, first, second, first]):
-            client.set_registered_model_alias(name, "live", version)
-            _append(config.input.table, _chunk(20 + i, i * 1000, rows=20))
-            expected.update({k: version for k in range(i * 1000, i * 1000 + 20)})
+        _wait(lambda: handle.scorer.batches >= 1, what="micro-batch 0")
+        for i in range(1, len(flips)):
+            client.set_registered_model_alias(name, "live", flips[i])
+            append(i)
             _wait(lambda n=i + 1: handle.scorer.batches >= n, what=f"micro-batch {i}")
     finally:
         record = handle.close()
@@ -262,7 +293,7 @@ def test_follow_alias_with_the_alias_moving_back_and_forth_stamps_each_row_with_
     assert sorted(keys) == sorted(expected)  # every row once
     stamped = dict(zip(keys, out.column(columns.MODEL_VERSION).to_pylist(), strict=True))
     assert stamped == expected
-    assert record.model_versions == (first, second, first, second, first)
+    assert record.model_versions == tuple(flips)
     # each row's prediction is its stamped version's own
     src = read_delta(config.input.table)
     for version in (first, second):

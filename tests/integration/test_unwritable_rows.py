@@ -160,6 +160,14 @@ def test_sparks_expression_and_the_rule_agree_on_every_edge_case_and_spark_write
     df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "id int, ds string")
     got = {r["id"]: r["why"] for r in df.select("id", gates.unwritable_reason(rule).alias("why")).collect()}
     assert got == {i: rule.path_problem({"ds": v}) for i, v in enumerate(values)}
+    # on an object store: no segment limit, a 1,024-byte key (here 1024 - 8 - 1 - 80 = 935 bytes of segments)
+    s3 = WriteRule.for_table("s3a://bucket/lake/out", ["ds"])
+    long_values = [*values, "x" * 300, "x" * 931, "x" * 932, "é" * 465, "é" * 466, ":" * 310, ":" * 311]
+    df = spark.createDataFrame(list(enumerate(long_values)), "id int, ds string")
+    got = {r["id"]: r["why"] for r in df.select("id", gates.unwritable_reason(s3).alias("why")).collect()}
+    expected = {i: s3.path_problem({"ds": v}) for i, v in enumerate(long_values)}
+    assert got == expected
+    assert [expected[len(values) + i] is None for i in range(7)] == [True, True, False, True, False, True, False]
 
     ok = [(i, v) for i, (v, problem) in enumerate(EDGE_CASES) if problem is None and v not in (None, "")]
     df.where(F.col("id").isin([i for i, _ in ok])).write.format("delta").partitionBy("ds").save(table)

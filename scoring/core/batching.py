@@ -35,6 +35,7 @@ FEATURE_LIMIT = float(np.finfo(np.float32).max)
 """The largest feature magnitude accepted: models here take float32 (ONNX ``tensor(float)``, Triton ``FP32``), so a
 larger value would reach the model as infinity."""
 
+_FLOAT_IDS = frozenset(t.id for t in (pa.float16(), pa.float32(), pa.float64()))
 _INTEGER_RANGES = {
     pa.int8(): (-(2**7), 2**7 - 1),
     pa.int16(): (-(2**15), 2**15 - 1),
@@ -50,6 +51,9 @@ def feature_value_problem(value: object, kind: pa.DataType) -> str | None:
     before it is in a batch (a request's JSON value), plus what the input type needs of it: an integer, within the
     integer type's range, for an integer input; ``true``/``false`` for a boolean one. The reason is a phrase for a
     message: ``"1e+39 is beyond float32's range (3.4028235e+38)"``."""
+    kind_id = kind.id
+    if kind_id in _FLOAT_IDS and type(value) in (float, int) and abs(value) <= FEATURE_LIMIT:
+        return None  # the common case, first (NaN compares False and takes the long way)
     if pa.types.is_boolean(kind):
         return None if isinstance(value, bool) else f"expected true or false, got {_shown(value)}"
     if isinstance(value, bool) or not isinstance(value, int | float):

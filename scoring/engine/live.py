@@ -106,7 +106,8 @@ def check_features(row: Any, types: Mapping[str, pa.DataType], where: str = "") 
             field=str(extra[0]) or '""',
         )
     for n, kind in types.items():
-        check_value(n, row[n], kind, where)
+        if feature_value_problem(row[n], kind) is not None:
+            check_value(n, row[n], kind, where)
 
 
 def check_batch(batch: pa.RecordBatch, types: Mapping[str, pa.DataType]) -> None:

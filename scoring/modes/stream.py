@@ -433,7 +433,7 @@ class MicroBatchScorer:
             assert self.stream.kafka is not None
             wanted = {name: self.stream.kafka.fields.get(name, "string") for name in self._passthrough}
             return kafka.parse_records(df, wanted, features), None, None
-        version_from, version_to = _version_range(self.spark, self.stream.checkpoint, batch_id)
+        version_from, version_to = _version_range(self.spark, self.stream.checkpoint, batch_id, self.config.input.table)
         needed = list(dict.fromkeys([*self._passthrough, *features]))
         if self.stream.event_time is not None:
             rows = df.select(
@@ -676,18 +676,46 @@ def _offset(spark, checkpoint: str, batch_id: int) -> dict[str, Any] | None:
         raise checkpoint_error(f"{checkpoint.rstrip('/')}/offsets/{batch_id}", f"not JSON: {e}") from None
 
 
-def _version_range(spark, checkpoint: str, batch_id: int) -> tuple[int | None, int | None]:
+def _version_range(spark, checkpoint: str, batch_id: int, table: str | None = None) -> tuple[int | None, int | None]:
     """The Delta source versions micro-batch `batch_id` read, from the checkpoint's offset log: ``(from, to)``.
-    Rows of the table's starting snapshot count from version 0."""
+    Rows of the table's starting snapshot count from version 0.
+
+    With `table` (the source), also that the offset belongs to the table now at that place: a source deleted and
+    created again while the query runs keeps being read by Spark's Delta source under the old table's offsets
+    (its versions restart, so rows of the new table are skipped, silently); that micro-batch is refused instead."""
     end = _offset(spark, checkpoint, batch_id)
     if end is None:
         return None, None
+    if table is not None and end.get("reservoirId"):
+        now = _table_id(spark, table)
+        if now is not None and now != end["reservoirId"]:
+            from scoring.modes.stream_failures import recreated_source_error
+
+            raise recreated_source_error(
+                table, checkpoint, f"the checkpoint read table id {end['reservoirId']}, the table there now is {now}"
+            )
     prev = _offset(spark, checkpoint, batch_id - 1)
     version, index, starting = int(end["reservoirVersion"]), int(end["index"]), bool(end["isStartingVersion"])
     to = version if starting or index != -1 else version - 1
     if prev is None or starting or prev.get("isStartingVersion"):
         return 0, max(to, 0)
     return min(int(prev["reservoirVersion"]), to), to
+
+
+def _table_id(spark, table: str) -> str | None:
+    """Delta's id of the table now at `table` (``metaData.id`` of its log's first commit: one small file), or None
+    when that commit is gone (log clean-up) or unreadable."""
+    from scoring.adapters.spark import read_text
+
+    try:
+        text = read_text(spark, f"{table.rstrip('/')}/_delta_log/{0:020d}.json")
+    except Exception:  # noqa: BLE001 - the check is best effort; Delta's own checks still apply
+        return None
+    for line in (text or "").splitlines():
+        if '"metaData"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return str(json.loads(line)["metaData"]["id"])
+    return None
 
 
 def _commit_times(spark, table: str, version_from: int | None, version_to: int | None, *, most: int = 200) -> dict:

@@ -169,11 +169,19 @@ def checkpoint_error(path: str, why: str) -> CheckpointError:
 def _recreated_source(chain: list[Cause], config) -> ScoringError | None:
     if not _has_class(chain, _RECREATED_CLASSES):
         return None
+    return recreated_source_error(
+        config.input.table,
+        config.stream.checkpoint,
+        _first_line(chain, lambda c: "DIFFERENT_DELTA_TABLE" in c.error_class + c.message),
+    )
+
+
+def recreated_source_error(table: str, checkpoint: str, detail: str) -> InputError:
+    """The source at `table` is not the table the checkpoint's offsets belong to (Delta's table id changed)."""
     return InputError(
-        f"input.table: {config.input.table} was deleted and created again at the same place since the checkpoint "
-        f"{config.stream.checkpoint} last read it (its Delta table id changed: "
-        f"{_first_line(chain, lambda c: 'DIFFERENT_DELTA_TABLE' in c.error_class + c.message)}): the checkpoint's "
-        "offsets belong to the old table, and going on could skip or repeat rows",
+        f"input.table: {table} was deleted and created again at the same place since the checkpoint {checkpoint} "
+        f"read it (its Delta table id changed: {detail}): the checkpoint's offsets belong to the old table, and "
+        "going on would skip or repeat rows",
         hint="to score the new table, start a new stream.checkpoint with a new output.table; to go on with the old "
         "one, restore the old table (its _delta_log) at that path",
     )

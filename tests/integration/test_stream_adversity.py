@@ -8,7 +8,6 @@ Small tables, in-process queries on the session's Spark (a subprocess would add 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -123,16 +122,30 @@ def test_a_corrupt_or_hand_edited_checkpoint_file_is_named_with_how_to_recover_a
 
 
 def test_a_source_deleted_and_created_again_at_the_same_place_is_refused_naming_the_table(spark, lake, tmp_path):
-    config = build_job_config(_tree(lake, tmp_path, "rec"))
+    """While the query runs (Spark's Delta source would go on reading the new table under the old offsets, skipping
+    its first versions' rows) and at a restart (Delta's own check of the table id): refused both times."""
+    import os
+
+    config = build_job_config(_tree(lake, tmp_path, "rec", interval_s=0.2))
     _append(config.input.table, _chunk(5, 0))
-    stream.run(config, spark=spark, available_now=True)
-    shutil.rmtree(config.input.table)  # same path, a new table: Delta's table id (the log's metaData.id) changes
-    _append(config.input.table, _chunk(6, 5000))
-    _append(config.input.table, _chunk(7, 6000))
-    with pytest.raises(InputError, match="deleted and created again") as caught:
+    handle = stream.start(config, spark=spark)
+    try:
+        _wait(lambda: handle.scorer.batches >= 1, what="micro-batch 0")
+        new = str(tmp_path / "rec_new")  # a new table (a new Delta table id) moved to the same place
+        for i in range(3):
+            _append(new, _chunk(6 + i, (i + 1) * 1000))
+        os.rename(config.input.table, str(tmp_path / "rec_old"))
+        os.rename(new, config.input.table)
+        with pytest.raises(InputError, match="deleted and created again") as running:
+            handle.await_termination(90)
+    finally:
+        with pytest.raises(InputError):
+            handle.close()
+    with pytest.raises(InputError, match="deleted and created again") as restarted:
         stream.run(config, spark=spark, available_now=True)
-    _not_generic(caught.value)
-    assert config.input.table in str(caught.value) and "new output.table" in caught.value.hint
+    for caught in (running, restarted):
+        _not_generic(caught.value)
+        assert config.input.table in str(caught.value) and "new output.table" in caught.value.hint
     assert _keys(config.output.table) == list(range(ROWS))
 
 

@@ -220,7 +220,8 @@ def unwritable_reason(rule: WriteRule):
 
 
 def conform(df, rule: WriteRule):
-    """`df` with each cast-checked column cast to the output's type (apply to rows :func:`unwritable_reason` passed)."""
+    """`df` with each key or partition column the output holds as another type cast to it (apply to the rows
+    :func:`unwritable_reason` passed: a widening cast always fits, a checked one fits them)."""
     from pyspark.sql import functions as F
 
     for check in rule.casts:

@@ -101,7 +101,7 @@ def print_summary(summary) -> None:
         ("rows read", f"{summary.rows_read:,}"),
         ("rows written", f"{summary.rows_written:,}"),
         ("output rows", f"{summary.rows_replaced:,} replaced{kept}"),
-        ("rows rejected", f"{summary.rows_rejected:,} (invalid features)"),
+        ("rows rejected", f"{summary.rows_rejected:,} (invalid features or rows the output cannot take)"),
         ("rows quarantined", f"{summary.rows_quarantined:,} (failed expectations or invalid predictions)"),
         ("predictions", ", ".join(summary.prediction_columns)),
         *([("set aside in", summary.quarantine_table)] if summary.quarantine_table else []),
@@ -259,8 +259,9 @@ def stream(
 
     Config keys: stream.source (delta | kafka), stream.checkpoint, stream.trigger, stream.interval_s,
     stream.max_files_per_trigger, stream.max_offsets_per_trigger, stream.event_time, stream.sinks, stream.kafka.*,
-    stream.kafka_sink.*, stream.follow_alias, stream.alias_check_interval_s, stream.metrics_port; and input.key,
-    input.features, model, runtime, quality, output as for `scoring run`. See the README's Streaming section.
+    stream.kafka_sink.*, stream.follow_alias, stream.alias_check_interval_s, stream.metrics_port,
+    stream.metrics_host; and input.key, input.features, model, runtime, quality, output as for `scoring run`. See the
+    README's Streaming section.
 
     Exit status as `scoring run`: 0 when stopped or drained; 1 when a micro-batch fails for the input's reason (a
     gate with policy fail, invalid features): a restart meets the same micro-batch; 2 on a bad config; 75 when a

@@ -223,11 +223,6 @@ def test_quarantined_rows_batch_durations_model_version_and_batches_by_outcome_a
 # -- the command ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: `scoring stream --help` (scoring/cli.py, the stream command's docstring 'Config keys: ...') "
-    "does not name stream.metrics_host, a key of the stream: section (scoring/config.py StreamConfig.metrics_host)",
-)
 def test_scoring_stream_help_lists_every_key_of_the_stream_section():
     """README, The `stream:` section: "Every key is checked as strictly as the rest of the config (`scoring stream
     --help` lists them)"."""

@@ -198,13 +198,13 @@ def _kafka_topic_gone(chain: list[Cause], config) -> ScoringError | None:
     topic = stream.kafka.topic
     what = _first_line(chain, lambda c: c.error_class.startswith(_KAFKA_LOSS_PREFIX) or "Topic" in c.message)
     return InputError(
-        f"stream.kafka.topic: records of topic {topic!r} that this stream had not read are gone: the topic was "
-        f"deleted (and perhaps created again), or its records expired before they were read ({what}). The query "
-        f"stopped rather than skip them (Spark's failOnDataLoss); every micro-batch before this one is in the output "
-        "exactly once",
-        hint=f"if {topic!r} was deleted by mistake, re-create it and produce the missing records again, then start a "
-        f"new stream.checkpoint with a new output.table; to accept the loss and go on from what the topic holds now, "
-        "set stream.kafka.options.failOnDataLoss: 'false' and restart with the same checkpoint",
+        f"stream.kafka.topic: topic {topic!r} lost records this stream had not read yet: it was deleted (or deleted "
+        f"and created again), or its records expired before they were read ({what}). The query stopped rather than "
+        "skip them; every micro-batch before this one is in the output exactly once",
+        hint=f"once {topic!r} exists again, start a new stream.checkpoint with a new output.table (it reads from "
+        "stream.kafka.starting_offsets). Do not set stream.kafka.options.failOnDataLoss: 'false' to get past this: "
+        "the checkpoint holds the old topic's offsets, and a re-created topic's records below them would be skipped "
+        "without a word",
     )
 
 

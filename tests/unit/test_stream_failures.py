@@ -139,3 +139,17 @@ def test_a_malformed_log_file_without_spark_to_check_it_is_still_named():
 
 def test_an_unknown_failure_stays_unexplained():
     assert sf.translate(_failed(_Java("java.lang.OutOfMemoryError", "Java heap space")), _config(), None) is None
+
+
+def test_a_batch_run_and_a_stream_may_not_write_into_each_others_output():
+    from scoring.engine.checks import _refuse_mixing_batch_and_stream
+    from scoring.errors import OutputError
+
+    batch_columns = {"customer_id", "label", "model_version"}
+    stream_columns = batch_columns | {"source_version_from", "event_time"}
+    with pytest.raises(OutputError, match="is the output of a stream"):
+        _refuse_mixing_batch_and_stream("/lake/out", stream_columns, batch_columns)
+    with pytest.raises(OutputError, match="is the output of batch runs"):
+        _refuse_mixing_batch_and_stream("/lake/out", batch_columns, stream_columns | {"source_topic"})
+    _refuse_mixing_batch_and_stream("/lake/out", batch_columns, batch_columns | {"extra"})  # another clash: not this
+    _refuse_mixing_batch_and_stream("/lake/out", stream_columns, stream_columns - {"event_time"})

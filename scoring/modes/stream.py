@@ -48,6 +48,7 @@ from scoring.engine.model import PreparedModel, prepare_model
 from scoring.engine.probe import PROBE_ROWS, probe
 from scoring.engine.runtime import open_predictor
 from scoring.errors import (
+    CheckpointError,
     ConfigError,
     InputError,
     InvalidRowsError,
@@ -624,11 +625,12 @@ class MicroBatchScorer:
 def _in_batch(error: ScoringError, batch_id: int, query_id: str | None) -> ScoringError:
     """`error` as the message of a stopped query: which micro-batch, that nothing of it was committed, and what a
     restart will do."""
-    again = (
-        "a restart meets the same micro-batch again until the input or the policy changes"
-        if isinstance(error, QualityError | InputError | OutputError)
-        else "a restart resumes from the checkpoint with this micro-batch"
-    )
+    if isinstance(error, CheckpointError):
+        again = "a restart on this checkpoint fails the same way until the file is restored"
+    elif isinstance(error, QualityError | InputError | OutputError):
+        again = "a restart meets the same micro-batch again until the input or the policy changes"
+    else:
+        again = "a restart resumes from the checkpoint with this micro-batch"
     cls = type(error)
     return cls(
         f"micro-batch {batch_id} of stream query {query_id}: {error.message} (nothing of this micro-batch was "

@@ -382,7 +382,7 @@ class LiveScorer:
             return
         predictor, name, fallback = chosen
         try:
-            scored = score_batch(batch, predictor, self.spec)
+            scored = self._score_capped(batch, predictor)
         except ScoringError as e:
             if isinstance(e, Transient):  # the backend did not answer: every request of the batch fails alike
                 self._backend_failed(live, batch, e, name, fallback)
@@ -392,6 +392,17 @@ class LiveScorer:
         if not fallback:
             self.breaker.success()
         self._deliver(live, scored, name, fallback)
+
+    def _score_capped(self, batch: pa.RecordBatch, predictor: Predictor) -> pa.RecordBatch:
+        """`batch` scored in backend calls of at most ``max_rows`` rows (one request may hold more, and the last
+        request taken into a micro-batch may carry it past the cap)."""
+        if batch.num_rows <= self.max_rows:
+            return score_batch(batch, predictor, self.spec)
+        parts = [
+            score_batch(batch.slice(start, self.max_rows), predictor, self.spec)
+            for start in range(0, batch.num_rows, self.max_rows)
+        ]
+        return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
 
     def _backend_failed(
         self, live: list[_Pending], batch: pa.RecordBatch, e: ScoringError, name: str, fallback: bool
@@ -421,7 +432,7 @@ class LiveScorer:
             try:
                 if len(live) == 1:  # it failed alone already
                     raise error
-                scored = score_batch(p.batch, predictor, self.spec)
+                scored = self._score_capped(p.batch, predictor)
             except ScoringError as e:
                 if is_backend_fault(e):
                     self._backend_failed([p], p.batch, e, name, fallback)
@@ -452,7 +463,7 @@ class LiveScorer:
         try:
             if self._fallback is None:
                 self._fallback = self._fallback_factory()
-            scored = score_batch(batch, self._fallback, self.spec)
+            scored = self._score_capped(batch, self._fallback)
         except ScoringError as e:
             self._fail(live, f"the embedded fallback failed: {e.message}", "fallback_failed")
             return

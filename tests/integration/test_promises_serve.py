@@ -317,12 +317,6 @@ def test_concurrent_live_requests_reach_the_backend_in_calls_of_at_most_max_batc
     assert max(made) <= CAP, made
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a request of more live rows than serve.max_batch_rows reaches the embedded backend in one "
-    "call (LiveScorer._score, scoring/engine/live.py, hands the whole combined batch to predictor.predict; _run takes "
-    "whole requests while rows < max_rows, so one request, or the last one taken, can pass the cap)",
-)
 def test_a_live_request_of_more_rows_than_max_batch_rows_reaches_the_backend_in_calls_of_at_most_that(
     served, recording
 ):

@@ -44,6 +44,7 @@ def test_bench_serve_measures_every_scenario(spark, tmp_path, own_registry_then_
     assert json.loads(output.read_text())["scenarios"].keys() == set(bench_serve.SCENARIOS)
     expected = {
         "precomputed": ("precomputed", None),
+        "precomputed-features": ("precomputed", None),
         "batch-100": ("precomputed", None),
         "live-embedded": ("live", "embedded"),
         "live-triton": ("live", "triton"),

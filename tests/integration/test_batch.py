@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -71,6 +72,9 @@ def test_every_row_and_the_commit_carry_the_same_lineage(spark, lake):
     assert meta[columns.INPUT_VERSION] == summary.input_version
     assert meta["requested_model_uri"] == "models:/onnx_clf@champion"
     assert meta["rows_read"] == summary.rows_read == lake.table.num_rows
+    # the tables' canonical identities (one spelling per place), beside the names as given
+    assert meta["input_uri"] == "file://" + os.path.realpath(lake.input_table) == summary.input_uri
+    assert meta["output_uri"] == "file://" + os.path.realpath(lake.root / "lineage_out") == summary.output_uri
     assert summary.rows_written == lake.table.num_rows and summary.rows_rejected == 0
 
 

@@ -62,7 +62,7 @@ CLUSTER_DIR ?= .scoring/cluster
 
 .PHONY: demo-cluster
 demo-cluster: setup  ## the demo job on a local Spark standalone cluster, two workers each with its own Triton sidecar (docs/cluster.md)
-	$(BIN)/python -c 'from scoring.demo import DEMO_DIR, create_demo; print(create_demo(DEMO_DIR))'
+	$(BIN)/python -c 'from scoring.tools.demo import DEMO_DIR, create_demo; print(create_demo(DEMO_DIR))'
 	$(BIN)/scoring cluster up --workers 2 --triton conf/jobs/demo-triton.yaml --state-dir $(CLUSTER_DIR)
 	$(BIN)/scoring run conf/jobs/demo-triton.yaml $$($(BIN)/scoring cluster sets --state-dir $(CLUSTER_DIR)) \
 		--set output.table=.demo/lake/churn_scores_cluster \
@@ -97,7 +97,7 @@ DEMO_ENV   = AIRFLOW_HOME='$(DEMO_ABS)/airflow' \
 .PHONY: demo-airflow
 demo-airflow: setup  ## the nightly DAG for one day under a throw-away Airflow (.demo/airflow); prints the published run
 	@mkdir -p '$(DEMO_ABS)/airflow'
-	@$(DEMO_ENV) $(BIN)/python -c 'from pathlib import Path; from scoring.demo import create_demo; \
+	@$(DEMO_ENV) $(BIN)/python -c 'from pathlib import Path; from scoring.tools.demo import create_demo; \
 		print("demo lake and model:", create_demo(Path("$(DEMO_ABS)"), $(DEMO_ROWS)))'
 	@echo "airflow db migrate (AIRFLOW_HOME=$(DEMO_ABS)/airflow, log in db-migrate.log)"
 	@$(DEMO_ENV) $(BIN)/airflow db migrate > '$(DEMO_ABS)/airflow/db-migrate.log' 2>&1 \
@@ -110,7 +110,7 @@ demo-airflow: setup  ## the nightly DAG for one day under a throw-away Airflow (
 # `make jvm`: the JVM-native ONNX scorer prototype (issue 12; docs/jvm-backend.md), not part of `make test` or CI.
 # scoring/jvm is compiled with Maven against pyspark's own Spark jars, with a private local repository (never ~/.m2,
 # see shared KAFKA.md); only onnxruntime (one 75 MB jar with its native libraries) and Maven's plugins are resolved.
-# The two jars land in $(JVM_DIR), the folder scoring.jvm_bench reads (SCORING_JVM_DIR).
+# The two jars land in $(JVM_DIR), the folder scoring.tools.jvm_bench reads (SCORING_JVM_DIR).
 JVM_DIR    ?= $(HOME)/.cache/scoring/jvm
 MAVEN_REPO ?= $(HOME)/.cache/scoring/m2
 

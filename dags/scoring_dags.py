@@ -1,7 +1,7 @@
 """Airflow DAGs for the scheduled scoring jobs: one DAG, ``scoring__<job name>``, per job config with a ``schedule:``.
 
 Airflow parses this file. It reads the YAML configs in ``$SCORING_CONF_DIR`` (default: this project's ``conf/jobs``)
-and wires the functions of :mod:`scoring.scheduling` into five tasks per job:
+and wires the functions of :mod:`scoring.deploy.scheduling` into five tasks per job:
 
     wait_for_input >> score >> [input_gate_report, output_gate_report] >> publish      (and score >> publish)
 
@@ -46,7 +46,7 @@ from airflow.sdk import DAG, BaseSensorOperator, Param, PokeReturnValue, Trigger
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from scoring import kubernetes, scheduling
+from scoring.deploy import kubernetes, scheduling
 
 _LOGGER = logging.getLogger("scoring.dags")
 
@@ -87,7 +87,7 @@ class InputPartitionSensor(BaseSensorOperator):
 
 
 class ScoringSparkSubmitOperator(SparkSubmitOperator):
-    """spark-submit of scoring/spark_entry.py that fails for good unless the job exited with 75 (transient).
+    """spark-submit of scoring/deploy/spark_submit.py that fails for good unless the job exited with 75 (transient).
 
     spark-submit exits with the driver's status. Its output, ending with the ``scoring error: ...`` line, is in
     the task log; the job's error record (``--summary-json``) goes to XCom (``scoring_error``) for the gate
@@ -111,13 +111,13 @@ class ScoringSparkSubmitOperator(SparkSubmitOperator):
 class ScoringSparkKubernetesOperator(SparkKubernetesOperator):
     """A SparkApplication that fails for good unless the driver exited with 75 (transient).
 
-    Each try renders the job's manifests when it starts (:func:`scoring.scheduling.kubernetes_manifests`, the same
+    Each try renders the job's manifests when it starts (:func:`scoring.deploy.scheduling.kubernetes_manifests`, the same
     rendering as ``scoring render k8s``): the model alias is resolved then, once, and the driver and every pod's
     sidecar get that version. It creates or replaces the job's ConfigMap, then submits the SparkApplication.
 
     When the driver pod fails, the operator's ``cleanup`` raises; this reads the driver's exit code and the error
     record from the pod's status (its termination message), or the exit code from the SparkApplication's status,
-    and decides (:func:`scoring.kubernetes.driver_outcome`). A driver that never exited on its own (evicted, node
+    and decides (:func:`scoring.deploy.kubernetes.driver_outcome`). A driver that never exited on its own (evicted, node
     lost) is retried. On success the task returns the run's summary, read from the output table's commit."""
 
     template_fields = (*SparkKubernetesOperator.template_fields, "run_overrides")

@@ -4,7 +4,7 @@
     >>> summary = scoring.run_job("conf/jobs/demo.yaml", ["input.where=ds = '2026-11-01'"])
     >>> summary.model_version, summary.rows_written
 
-The same engine serves ``scoring run`` (CLI), ``spark-submit`` (:mod:`scoring.spark_entry`) and notebooks.
+The same engine serves ``scoring run`` (CLI), ``spark-submit`` (:mod:`scoring.deploy.spark_submit`) and notebooks.
 """
 
 from __future__ import annotations

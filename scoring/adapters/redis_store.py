@@ -67,7 +67,7 @@ DELETE_BATCH_KEYS = 1_000
 """Keys per ``SCAN`` page and per ``UNLINK`` when deleting a version: small enough never to block the server long."""
 
 _UNAVAILABLE_HINT = (
-    "start Redis (scoring.adapters.redis_server.RedisServer, or the redis_server test fixture), or check the URL "
+    "start Redis (scoring.launchers.redis_server.RedisServer, or the redis_server test fixture), or check the URL "
     "(serve.redis.url)"
 )
 

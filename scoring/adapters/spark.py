@@ -46,7 +46,7 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
     Under ``spark-submit`` the session (and its ``--packages``) already exist and are reused. Otherwise a local
     session is built and the Delta jars are resolved through Spark's package resolution (cached after the first run).
 
-    Unless scoring logs at INFO (:func:`scoring.progress.verbose`, ``scoring -v``), the JVM this starts is quiet: what
+    Unless scoring logs at INFO (:func:`scoring.engine.progress.verbose`, ``scoring -v``), the JVM this starts is quiet: what
     it prints while starting (Ivy's resolution report, JVM notices) is shown only if it fails to start, and its log4j
     logs only errors (``scoring/resources/log4j2.properties``). A setting in `conf` that only takes effect when the
     JVM starts (``spark.driver.memory``, ``spark.jars.packages``, ...) but comes too late is warned about, not dropped
@@ -59,7 +59,7 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
     from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
 
-    from scoring.progress import HeldOutput, verbose
+    from scoring.engine.progress import HeldOutput, verbose
 
     conf = dict(conf or {})
     active = SparkSession.getActiveSession()
@@ -221,13 +221,13 @@ def spark_submit_command(
     stream: bool = False,
     available_now: bool = False,
 ) -> list[str]:
-    """The spark-submit command line that runs a job config through :mod:`scoring.spark_entry` (its ``stream:``
+    """The spark-submit command line that runs a job config through :mod:`scoring.deploy.spark_submit` (its ``stream:``
     section with `stream`, with Spark's Kafka connector among the packages)."""
     from pathlib import Path
 
     import pyspark
 
-    from scoring import spark_entry
+    from scoring.deploy import spark_submit as spark_entry
 
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
     packages = [delta_package(), *([kafka_package()] if stream else [])]

@@ -227,7 +227,7 @@ class TritonSpec:
         driver resolves one url for the whole run, but on a cluster every executor must use the sidecar beside it,
         never another host's. This is the discovery a pod makes by loopback (the sidecar shares the pod's network,
         the variable would be ``127.0.0.1:8001``); ``scoring cluster up`` sets it in each worker's environment,
-        which its executors and their Python workers inherit (:mod:`scoring.cluster`). The version check still
+        which its executors and their Python workers inherit (:mod:`scoring.deploy.cluster`). The version check still
         applies: a sidecar that does not serve the run's version is an error, not a silent fallback."""
         variable = TRITON_URL_ENV if self.protocol == "grpc" else TRITON_HTTP_URL_ENV
         local = os.environ.get(variable, "").strip()

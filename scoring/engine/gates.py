@@ -12,12 +12,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from scoring import quality
 from scoring.adapters import delta
 from scoring.config import GateConfig
 from scoring.core import writable
 from scoring.core.batching import FEATURE_LIMIT
 from scoring.core.writable import WriteRule
+from scoring.engine import quality
 from scoring.errors import OutputError, ScoringError, from_spark_exception
 
 _FLOATS = ("FloatType", "DoubleType")

@@ -11,7 +11,7 @@ from scoring.adapters.embedded import EmbeddedSpec
 from scoring.config import JobConfig
 from scoring.core.tensors import layouts
 from scoring.engine.model import PreparedModel
-from scoring.progress import Reporter
+from scoring.engine.progress import Reporter
 
 
 @contextlib.contextmanager
@@ -52,8 +52,8 @@ def open_predictor(config: JobConfig, prepared: PreparedModel, reporter: Reporte
     if triton.launch == "external":
         yield spec(url=triton.url or ("127.0.0.1:8001" if triton.protocol == "grpc" else "127.0.0.1:8000"))
         return
-    from scoring.adapters import triton_server
     from scoring.adapters.triton import serves
+    from scoring.launchers import triton_server
 
     name = triton_export.triton_model_name(model)
     if triton.url and serves(triton.url, triton.protocol, name, model.version):

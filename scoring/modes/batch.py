@@ -32,6 +32,7 @@ from scoring.engine import checks, gates
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
 from scoring.engine.probe import PROBE_ROWS, probe
+from scoring.engine.progress import LogReporter, Reporter, watch_spark
 from scoring.engine.record import RunRecord
 from scoring.engine.runtime import open_predictor
 from scoring.errors import (
@@ -43,7 +44,6 @@ from scoring.errors import (
     UnwritableRowsError,
     from_spark_exception,
 )
-from scoring.progress import LogReporter, Reporter, watch_spark
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Online mode: precomputed scores from memory (or Redis), live inference as the fallback, version-aware.
 
 The third way the same model is consumed. :class:`OnlineService` holds no HTTP: it answers lookups and live
-requests, and the HTTP routes (``scoring.adapters.http_api``) only translate. Its parts:
+requests, and the HTTP routes (``scoring.modes.http_api``) only translate. Its parts:
 
 - **the model**, resolved from ``model.uri`` at start (as batch and streaming do) and re-resolved every
   ``serve.alias_check_interval_s``: when the alias moves, live inference switches to the new version, and every
@@ -54,8 +54,8 @@ from scoring.engine.live import (
     features_batch,
 )
 from scoring.engine.model import PreparedModel, prepare_model
+from scoring.engine.progress import LogReporter, Reporter
 from scoring.errors import ConfigError, InputError, ScoringError
-from scoring.progress import LogReporter, Reporter
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from scoring.engine import checks, gates
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
 from scoring.engine.probe import PROBE_ROWS, probe
+from scoring.engine.progress import LogReporter, Reporter
 from scoring.engine.runtime import open_predictor
 from scoring.errors import (
     CheckpointError,
@@ -57,7 +58,6 @@ from scoring.errors import (
     ScoringError,
     from_spark_exception,
 )
-from scoring.progress import LogReporter, Reporter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -500,8 +500,8 @@ class MicroBatchScorer:
 
     def _unparseable(self, rows, stamp: gates.Stamp, n: int) -> gates.Split:
         """Kafka records that cannot be scored (not JSON, a wrong type, a missing field): set aside with why."""
-        from scoring import quality
         from scoring.adapters import kafka
+        from scoring.engine import quality
 
         reason = kafka.bad_record_reason()
         kept = kafka.drop_parse_columns(rows.where(reason.isNull()) if n else rows)

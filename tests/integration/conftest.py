@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import demo
+from scoring.tools import demo
 
 FEATURES = demo.feature_names(5)
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")

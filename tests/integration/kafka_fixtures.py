@@ -1,5 +1,5 @@
 """Kafka fixtures: a real local Kafka broker (Apache Kafka's own, one KRaft node on loopback; see
-``scoring/adapters/kafka_broker.py``), one per test session, plus a broker of its own for a test that kills it.
+``scoring/launchers/kafka_broker.py``), one per test session, plus a broker of its own for a test that kills it.
 
 Test modules load these as a plugin, so that every module shares the one broker (a fixture function imported into two
 modules would start two)::
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from scoring.adapters import kafka_broker as kb
+from scoring.launchers import kafka_broker as kb
 
 START_TIMEOUT_S = 120.0
 """Generous: a loaded CI machine starts the JVM slowly (about 3 s on an idle one), and the first start resolves the

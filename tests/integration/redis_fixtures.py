@@ -1,5 +1,5 @@
 """Redis fixtures: a real local ``redis-server`` (Debian's build, fetched without root; see
-``scoring/adapters/redis_server.py``) on loopback, one per test session, plus a server of its own for a test that
+``scoring/launchers/redis_server.py``) on loopback, one per test session, plus a server of its own for a test that
 kills it.
 
 Test modules load these as a plugin, so that every module shares the one server (a fixture function imported into
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scoring.adapters import redis_server as rs
+from scoring.launchers import redis_server as rs
 
 START_TIMEOUT_S = 60.0
 """Generous: the server itself answers within a tenth of a second, but the first start on a machine fetches it."""

@@ -37,10 +37,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, columns, demo, run
-from scoring.adapters.http_api import Running
+from scoring import build_job_config, columns, run
 from scoring.core.index import key_text
+from scoring.modes.http_api import Running
 from scoring.modes.online import OnlineService
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, make_table, read_delta
 
 DAY_A = "2026-11-01"
@@ -247,7 +248,7 @@ def kill_triton(handle) -> None:
     Python backend had made: a killed server cannot, and they would stay in /dev/shm."""
     import psutil
 
-    from scoring.adapters import triton_server as ts
+    from scoring.launchers import triton_server as ts
 
     regions = []
     for proc in psutil.process_iter(["cmdline"]):

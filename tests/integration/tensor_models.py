@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scoring import demo
+from scoring.tools import demo
 
 SEQ = 6
 

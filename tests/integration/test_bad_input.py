@@ -6,8 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, demo, run
+from scoring import build_job_config, run
 from scoring.errors import InputError, InvalidRowsError, ModelError, OutputError, OutputValidationError
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, read_delta
 
 OUTPUT = "guarded_out"

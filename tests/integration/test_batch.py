@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.compute as pc
 from mlflow import MlflowClient
 
-from scoring import build_job_config, columns, demo, run
+from scoring import build_job_config, columns, run
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, features_of, read_delta
 
 

@@ -15,8 +15,9 @@ import pytest
 from deltalake import DeltaTable
 from rich.console import Console
 
-from scoring import bench, columns, demo
+from scoring import columns
 from scoring.adapters.delta import STATS_COLUMNS
+from scoring.tools import bench, demo
 from tests.integration.conftest import read_delta
 
 SIZES = (1_500, 3_000)

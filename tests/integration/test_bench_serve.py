@@ -11,8 +11,8 @@ import mlflow
 import pytest
 from rich.console import Console
 
-from scoring import bench_serve
 from scoring.errors import ConfigError
+from scoring.tools import bench_serve
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import mlflow
 import pytest
 from rich.console import Console
 
-from scoring import bench_stream, demo_stream
 from scoring.errors import ConfigError
+from scoring.tools import bench_stream, demo_stream
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from scoring import build_job_config, demo, run
+from scoring import build_job_config, run
 from scoring.errors import ConfigError
+from scoring.tools import demo
 from tests.integration.conftest import delta_version, features_of, make_table, read_delta
 
 

@@ -71,7 +71,7 @@ def test_a_failed_run_exits_1_with_the_reason_and_leaves_the_output_alone(lake, 
     assert delta_version(lake.root / "cli_guarded") == version
 
 
-# What scoring itself writes on stderr: its log lines ("2026-11-25 19:27:00,123 INFO scoring.progress: ...").
+# What scoring itself writes on stderr: its log lines ("2026-11-25 19:27:00,123 INFO scoring.engine.progress: ...").
 _OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ scoring\.")
 
 
@@ -84,7 +84,7 @@ def test_a_run_says_only_its_own_progress_by_default_and_everything_with_v(lake,
     assert quiet.returncode == 0, quiet.stderr
     lines = quiet.stderr.splitlines()
     assert [line for line in lines if not _OWN_LINE.match(line)] == []
-    assert any("scoring.progress: writing" in line for line in lines)  # the progress still shows
+    assert any("scoring.engine.progress: writing" in line for line in lines)  # the progress still shows
     assert "committed" in quiet.stdout
 
     loud = _scoring("-v", "run", str(config), *where)

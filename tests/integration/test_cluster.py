@@ -1,5 +1,5 @@
 """The job on a real Spark standalone cluster on loopback: a master and two workers (one core each), each worker with
-its own Triton sidecar (scoring.cluster). One cluster for the module; every run is a real `scoring run` driver process
+its own Triton sidecar (scoring.deploy.cluster). One cluster for the module; every run is a real `scoring run` driver process
 whose master is the cluster's; tables are read back with delta-rs. Faults are real: an executor JVM SIGKILLed while it
 runs a task, a worker's sidecar SIGKILLed mid-job. At the end, nothing the cluster started is left running."""
 
@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from scoring import columns
-from scoring.cluster import TRITON_URL_ENV, Cluster, executor_pids, export_for_sidecars, python_worker_pids
+from scoring.deploy.cluster import TRITON_URL_ENV, Cluster, executor_pids, export_for_sidecars, python_worker_pids
 from scoring.errors import EXIT_TRANSIENT
 from tests.integration.conftest import delta_version, features_of, read_delta
 
@@ -64,7 +64,7 @@ def seen_pids() -> dict[int, int | None]:
 
 
 def _note(seen_pids, cluster) -> None:
-    from scoring.cluster import _started
+    from scoring.deploy.cluster import _started
 
     for pid in cluster.alive_processes():
         seen_pids.setdefault(pid, _started(pid))
@@ -277,7 +277,7 @@ def test_a_sidecar_killed_mid_job_is_retried_or_fails_cleanly_with_nothing_half_
 
 
 def test_down_stops_every_process_the_cluster_started_by_pid(cluster, seen_pids):
-    from scoring.cluster import _started
+    from scoring.deploy.cluster import _started
 
     _note(seen_pids, cluster)
     assert len(seen_pids) >= 5  # master, two workers, at least one sidecar

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from scoring.cluster import Cluster
+from scoring.deploy.cluster import Cluster
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -16,7 +16,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cluster_commands_bring_a_cluster_up_show_it_and_bring_it_down_from_separate_processes(tmp_path):
-    from scoring.cluster import _started
+    from scoring.deploy.cluster import _started
 
     folder = str(tmp_path / "cli-cluster")
     up = _cli("up", "--workers", "2", "--state-dir", folder)

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from scoring import columns, demo
+from scoring import columns
 from scoring.errors import EXIT_TRANSIENT
+from scoring.tools import demo
 from tests.integration.conftest import delta_version, read_delta
 
 KEY = "customer_id"

@@ -197,7 +197,7 @@ def test_the_dag_waits_scores_reports_the_gates_and_publishes(conf_dir, airflow_
     assert isinstance(score, SparkSubmitOperator) and type(score).__name__ == "ScoringSparkSubmitOperator"
     assert score.retries == 2 and score.retry_exponential_backoff == 2.0
     assert score.retry_delay == dt.timedelta(seconds=300)
-    assert score.application.endswith("scoring/spark_entry.py") and Path(score.application).is_file()
+    assert score.application.endswith("scoring/deploy/spark_submit.py") and Path(score.application).is_file()
     assert score.packages.startswith("io.delta:delta-spark_")
     assert score.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert score._conn_id == "spark_default"
@@ -221,7 +221,7 @@ def test_the_dag_waits_scores_reports_the_gates_and_publishes(conf_dir, airflow_
 
 
 def test_a_rescore_tag_makes_the_dag_run_a_new_scoring_run(conf_dir):
-    from scoring.scheduling import scoring_run_id
+    from scoring.deploy.scheduling import scoring_run_id
 
     shutil.copy(ROOT / "conf" / "jobs" / "nightly.yaml", conf_dir)
     score = _dagbag().dags["scoring__nightly"].get_task("score")
@@ -257,7 +257,7 @@ def test_a_kubernetes_job_gets_a_spark_application_rendered_per_run(conf_dir, mo
 
     from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
 
-    from scoring import kubernetes
+    from scoring.deploy import kubernetes
 
     tree = yaml.safe_load((ROOT / "conf" / "jobs" / "nightly.yaml").read_text())
     tree["schedule"] |= {"deploy": "kubernetes", "namespace": "scoring"}
@@ -312,7 +312,7 @@ def test_a_kubernetes_job_gets_a_spark_application_rendered_per_run(conf_dir, mo
 
     submitted = {}
     monkeypatch.setattr(SparkKubernetesOperator, "execute", lambda self, context: submitted.update(self.template_body))
-    monkeypatch.setattr("scoring.scheduling.committed_summary", lambda config, run_id, summary=None: {"run_id": run_id})
+    monkeypatch.setattr("scoring.deploy.scheduling.committed_summary", lambda config, run_id, summary=None: {"run_id": run_id})
     api = score.__dict__["client"] = _ConfigMaps()  # the operator's cached CoreV1Api
     assert score.execute(_context()) == {"run_id": f"scoring__nightly_k8s__{RUN_ID}"}
     assert api.calls[-1] == ("create", f"{manifests.name}-job", "scoring")
@@ -321,7 +321,7 @@ def test_a_kubernetes_job_gets_a_spark_application_rendered_per_run(conf_dir, mo
 
 
 def _scheduled_job_at(path):
-    from scoring import scheduling
+    from scoring.deploy import scheduling
 
     (job,) = [job for job in scheduling.scheduled_jobs(path.parent) if job.path == path.resolve()]
     return job
@@ -330,9 +330,10 @@ def _scheduled_job_at(path):
 def test_the_sensor_reads_the_days_partition_from_the_delta_log(lake, tmp_path):
     import pyarrow as pa
 
-    from scoring import build_job_config, demo
+    from scoring import build_job_config
+    from scoring.deploy.scheduling import check_input
     from scoring.errors import ScoringError
-    from scoring.scheduling import check_input
+    from scoring.tools import demo
 
     def job(table, column="ds"):
         schedule = {"start_date": DAYS[0], "partition_column": column}
@@ -362,9 +363,9 @@ def test_the_sensor_reads_the_days_partition_from_the_delta_log(lake, tmp_path):
 def test_a_run_scores_its_day_once_and_the_same_dag_run_again_returns_what_it_committed(
     conf_dir, lake, spark, capfd, caplog
 ):
-    from scoring import scheduling
     from scoring.adapters import deltalog
     from scoring.config import load_job_config
+    from scoring.deploy import scheduling
 
     expectations = [
         {"type": "not_null", "column": "f00"},
@@ -438,7 +439,7 @@ def test_a_run_scores_its_day_once_and_the_same_dag_run_again_returns_what_it_co
 def test_a_day_failing_the_input_gate_fails_score_without_retry_and_its_report_shows_why(
     conf_dir, lake, spark, capfd, caplog
 ):
-    from scoring import demo
+    from scoring.tools import demo
 
     impossible = [{"type": "between", "column": "f01", "min": -100, "max": -99}]
     _write(conf_dir, "dag_gated", _scheduled_job(lake, "dag_gated", input_expectations=impossible, retries=1))

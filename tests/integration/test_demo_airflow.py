@@ -20,7 +20,7 @@ from tests.integration.conftest import read_delta
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 5000
-DAYS_IN_DEMO = 5  # scoring.demo.make_features spreads the rows over 5 days from 2026-11-01
+DAYS_IN_DEMO = 5  # scoring.tools.demo.make_features spreads the rows over 5 days from 2026-11-01
 
 
 @pytest.mark.spark_submit

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scoring.adapters import kafka_broker as kb
 from scoring.errors import BackendUnavailableError, ScoringError, is_transient
+from scoring.launchers import kafka_broker as kb
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]  # kafka_broker, kafka_topic, fresh_kafka_broker
 
@@ -241,7 +241,7 @@ def test_a_broker_dies_with_the_python_process_that_started_it(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from scoring.adapters import kafka_broker as kb
+        from scoring.launchers import kafka_broker as kb
         broker = kb.Broker({str(tmp_path / "kafka")!r}).start(timeout_s=120)
         print(broker.pid, flush=True)
         time.sleep(300)

@@ -2,7 +2,7 @@
 
 A canary stands in for a password. It is set where the manifests are rendered: no written file may hold it, and the
 manifests must render the same without it. Then the rendered driver runs as spark-operator would run it (spark-submit
-with the SparkApplication's ``sparkConf`` as ``--conf``, :mod:`scoring.spark_entry` with the ConfigMap's file and the
+with the SparkApplication's ``sparkConf`` as ``--conf``, :mod:`scoring.deploy.spark_submit` with the ConfigMap's file and the
 rendered arguments), with the variable set as the pod's Secret would set it: Spark's own event log (an independent
 record of the session's settings) must show the value, never the text ``${VAR}``.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring import kubernetes
+from scoring.deploy import kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "SCORING_CANARY_PW"
@@ -181,7 +181,7 @@ def test_the_rendered_driver_expands_the_variable_from_its_environment_before_th
 def test_the_driver_stops_naming_the_variable_and_the_setting_when_its_environment_lacks_it(
     tmp_path, canaries, monkeypatch, capsys
 ):
-    from scoring import spark_entry
+    from scoring.deploy import spark_submit as spark_entry
 
     files = _render(_job(tmp_path), tmp_path / "manifests")
     config_map = yaml.safe_load(next(text for name, text in files.items() if "configmap" in name))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring import kubernetes
 from scoring.config import load_job_config
+from scoring.deploy import kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "tests" / "data" / "golden").glob("*/jobs/*.yaml"))

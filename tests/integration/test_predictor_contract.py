@@ -398,7 +398,7 @@ class TestTritonHttpSharedMemory(TritonContract):
 @pytest.fixture(scope="module")
 def tensor_ref(registry):
     """The bench's tensor model (an MLP over ``emb`` float32[64]), registered in the session's registry."""
-    from scoring import bench
+    from scoring.tools import bench
 
     return register_onnx(bench.tensor_model(), "contract_tensor")
 
@@ -412,8 +412,8 @@ def ids_mask_ref(registry):
 @pytest.fixture(scope="module")
 def tensor_server(tmp_path_factory, tensor_ref, ids_mask_ref):
     """A server of its own for the tensor models (the session's serves the champion only), stopped by pid."""
-    from scoring.adapters import triton_server as ts
     from scoring.adapters.triton_export import export_model
+    from scoring.launchers import triton_server as ts
 
     repository = tmp_path_factory.mktemp("tensor-repository")
     for ref in (tensor_ref, ids_mask_ref):
@@ -471,7 +471,7 @@ class TensorContract(PredictorContract):
     @pytest.fixture(scope="class")
     @classmethod
     def inputs(cls) -> pa.RecordBatch:
-        from scoring import bench
+        from scoring.tools import bench
 
         return concat(bench.tensor_input(3000).select(["emb"]).to_batches())
 

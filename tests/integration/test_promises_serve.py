@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from scoring import demo
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, read_delta
 
 pytest.register_assert_rewrite("tests.integration.serve_fixtures")

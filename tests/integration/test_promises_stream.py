@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, columns, demo
+from scoring import build_job_config, columns
 from scoring.config import StreamConfig
+from scoring.engine.progress import LogReporter
 from scoring.errors import ConfigError, QualityError
 from scoring.modes import stream
-from scoring.progress import LogReporter
+from scoring.tools import demo
 from tests.integration.conftest import delta_version, make_table, read_delta
 
 SCORING = [sys.executable, "-m", "scoring.cli"]
@@ -152,7 +153,7 @@ def reported(spark, lake, tmp_path_factory):
         f03[bad] = np.inf
         _append_file(config.input.table, chunk.set_column(chunk.schema.get_field_index("f03"), "f03", pa.array(f03)))
     lines = _Lines()
-    logger = logging.getLogger("scoring.progress")
+    logger = logging.getLogger("scoring.engine.progress")
     logger.addHandler(lines)
     level = logger.level
     logger.setLevel(logging.INFO)

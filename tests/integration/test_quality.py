@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from scoring import build_job_config, demo, run
+from scoring import build_job_config, run
+from scoring.engine.quality import QUARANTINE_REASON, QUARANTINE_ROW, QUARANTINE_STAGE, validate
 from scoring.errors import QualityError
-from scoring.quality import QUARANTINE_REASON, QUARANTINE_ROW, QUARANTINE_STAGE, validate
+from scoring.tools import demo
 from tests.integration.conftest import delta_version, read_delta
 
 

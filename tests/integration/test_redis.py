@@ -19,9 +19,9 @@ import psutil
 import pytest
 import redis
 
-from scoring.adapters import redis_server as rs
 from scoring.adapters import redis_store as store
 from scoring.errors import BackendUnavailableError, ScoringError, is_transient
+from scoring.launchers import redis_server as rs
 
 pytest_plugins = ["tests.integration.redis_fixtures"]  # redis_server, redis_prefix, fresh_redis_server
 
@@ -112,7 +112,7 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from scoring.adapters.redis_server import RedisServer
+        from scoring.launchers.redis_server import RedisServer
         server = RedisServer({str(tmp_path / "redis")!r}).start()
         print(server.pid, flush=True)
         time.sleep(600)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from scoring import build_job_config, columns
-from scoring.adapters.http_api import Running
+from scoring.modes.http_api import Running
 from scoring.modes.online import OnlineService
 
 pytest.register_assert_rewrite("tests.integration.serve_fixtures")

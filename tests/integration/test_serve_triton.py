@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
-from scoring.adapters import triton_server as ts
 from scoring.adapters.triton_export import triton_model_name
+from scoring.launchers import triton_server as ts
 
 pytest.register_assert_rewrite("tests.integration.serve_fixtures")  # its helpers assert; imported before the plugin
 from tests.integration.serve_fixtures import (  # noqa: E402

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from scoring.adapters.spark import _try_set, delta_package, get_session
-from scoring.progress import HeldOutput
+from scoring.engine.progress import HeldOutput
 
 SPARK_LOGGER = "scoring.adapters.spark"
 

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from scoring.adapters import triton_server
+from scoring.launchers import triton_server
 from tests.integration.conftest import read_delta
 
 

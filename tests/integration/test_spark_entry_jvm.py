@@ -28,7 +28,7 @@ def test_an_unexpected_error_is_one_plain_line_exit_1_and_an_error_record(tmp_pa
     summary = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if k not in ("SCORING_DEBUG", "SCORING_TERMINATION_LOG")}
     done = subprocess.run(
-        [sys.executable, "-m", "scoring.spark_entry", str(config), "--summary-json", str(summary)],
+        [sys.executable, "-m", "scoring.deploy.spark_submit", str(config), "--summary-json", str(summary)],
         cwd=ROOT,
         env=env,
         capture_output=True,

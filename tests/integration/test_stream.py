@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from scoring import build_job_config, columns, demo
+from scoring import build_job_config, columns
 from scoring.errors import ConfigError, InputError, QualityError
 from scoring.modes import stream
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, features_of, make_table, read_delta
 
 

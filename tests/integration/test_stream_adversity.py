@@ -17,9 +17,10 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from scoring import build_job_config, columns, demo
+from scoring import build_job_config, columns
 from scoring.errors import InputError, ScoringError
 from scoring.modes import stream
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, features_of, make_table, read_delta
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]
@@ -216,7 +217,7 @@ def test_a_kafka_topic_deleted_mid_stream_stops_it_naming_the_topic_and_how_to_r
 
     from confluent_kafka.admin import AdminClient
 
-    from scoring.adapters import kafka_broker as kb
+    from scoring.launchers import kafka_broker as kb
 
     def produce(first: int, n: int) -> None:
         rows = [{"customer_id": first + i, "ds": "2026-11-01", **{f: 0.01 * i for f in FEATURES}} for i in range(n)]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from scoring import demo
+from scoring.tools import demo
 from tests.integration.conftest import delta_version, make_table, read_delta
 
 KEY = "customer_id"

@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, columns, quality
-from scoring.adapters import kafka_broker as kb
+from scoring import build_job_config, columns
+from scoring.engine import quality
 from scoring.errors import ScoringError
+from scoring.launchers import kafka_broker as kb
 from scoring.modes import stream
 from tests.integration.conftest import FEATURES, delta_version, read_delta
 

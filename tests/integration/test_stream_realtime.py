@@ -27,14 +27,14 @@ import pyarrow as pa
 import pytest
 
 from scoring import build_job_config, columns
-from scoring.adapters import kafka_broker as kb
 from scoring.core.score import ScoringSpec
 from scoring.engine.model import prepare_model
 from scoring.engine.probe import probe
+from scoring.engine.progress import LogReporter
 from scoring.engine.runtime import open_predictor
 from scoring.errors import ConfigError
+from scoring.launchers import kafka_broker as kb
 from scoring.modes import stream
-from scoring.progress import LogReporter
 from tests.integration.conftest import FEATURES
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]  # kafka_broker, kafka_topic_factory

@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, demo
-from scoring.adapters import triton_server as ts
+from scoring import build_job_config
 from scoring.errors import BackendUnavailableError, is_transient
+from scoring.launchers import triton_server as ts
 from scoring.modes import stream
+from scoring.tools import demo
 from tests.integration.conftest import delta_version, make_table, read_delta
 
 pytest_plugins = ["tests.integration.triton_fixtures"]

@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, demo, run
+from scoring import build_job_config, run
 from scoring.errors import InputError, InvalidRowsError
+from scoring.tools import demo
 from tests.integration.conftest import read_delta
 from tests.integration.tensor_models import SEQ, ids_mask_model, register_onnx
 

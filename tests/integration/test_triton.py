@@ -23,13 +23,14 @@ import pyarrow as pa
 import pytest
 from google.protobuf import text_format
 
-from scoring import build_job_config, demo, run
-from scoring.adapters import triton_server as ts
+from scoring import build_job_config, run
 from scoring.adapters.registry import resolve_model
 from scoring.adapters.triton import TritonPredictor, TritonSpec
 from scoring.adapters.triton_export import export_model, triton_model_name
 from scoring.config import TritonModelConfig
 from scoring.errors import EXIT_TERMINAL, EXIT_TRANSIENT, BackendUnavailableError, ModelError, exit_code_for
+from scoring.launchers import triton_server as ts
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, features_of, read_delta
 
 pytest_plugins = ["tests.integration.triton_fixtures"]  # champion, triton_repository, triton_server (one a session)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoring.adapters import triton_server as ts
 from scoring.errors import ModelError, ScoringError
+from scoring.launchers import triton_server as ts
 
 MODEL = "row_sum"
 
@@ -319,11 +319,11 @@ def test_a_server_started_by_another_process_is_stopped_from_its_state_file(repo
 
 
 def test_the_rendered_sidecar_s_flags_and_probes_work_against_a_real_tritonserver(repository):
-    """The Kubernetes sidecar (scoring.kubernetes) as rendered: every flag it passes is one tritonserver knows (but
+    """The Kubernetes sidecar (scoring.deploy.kubernetes) as rendered: every flag it passes is one tritonserver knows (but
     --allow-client-shm, newer than the server bundled here, which the renderer passes to 26.04+ images only), and its
     exec probes (bash's /dev/tcp, no curl) succeed against a ready server and fail where none listens."""
-    from scoring import kubernetes
     from scoring.config import load_job_config
+    from scoring.deploy import kubernetes
 
     demo = Path(__file__).resolve().parents[2] / "conf" / "jobs" / "demo-triton.yaml"
     config = load_job_config(demo, ["runtime.triton.shared_memory=system"])

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from scoring import build_job_config, columns, demo, run
+from scoring import build_job_config, columns, run
+from scoring.engine.quality import QUARANTINE_REASON, QUARANTINE_STAGE
 from scoring.errors import ConfigError, InputError, InvalidRowsError, OutputError, OutputValidationError
-from scoring.quality import QUARANTINE_REASON, QUARANTINE_STAGE
+from scoring.tools import demo
 from tests.integration.conftest import FEATURES, delta_version, read_delta
 
 KEY = "customer_id"

@@ -14,12 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring import build_job_config, columns, demo, quality
-from scoring.adapters import kafka_broker as kb
+from scoring import build_job_config, columns
 from scoring.core.writable import WriteRule, partition_segment
-from scoring.engine import gates
+from scoring.engine import gates, quality
 from scoring.errors import UnwritableRowsError
+from scoring.launchers import kafka_broker as kb
 from scoring.modes import batch, stream
+from scoring.tools import demo
 from tests.integration.conftest import DAYS, FEATURES, delta_version, make_table, read_delta
 from tests.unit.test_writable import EDGE_CASES
 

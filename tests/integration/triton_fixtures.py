@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring.adapters import triton_server as ts
+from scoring.launchers import triton_server as ts
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from scoring import build_job_config
-from scoring.backfill import (
+from scoring.config import parse_overrides
+from scoring.deploy.backfill import (
     FAILED,
     NO_INPUT,
     SCORE,
@@ -26,7 +27,6 @@ from scoring.backfill import (
     score_values,
     to_score,
 )
-from scoring.config import parse_overrides
 from scoring.errors import ConfigError
 
 V1 = "models:/churn/1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.bench import WorkerPeak, _scaling, _summary, fit_line
+from scoring.tools.bench import WorkerPeak, _scaling, _summary, fit_line
 
 
 def test_the_line_through_two_sizes_gives_the_fixed_seconds_and_the_seconds_per_row():

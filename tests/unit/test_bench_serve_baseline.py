@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from scoring import bench_serve
+from scoring.tools import bench_serve
 
 
 def test_each_scenario_is_followed_by_its_twin_against_the_baseline_code():

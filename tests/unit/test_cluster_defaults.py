@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from scoring import scheduling
 from scoring.adapters import spark as glue
 from scoring.adapters.triton import TRITON_HTTP_URL_ENV, TRITON_URL_ENV, TritonSpec
 from scoring.config import build_job_config
+from scoring.deploy import scheduling
 
 LAPTOP_KEYS = {"spark.sql.shuffle.partitions", "spark.databricks.delta.snapshotPartitions"}
 JOB = {
@@ -57,7 +57,7 @@ def test_spark_submit_to_a_cluster_carries_no_laptop_size_and_to_local_carries_t
 
 
 def test_the_airflow_and_kubernetes_spark_conf_carry_no_laptop_size_unless_the_job_sets_one():
-    from scoring import kubernetes
+    from scoring.deploy import kubernetes
 
     config = build_job_config(JOB)
     assert not (LAPTOP_KEYS & set(scheduling.spark_conf(config)))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from scoring.cluster import STATE_NAME, Cluster, ClusterState, WorkerState
+from scoring.deploy.cluster import STATE_NAME, Cluster, ClusterState, WorkerState
 from scoring.errors import ScoringError
 
 # pids far above any pid_max: no process has them

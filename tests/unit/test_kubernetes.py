@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring import kubernetes
 from scoring.config import load_job_config
+from scoring.deploy import kubernetes
 from scoring.errors import ConfigError, ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -391,7 +391,7 @@ def test_an_embedded_job_has_no_sidecar_and_keeps_its_spark_conf():
     assert spec["sparkConf"]["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     for role in ("driver", "executor"):
         assert "initContainers" not in spec[role]["template"]["spec"]
-    assert spec["mainApplicationFile"] == "local:///opt/scoring/scoring/spark_entry.py"
+    assert spec["mainApplicationFile"] == "local:///opt/scoring/scoring/deploy/spark_submit.py"
     assert spec["restartPolicy"] == {"type": "Never"}  # Airflow retries (a new SparkApplication, the same run id)
     assert "deps" not in spec  # the Delta jars are in the image: no Maven resolution per run
 
@@ -550,7 +550,7 @@ def _record(exit_code: int, kind: str = "InputError", transient: bool = False) -
 
 
 def test_a_terminal_driver_exit_is_not_retried_and_its_record_is_read_from_the_termination_message():
-    from scoring.scheduling import score_failure
+    from scoring.deploy.scheduling import score_failure
 
     record = _record(1, "InputError")
     outcome = kubernetes.driver_outcome(_driver_pod(1, kubernetes.termination_message(record)))

@@ -1,4 +1,4 @@
-"""``scoring render k8s``: the CLI over :func:`scoring.kubernetes.render` (no registry, no cluster)."""
+"""``scoring render k8s``: the CLI over :func:`scoring.deploy.kubernetes.render` (no registry, no cluster)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring import kubernetes
+from scoring.deploy import kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring import k8s_env, k8s_names, kubernetes
 from scoring.config import KubernetesConfig, load_job_config
+from scoring.deploy import k8s_env, k8s_names, kubernetes
+from scoring.deploy.spark_submit import expand_spark_conf
 from scoring.errors import ConfigError
-from scoring.spark_entry import expand_spark_conf
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHTLY = ROOT / "conf" / "jobs" / "nightly.yaml"

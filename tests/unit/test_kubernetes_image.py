@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from scoring import kubernetes
+from scoring.deploy import kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "sidecars" / "k8s" / "Dockerfile"

@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
-from scoring import loadgen
-from scoring.loadgen import LoadSpec, Request
+from scoring.tools import loadgen
+from scoring.tools.loadgen import LoadSpec, Request
 
 
 class _Server:
@@ -260,13 +260,13 @@ def test_the_generator_runs_in_a_process_of_its_own(server):
 def test_python_m_scoring_loadgen_reads_a_spec_on_stdin_and_writes_the_result_on_stdout(server):
     spec = _spec(server.url, ["/ok"], rate_per_s=50, duration_s=0.2)
     done = subprocess.run(
-        [sys.executable, "-m", "scoring.loadgen"], input=spec.to_json(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "scoring.tools.loadgen"], input=spec.to_json(), capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] == 10
 
     bad = subprocess.run(
-        [sys.executable, "-m", "scoring.loadgen"], input='{"url": "x"}', capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "scoring.tools.loadgen"], input='{"url": "x"}', capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "invalid load spec" in bad.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scoring import scheduling
+from scoring.deploy import scheduling
 from scoring.errors import ConfigError
 
 INPUT_REPORT = {

@@ -7,7 +7,7 @@ import json
 
 import yaml
 
-from scoring import spark_entry
+from scoring.deploy import spark_submit as spark_entry
 from scoring.errors import EXIT_CONFIG
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring.adapters import triton_server as ts
+from scoring.launchers import triton_server as ts
 
 HELP_WITH_METRICS_ADDRESS = """\
 Usage: tritonserver [options]

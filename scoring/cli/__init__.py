@@ -30,14 +30,14 @@ _DEBUG = False
 
 def _setup_logging(verbose: bool) -> None:
     """Quiet by default: scoring's progress, its warnings and everyone's errors. Verbose: scoring's every step, and all
-    that Spark (its log4j, Ivy's resolution of the Delta jars) and MLflow print (see scoring.progress.verbose)."""
+    that Spark (its log4j, Ivy's resolution of the Delta jars) and MLflow print (see scoring.engine.progress.verbose)."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("scoring").setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("scoring.progress").setLevel(logging.INFO)  # progress lines (outside a terminal) show either way
+    logging.getLogger("scoring.engine.progress").setLevel(logging.INFO)  # progress lines (outside a terminal) show either way
     logging.getLogger("py4j").setLevel(logging.WARNING)  # a line for every call into the JVM, even with -v
     if not verbose:
         for noisy in ("mlflow", "alembic", "urllib3"):
@@ -177,8 +177,8 @@ def run(
     quarantine tables are left as they were.
     """
     from scoring import load_job_config
+    from scoring.engine.progress import default_reporter
     from scoring.modes.batch import run as run_batch
-    from scoring.progress import default_reporter
 
     try:
         job = load_job_config(config, set_ or [])
@@ -271,8 +271,8 @@ def stream(
     import threading
 
     from scoring import load_job_config
+    from scoring.engine.progress import LogReporter
     from scoring.modes.stream import run as run_stream
-    from scoring.progress import LogReporter
 
     stop = threading.Event()
 
@@ -394,7 +394,7 @@ def sidecar_start(
     ] = 60.0,
 ) -> None:
     """Start tritonserver on loopback, wait until it and its models are ready, print the endpoints, and return."""
-    from scoring.adapters import triton_server
+    from scoring.launchers import triton_server
 
     state = triton_server.default_state_file()
     running = triton_server.load_state(state)
@@ -427,7 +427,7 @@ def sidecar_start(
 @sidecar_app.command("status")
 def sidecar_status() -> None:
     """Show whether the sidecar started by `scoring sidecar start` is alive and ready. Exit 1 if not."""
-    from scoring.adapters import triton_server
+    from scoring.launchers import triton_server
 
     handle = triton_server.load_state(triton_server.default_state_file())
     if handle is None or not triton_server.is_alive(handle):
@@ -441,7 +441,7 @@ def sidecar_status() -> None:
 @sidecar_app.command("stop")
 def sidecar_stop() -> None:
     """Stop the sidecar started by `scoring sidecar start` (SIGTERM, then SIGKILL after a timeout)."""
-    from scoring.adapters import triton_server
+    from scoring.launchers import triton_server
 
     state = triton_server.default_state_file()
     handle = triton_server.load_state(state)
@@ -474,7 +474,7 @@ def cluster_up(
 ) -> None:
     """Start the cluster and return once every worker (and sidecar) is ready; it runs until `scoring cluster down`.
     Prints the --set flags that run a job on it."""
-    from scoring.cluster import Cluster, export_for_sidecars
+    from scoring.deploy.cluster import Cluster, export_for_sidecars
 
     cluster = Cluster(state_dir)
     try:
@@ -493,7 +493,7 @@ def cluster_up(
 def cluster_status(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None) -> None:
     """Show the master, the workers (alive per the master, their executors) and their sidecars, as JSON. Exit 1 when
     no cluster runs or a part of it is down."""
-    from scoring.cluster import Cluster
+    from scoring.deploy.cluster import Cluster
 
     cluster = Cluster(state_dir)
     if cluster.state() is None:
@@ -512,7 +512,7 @@ def cluster_status(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_
 def cluster_sets(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None) -> None:
     """Print the --set flags that point a job at the running cluster, for a shell:
     scoring run CONFIG $(scoring cluster sets)."""
-    from scoring.cluster import Cluster
+    from scoring.deploy.cluster import Cluster
 
     try:
         sets = Cluster(state_dir).run_overrides()
@@ -526,7 +526,7 @@ def cluster_sets(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DI
 def cluster_down(state_dir: Annotated[Path | None, typer.Option(help=_CLUSTER_DIR_HELP)] = None) -> None:
     """Stop every process of the cluster by pid (workers and their executors, master, sidecars). Exit 1 if any is
     left."""
-    from scoring.cluster import Cluster
+    from scoring.deploy.cluster import Cluster
 
     cluster = Cluster(state_dir)
     if cluster.state() is None:
@@ -556,7 +556,8 @@ def render_k8s(
     No environment variable's value is written: `${VAR}` stays a reference, expanded in the pods, which get it from
     a Secret (kubernetes.secret_env / env_from_secrets). Apply them with `kubectl apply -f OUT`; see
     docs/kubernetes.md."""
-    from scoring import kubernetes, load_job_config
+    from scoring import load_job_config
+    from scoring.deploy import kubernetes
 
     try:
         rendered = [
@@ -584,9 +585,9 @@ def demo(
     """Create a demo lake (.demo/lake/features, partitioned by ds), train and register a demo model
     (models:/churn@champion in .demo/mlflow.db), then run the demo job and print its summary."""
     from scoring import load_job_config
-    from scoring.demo import DEMO_DIR, create_demo
+    from scoring.engine.progress import default_reporter
     from scoring.modes.batch import run as run_batch
-    from scoring.progress import default_reporter
+    from scoring.tools.demo import DEMO_DIR, create_demo
 
     try:
         made = create_demo(DEMO_DIR, rows, force=fresh)
@@ -636,7 +637,7 @@ def show(
 @app.command()
 def doctor() -> None:
     """Check what scoring needs: Python packages, Java, Spark with the Delta jars, and the MLflow registry."""
-    from scoring.doctor import run_checks
+    from scoring.cli.doctor import run_checks
 
     ok = run_checks(out)
     raise typer.Exit(0 if ok else 1)
@@ -680,7 +681,7 @@ def bench(
     engine, mlflow.pyfunc.spark_udf, predict_batch_udf and a hand-written mapInArrow scorer on the same model, and
     Triton over gRPC, HTTP and shared memory with a sweep of request size and requests in flight. Also samples the
     Python workers' peak RSS per path; and a tensor model (an array column) through the engine and Triton."""
-    from scoring.bench import ALL_MODELS, run_bench
+    from scoring.tools.bench import ALL_MODELS, run_bench
 
     chosen = models or list(ALL_MODELS)
     unknown = [m for m in chosen if m not in ALL_MODELS]
@@ -731,7 +732,7 @@ def bench_stream(
     """Measure the streaming mode end to end: a producer process sends events at a fixed rate (to a Delta table or a
     local Kafka broker), an independent reader records when each row reaches the sink; prints delivered, duplicate
     and missing rows, throughput, lag p50/p95/p99/max beside the stream's own, and where a micro-batch's time goes."""
-    from scoring.bench_stream import paths_for, run_bench_stream
+    from scoring.tools.bench_stream import paths_for, run_bench_stream
 
     try:
         run_bench_stream(
@@ -795,7 +796,7 @@ def bench_serve(
     on loopback; latency p50/p95/p99/p99.9 from each request's scheduled send time for precomputed reads, live
     inference (embedded and Triton) and 100-key batches, at fixed rates and at saturation; and the precomputed
     index's memory per million keys. SCORING_BENCH_SERVE_PROFILE=<dir> runs each service under cProfile."""
-    from scoring.bench_serve import run_bench_serve, scenarios_for
+    from scoring.tools.bench_serve import run_bench_serve, scenarios_for
 
     try:
         run_bench_serve(
@@ -845,9 +846,9 @@ def serve(
     output table to serve; 2 on a bad config; 75 when Redis or the registry is unreachable at start.
     """
     from scoring import load_job_config
-    from scoring.adapters.http_api import bind, serve_forever
+    from scoring.engine.progress import LogReporter
+    from scoring.modes.http_api import bind, serve_forever
     from scoring.modes.online import OnlineService
-    from scoring.progress import LogReporter
 
     try:
         job = load_job_config(config, set_ or [])
@@ -898,8 +899,8 @@ def publish_online(
     import json
 
     from scoring import load_job_config
+    from scoring.engine.progress import default_reporter
     from scoring.modes.online import publish
-    from scoring.progress import default_reporter
 
     try:
         job = load_job_config(config, set_ or [])
@@ -928,9 +929,9 @@ def demo_serve(
     job scored (precomputed), a key it never saw (scored live), and, after the model alias moves to a newly registered
     version, the same scored key gone stale (then scored live by the new version). Creates the demo lake, model and
     batch output first when they are missing; puts the alias back at the end."""
-    from scoring.demo import DEMO_DIR
-    from scoring.demo_serve import print_exchanges, run_demo_serve
-    from scoring.progress import default_reporter
+    from scoring.engine.progress import default_reporter
+    from scoring.tools.demo import DEMO_DIR
+    from scoring.tools.demo_serve import print_exchanges, run_demo_serve
 
     try:
         exchanges = run_demo_serve(DEMO_DIR, config, set_ or [], reporter=default_reporter())
@@ -951,9 +952,9 @@ def demo_stream(
     """Stream new rows of a Delta table through the demo model for a few seconds: create the source table (and the
     demo model, as `scoring demo`), start the stream of conf/jobs/stream.yaml, append rows, stop it cleanly, and show
     the scored rows with their lineage, the commits and the lag."""
-    from scoring.demo import DEMO_DIR
-    from scoring.demo_stream import print_result, run_demo_stream
-    from scoring.progress import default_reporter
+    from scoring.engine.progress import default_reporter
+    from scoring.tools.demo import DEMO_DIR
+    from scoring.tools.demo_stream import print_result, run_demo_stream
 
     try:
         result = run_demo_stream(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scoring.progress import Reporter
+from scoring.engine.progress import Reporter
 
 
 @dataclasses.dataclass
@@ -40,10 +40,10 @@ def run_demo_serve(
 
     from scoring import load_job_config
     from scoring.adapters import deltalog
-    from scoring.adapters.http_api import Running
-    from scoring.demo import DEMO_ALIAS, DEMO_MODEL, create_demo, feature_names, make_features, register
-    from scoring.demo import train_classifier as train
+    from scoring.modes.http_api import Running
     from scoring.modes.online import OnlineService
+    from scoring.tools.demo import DEMO_ALIAS, DEMO_MODEL, create_demo, feature_names, make_features, register
+    from scoring.tools.demo import train_classifier as train
 
     made = create_demo(directory)
     config = load_job_config(config_path, ["serve.port=0", *overrides])

@@ -36,10 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scoring.adapters import triton_server
-from scoring.adapters.kafka_broker import _die_with_parent, free_ports
 from scoring.adapters.triton import TRITON_HTTP_URL_ENV, TRITON_URL_ENV
 from scoring.errors import BackendUnavailableError, ScoringError
+from scoring.launchers import triton_server
+from scoring.launchers.kafka_broker import _die_with_parent, free_ports
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class WorkerState:
     """Spark's ``--work-dir``: one folder per application and executor (``<app-id>/<executor-id>/``)."""
     log_path: str
     triton: dict[str, Any] | None = None
-    """The worker's own sidecar (:class:`scoring.adapters.triton_server.ServerHandle` as JSON), or None."""
+    """The worker's own sidecar (:class:`scoring.launchers.triton_server.ServerHandle` as JSON), or None."""
 
     @property
     def sidecar(self) -> triton_server.ServerHandle | None:

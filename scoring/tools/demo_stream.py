@@ -1,6 +1,6 @@
 """`scoring demo-stream`: the streaming mode on the demo model, end to end in well under a minute.
 
-It reuses ``scoring demo``'s model and registry (:func:`scoring.demo.create_demo`), creates the append-only source
+It reuses ``scoring demo``'s model and registry (:func:`scoring.tools.demo.create_demo`), creates the append-only source
 table of ``conf/jobs/stream.yaml`` if it is missing, starts that stream (Delta -> Delta, lag measured from each row's
 ``event_time``), appends a few batches of rows to the source (delta-rs, as another writer would), waits until every
 appended row is in the output, stops the query cleanly after its micro-batch in progress, and reads the output back
@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scoring import columns, demo
+from scoring import columns
+from scoring.tools import demo
 
 DEMO_STREAM_CONFIG = Path("conf/jobs/stream.yaml")
 KEY = "customer_id"
@@ -124,9 +125,9 @@ def run_demo_stream(
     ``appends * every_s`` seconds while appending rows, stop, and read the output back."""
     from scoring import load_job_config
     from scoring.adapters import deltalog
+    from scoring.engine.progress import LogReporter
     from scoring.errors import ConfigError, ScoringError
     from scoring.modes import stream
-    from scoring.progress import LogReporter
 
     if appends < 1 or rows_per_append < 1 or every_s < 0:
         raise ConfigError("demo-stream: --appends and --rows must be at least 1, --every-s at least 0")

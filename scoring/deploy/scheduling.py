@@ -6,7 +6,7 @@ data interval, the partition ``<schedule.partition_column> = '<data interval sta
     wait_for_input >> score >> [input_gate_report, output_gate_report] >> publish      (and score >> publish)
 
 - ``wait_for_input`` (:func:`check_input`) asks the Delta log (delta-rs, no Spark) whether the partition has rows.
-- ``score`` runs :mod:`scoring.spark_entry` through ``spark-submit`` (or a SparkApplication on Kubernetes) with
+- ``score`` runs :mod:`scoring.deploy.spark_submit` through ``spark-submit`` (or a SparkApplication on Kubernetes) with
   ``--set input.where=<partition>`` and the run id ``<dag_id>__<Airflow run id>`` (:func:`scoring_run_id`). The
   job runs the quality gates itself: the input gate before scoring, the output gate before the commit. Its exit code
   says whether a retry can help (:func:`retry_can_help`): only a transient failure (75) is retried.
@@ -49,7 +49,7 @@ RUNS_DIR_ENV = "SCORING_RUNS_DIR"
 that runs it (default: ``$AIRFLOW_HOME/scoring-runs``). The task hands it on as XCom."""
 IMAGE_ENV = "SCORING_IMAGE"
 """Container image for ``schedule.deploy: kubernetes`` when the config's ``kubernetes.image`` names none (default: a
-placeholder to replace); read by :func:`scoring.kubernetes.image_for`."""
+placeholder to replace); read by :func:`scoring.deploy.kubernetes.image_for`."""
 DAG_PREFIX = "scoring__"
 RUNS_SUFFIX = "_runs"
 RESCORE_PARAM = "rescore"
@@ -106,7 +106,7 @@ def dag_id_for(config: JobConfig) -> str:
 def conf_dir() -> Path:
     """Where the job configs are: ``$SCORING_CONF_DIR``, else this project's ``conf/jobs``."""
     configured = os.environ.get(CONF_DIR_ENV)
-    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "conf" / "jobs"
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "conf" / "jobs"
 
 
 def scheduled_jobs(directory: str | os.PathLike[str] | None = None) -> list[ScheduledJob]:
@@ -307,7 +307,7 @@ def read_run_file(path: Path) -> dict[str, Any] | None:
 
 def spark_entry_path() -> str:
     """The file ``spark-submit`` runs."""
-    from scoring import spark_entry
+    from scoring.deploy import spark_submit as spark_entry
 
     return str(Path(spark_entry.__file__).resolve())
 
@@ -340,10 +340,10 @@ def kubernetes_overrides(job: ScheduledJob) -> list[str]:
 
 
 def kubernetes_manifests(job: ScheduledJob, overrides: list[str] | None = None):
-    """The manifests (:class:`scoring.kubernetes.Manifests`) of one ``deploy: kubernetes`` run, rendered when the run
+    """The manifests (:class:`scoring.deploy.kubernetes.Manifests`) of one ``deploy: kubernetes`` run, rendered when the run
     starts: the model alias is resolved now, once, and the driver and every sidecar's export get that version. The
     same rendering as ``scoring render k8s``; `overrides` are :func:`kubernetes_overrides` as rendered for the run."""
-    from scoring import kubernetes
+    from scoring.deploy import kubernetes
 
     return kubernetes.render(
         job.config,

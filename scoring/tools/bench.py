@@ -52,7 +52,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scoring import columns, demo
+from scoring import columns
+from scoring.tools import demo
 
 N_FEATURES = 20
 BATCH_ROWS = 10_000
@@ -524,9 +525,9 @@ def _sidecar(workdir: Path, models: dict[str, object], enabled: bool) -> Iterato
     if not enabled:
         yield None
         return
-    from scoring.adapters import triton_server
     from scoring.adapters.triton_export import export_model
     from scoring.config import TritonModelConfig
+    from scoring.launchers import triton_server
 
     repository = workdir / "repository"
     for ref in models.values():

@@ -103,7 +103,7 @@ _MLFLOW_CHATTER = ("Successfully registered model", "Created version", "Register
 def _mlflow_chatter_held() -> Iterator[None]:
     """MLflow prints each registration on stderr itself; unless scoring is verbose, leave those lines out and show the
     rest of what it printed (its warnings) afterwards."""
-    from scoring.progress import verbose
+    from scoring.engine.progress import verbose
 
     if verbose():
         yield

@@ -3,10 +3,10 @@
 ``scoring/jvm/`` holds a small Spark extension (``scoring.jvm.OnnxScorer``, built by ``make jvm``) that scores rows
 inside the executor JVM with ONNX Runtime's Java API: no Python worker, no Arrow round trip. This module adds it to a
 session (:func:`jvm_jars`), calls it from PySpark (:func:`score_jvm`) and compares it, on the bench's generated input
-and models (:mod:`scoring.bench`), with the JVM-only copy and the engine's embedded Arrow path, interleaved, in one
+and models (:mod:`scoring.tools.bench`), with the JVM-only copy and the engine's embedded Arrow path, interleaved, in one
 run; then checks its predictions, read back with delta-rs, against onnxruntime in Python on the same rows.
 
-    make jvm && flock /tmp/scoring-bench.lock .venv/bin/python -m scoring.jvm_bench --rows 1000000 --repeat 5
+    make jvm && flock /tmp/scoring-bench.lock .venv/bin/python -m scoring.tools.jvm_bench --rows 1000000 --repeat 5
 
 Measured and dropped (about 1.2x the Arrow path on the tiny model, at the issue's threshold rather than clearly above
 it); not wired into the engine (no ``runtime.backend: jvm``): the document has the figures and what wiring would take.
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring import bench as _bench
-from scoring import columns, demo
+from scoring import columns
+from scoring.tools import bench as _bench
+from scoring.tools import demo
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class Setup:
 
 
 def prepare(rows: int, workdir: Path, models: Sequence[str]) -> Setup:
-    """The bench's input (the same generator and folder as :mod:`scoring.bench`: `rows` x 20 float32 features, 8 date
+    """The bench's input (the same generator and folder as :mod:`scoring.tools.bench`: `rows` x 20 float32 features, 8 date
     partitions, written once) and models, and a session with the JVM scorer's jars on it."""
     from scoring.adapters.spark import get_session
 
@@ -129,7 +130,7 @@ def prepare(rows: int, workdir: Path, models: Sequence[str]) -> Setup:
 
 def paths(setup: Setup, models: Sequence[str]) -> dict[str, Callable[[], None]]:
     """The compared paths, each writing key, ds, prediction and the same lineage columns (the engine's
-    ``stamp_dataframe``) with the bench's Delta writer (``scoring.bench._write``):
+    ``stamp_dataframe``) with the bench's Delta writer (``scoring.tools.bench._write``):
 
     - ``jvm-copy``: no model, no Python; every feature read, the prediction their sum (the bench's reference);
     - ``jvm-copy-1``: the same reading one feature only (the prediction is ``f00``; the older bench reference);

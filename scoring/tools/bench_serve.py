@@ -1,7 +1,7 @@
 """`scoring bench-serve`: latency of ``scoring serve`` under an open-loop load, measured from outside the service.
 
 The service runs as ``scoring serve`` in a process of its own (started here, stopped by pid with SIGTERM at the end);
-the load comes from :mod:`scoring.loadgen` in another process, on loopback, open-loop: requests leave on a fixed
+the load comes from :mod:`scoring.tools.loadgen` in another process, on loopback, open-loop: requests leave on a fixed
 schedule and each latency counts from its **scheduled** send time, so a server (or client) that falls behind shows
 up in the figures instead of slowing the schedule down. Each run is bounded (``--duration-s``, then at most the
 load generator's drain timeout).
@@ -19,7 +19,7 @@ Each scenario runs at fixed rates (requests/s; ``--rate`` replaces them), ``--re
 1 of every scenario and rate, then repetition 2, ...) so that drift in the machine's speed hits every figure alike;
 each percentile is reported as the median of the repetitions with their min and max. Then each scenario's saturation
 throughput: the rate is stepped up until a step does not hold (p99 over ``--saturation-p99-ms``, an error, or the
-client falling behind; see :func:`scoring.loadgen.saturation`).
+client falling behind; see :func:`scoring.tools.loadgen.saturation`).
 
 Beside the latencies, each run records the CPU the service's process used (all of it, and its main thread alone: the
 event loop, which runs the routes and the JSON), Triton's process group's (``live-triton``), the client's own CPU and
@@ -62,8 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from scoring import demo, loadgen
 from scoring.errors import ConfigError, ScoringError
+from scoring.tools import demo, loadgen
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def with_baseline(scenarios: Sequence[Scenario], ref: str) -> list[Scenario]:
 def checkout(ref: str, into: Path) -> Path:
     """The ``scoring`` package as of git `ref`, extracted (``git archive``) under `into`; the directory to put first
     on a child's ``sys.path``."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     target = into / f"code-{ref.replace('/', '_')}"
     if target.exists():
         import shutil
@@ -809,7 +809,7 @@ def _index_memory_child(table_path: str, keys: int) -> dict[str, Any]:
 def index_memory(table_path: str, keys: int) -> dict[str, Any]:
     """:func:`_index_memory_child` in a Python process of its own (a clean RSS to measure from)."""
     code = (
-        "import json, sys; from scoring.bench_serve import _index_memory_child; "
+        "import json, sys; from scoring.tools.bench_serve import _index_memory_child; "
         "print(json.dumps(_index_memory_child(sys.argv[1], int(sys.argv[2]))))"
     )
     done = subprocess.run(
@@ -904,7 +904,7 @@ def run_bench_serve(
     change costs, measured in one run."""
     from rich.progress import Progress
 
-    from scoring.adapters import triton_server
+    from scoring.launchers import triton_server
 
     scenarios = list(scenarios) if scenarios is not None else scenarios_for(None)
     if baseline_ref is not None:

@@ -108,7 +108,7 @@ def _registry() -> Check:
 
 
 def _triton() -> Check:
-    from scoring.adapters import triton_server
+    from scoring.launchers import triton_server
 
     try:
         binary = triton_server.find_tritonserver()

@@ -3,7 +3,7 @@
     spark-submit --packages io.delta:delta-spark_4.2_2.13:4.4.0 \\
         --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \\
         --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \\
-        "$(python -c 'import scoring.spark_entry as m; print(m.__file__)')" conf/jobs/demo.yaml --set input.version=0
+        "$(python -c 'import scoring.deploy.spark_submit as m; print(m.__file__)')" conf/jobs/demo.yaml --set input.version=0
 
 ``scoring submit CONFIG --print`` prints that command for this installation. The run summary is printed as one JSON
 line prefixed ``SCORING_SUMMARY``, and written to ``--summary-json`` if given.
@@ -18,7 +18,7 @@ record::
 
 is written to ``--summary-json`` (in place of the summary) and to the container's termination message file
 (``/dev/termination-log``, or ``$SCORING_TERMINATION_LOG``) when that file exists and is writable: Kubernetes puts
-it in the driver pod's status, where the Airflow task reads it (:func:`scoring.kubernetes.driver_outcome`).
+it in the driver pod's status, where the Airflow task reads it (:func:`scoring.deploy.kubernetes.driver_outcome`).
 
 On Kubernetes, ``${VAR}`` in ``spark.conf`` reaches the driver as written, both in the config file and in the
 SparkApplication's ``sparkConf`` (spark-submit's ``--conf``): ``scoring render k8s`` never writes a variable's value,
@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_LOGGER = logging.getLogger("scoring.spark_entry")
+_LOGGER = logging.getLogger("scoring.deploy.spark_submit")
 
 DEBUG_ENV = "SCORING_DEBUG"
 """``SCORING_DEBUG=1``: print the traceback of a failure as well (as ``--debug``)."""
@@ -91,7 +91,7 @@ def _write(path: Path, text: str, what: str) -> None:
 def write_termination_message(record: dict[str, Any]) -> Path | None:
     """Write `record` to the container's termination message file when it exists and is writable (in a Kubernetes
     pod); returns the path written, None elsewhere."""
-    from scoring import kubernetes
+    from scoring.deploy import kubernetes
 
     path = Path(os.environ.get(kubernetes.TERMINATION_LOG_ENV) or kubernetes.TERMINATION_LOG)
     if not (path.is_file() and os.access(path, os.W_OK)):
@@ -153,9 +153,9 @@ def with_spark_conf_from_environment(config):
     """`config` with ``spark.conf`` completed for the session: the settings spark-submit was given that use
     ``${VAR}`` (the config's own are expanded already, by the loader), expanded from this environment. The session
     built from `config` then overrides the text spark-submit holds with the values. Settings spark-submit used before
-    this code runs (:data:`scoring.k8s_env.READ_BEFORE_THE_DRIVER_RUNS`, which ``scoring render k8s`` keeps free of
+    this code runs (:data:`scoring.deploy.k8s_env.READ_BEFORE_THE_DRIVER_RUNS`, which ``scoring render k8s`` keeps free of
     ``${VAR}``) are left alone: nothing here could change them."""
-    from scoring.k8s_env import READ_BEFORE_THE_DRIVER_RUNS
+    from scoring.deploy.k8s_env import READ_BEFORE_THE_DRIVER_RUNS
 
     submitted = {k: v for k, v in submitted_spark_conf().items() if not k.startswith(READ_BEFORE_THE_DRIVER_RUNS)}
     expanded = expand_spark_conf(submitted)
@@ -166,7 +166,7 @@ def with_spark_conf_from_environment(config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scoring.spark_entry", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scoring.deploy.spark_submit", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML job config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--summary-json", type=Path, help="also write the run summary (or the error record) here")

@@ -24,14 +24,14 @@ exceeds ``client_lag_bound_ms``, or the client used 90 % of a core, the result s
 
 Run it in a process of its own, never in the server's (a server sharing the client's event loop, or its GIL, measures
 both): :func:`run_in_subprocess` (and :func:`saturation`, by default) start ``python loadgen.py`` with the spec as
-JSON on stdin and read the result as JSON from stdout; ``python -m scoring.loadgen`` is the same entry point.
+JSON on stdin and read the result as JSON from stdout; ``python -m scoring.tools.loadgen`` is the same entry point.
 This module is stdlib only (uvloop optional) and imports nothing from ``scoring``, so its process carries neither the
 package's imports nor their start-up time.
 
 How fast: on a 2-core machine, against a trivial server in another process, it kept a 40,000 requests/s schedule
 (dispatch lag p99 1.3 ms, 60 % of a core); at 2,000/s it uses about 10-15 % of a core. Usage::
 
-    from scoring import loadgen
+    from scoring.tools import loadgen
 
     reqs = [loadgen.Request.get(f"/v1/scores/{k}") for k in keys]
     spec = loadgen.LoadSpec("http://127.0.0.1:8000", reqs, rate_per_s=2000, duration_s=10)
@@ -391,7 +391,7 @@ async def _read_response(reader: asyncio.StreamReader, head_only: bool) -> tuple
                 raise _BadResponse(f"bad Content-Length: {value[:40]!r}") from e
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             raise _BadResponse(
-                "chunked transfer-encoding is not supported by scoring.loadgen: the server must send Content-Length"
+                "chunked transfer-encoding is not supported by scoring.tools.loadgen: the server must send Content-Length"
             )
         elif name == b"connection":
             value = value.strip().lower()
@@ -789,17 +789,17 @@ def saturation(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scoring.loadgen``: a :class:`LoadSpec` as JSON on stdin, its :class:`LoadResult` as JSON on stdout.
+    """``python -m scoring.tools.loadgen``: a :class:`LoadSpec` as JSON on stdin, its :class:`LoadResult` as JSON on stdout.
     Exit 2 when the spec is invalid."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv:
-        sys.stderr.write(__doc__.split("\n\n")[0] + "\nusage: python -m scoring.loadgen < spec.json > result.json\n")
+        sys.stderr.write(__doc__.split("\n\n")[0] + "\nusage: python -m scoring.tools.loadgen < spec.json > result.json\n")
         return 0 if argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         spec = LoadSpec.from_json(sys.stdin.read())
     except (ValueError, KeyError, TypeError) as e:
-        sys.stderr.write(f"scoring.loadgen: {e}\n")
+        sys.stderr.write(f"scoring.tools.loadgen: {e}\n")
         return 2
     sys.stdout.write(run(spec).to_json() + "\n")
     return 0

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from scoring import bench, demo
 from scoring.errors import ConfigError, ScoringError
+from scoring.tools import bench, demo
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ def _warm_up(ctx: _Context, path: StreamPath, run_dir: Path, topics: dict[str, s
     if path.source == "delta":
         demo.write_delta(run_dir / "source", _source_rows(pool, keys, 0, at), partition_by=(), mode="append")
         return
-    from scoring.adapters import kafka_broker as kb
+    from scoring.launchers import kafka_broker as kb
 
     names = demo.feature_names(N_FEATURES)
     records = (
@@ -461,7 +461,7 @@ def _progress_of(query) -> list[dict[str, Any]]:
 def run_once(ctx: _Context, path: StreamPath, repetition: int, on_phase=None) -> dict[str, Any]:
     """One timed run of `path`: set up, warm up, restart, produce for ``duration_s``, drain, stop; the figures."""
     from scoring import build_job_config
-    from scoring.adapters import kafka_broker as kb
+    from scoring.launchers import kafka_broker as kb
     from scoring.modes import stream
 
     on_phase = on_phase or (lambda text: None)
@@ -798,7 +798,7 @@ def run_bench_stream(
     session is started, and a broker in ``<workdir>/kafka`` (stopped at the end)."""
     from rich.progress import Progress
 
-    from scoring.adapters import kafka_broker as kb
+    from scoring.launchers import kafka_broker as kb
 
     if rate <= 0 or duration_s <= 0 or repeat < 1:
         raise ConfigError("--rate and --duration-s must be positive and --repeat at least 1")

@@ -45,8 +45,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from scoring.adapters.processes import signal_and_wait
 from scoring.errors import BackendUnavailableError, ScoringError
+from scoring.launchers.processes import signal_and_wait
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -630,7 +630,7 @@ class Broker:
 
     def _terminate(self, sig: signal.Signals, timeout_s: float) -> bool:
         """Send `sig` to the broker, wait up to `timeout_s` for it to exit; True when it did (see
-        :func:`scoring.adapters.processes.signal_and_wait`)."""
+        :func:`scoring.launchers.processes.signal_and_wait`)."""
         stopped = signal_and_wait(self._proc, sig, timeout_s)
         if stopped and self._proc is not None:
             _PROCESSES.pop(self._proc.pid, None)
@@ -710,7 +710,7 @@ def _answers(bootstrap: str, timeout_s: float) -> bool:
 def _unreachable(bootstrap: str, timeout_s: float, cause: object) -> BackendUnavailableError:
     return BackendUnavailableError(
         f"Kafka broker at {bootstrap} did not answer within {timeout_s:g} s: {cause}",
-        hint="start the broker (scoring.adapters.kafka_broker.Broker, or the kafka_broker test fixture), or check "
+        hint="start the broker (scoring.launchers.kafka_broker.Broker, or the kafka_broker test fixture), or check "
         "the bootstrap address (host:port)",
     )
 

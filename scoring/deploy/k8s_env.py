@@ -2,7 +2,7 @@
 
 A job config may read the environment (``${VAR}``, ``${VAR:-default}``). Rendered for Kubernetes, nothing is expanded
 where the manifests are written: the ConfigMap holds the file as written, ``sparkConf`` holds ``spark.conf`` as written
-(``${VAR}`` included: the driver's entry point, :mod:`scoring.spark_entry`, expands it from its own environment before
+(``${VAR}`` included: the driver's entry point, :mod:`scoring.deploy.spark_submit`, expands it from its own environment before
 it builds the Spark session), and the pods get each variable from a Secret (``kubernetes.secret_env``: a
 ``secretKeyRef``; ``kubernetes.env_from_secrets``: ``envFrom``) or from ``kubernetes.env``. So:
 

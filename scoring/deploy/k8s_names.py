@@ -10,7 +10,7 @@ is refused only by the API server, at ``kubectl apply``.
 Each check returns the problems (empty when the value is valid). Lengths count UTF-8 bytes, as Go's do.
 
 :func:`manifest_problems` walks rendered objects and lists every name and key that breaks its rule, with the config
-key it came from; :func:`scoring.kubernetes.render` refuses to return such manifests.
+key it came from; :func:`scoring.deploy.kubernetes.render` refuses to return such manifests.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ Its other derived names (``<app>-ui-svc``, ``<app>-ui-ingress``) are shortened w
 
 def manifest_names(objects: list[Mapping[str, Any]]) -> Iterator[tuple[str, str, str, str]]:
     """``(where, value, rule, config key)`` for every name and key in `objects` (a ConfigMap and a SparkApplication
-    as :func:`scoring.kubernetes.render` builds them), including the names spark-operator derives from them."""
+    as :func:`scoring.deploy.kubernetes.render` builds them), including the names spark-operator derives from them."""
     for obj in objects:
         kind = obj.get("kind", "?")
         meta = obj.get("metadata") or {}

@@ -9,7 +9,7 @@ What is rendered (docs/kubernetes.md has the whole story):
 
 - a ConfigMap ``<app>-job`` holding the config file as written, mounted at :data:`CONFIG_DIR` in the driver and in
   the export init containers (``${VAR}`` in it expand there, from the pods' environment);
-- a SparkApplication ``<app>`` running :mod:`scoring.spark_entry` from the image (``sidecars/k8s/Dockerfile``) with
+- a SparkApplication ``<app>`` running :mod:`scoring.deploy.spark_submit` from the image (``sidecars/k8s/Dockerfile``) with
   the config, the caller's ``--set`` overrides and the **pinned** model version (``--set model.uri=models:/<name>/<v>``).
   Both pod templates are inline (``spec.driver.template``, ``spec.executor.template``): spark-operator 2.1 and later
   write their own pod template files after the user's ``sparkConf``, so nothing about pod templates may go there
@@ -22,19 +22,19 @@ What is rendered (docs/kubernetes.md has the whole story):
   ``/v2/health/ready``: Spark's container starts only once the server is ready. Both share an in-memory ``/dev/shm``.
   The driver's config is forced to ``runtime.triton.launch=external`` at ``127.0.0.1``.
 
-No environment variable's value is written (:mod:`scoring.k8s_env`): ``spark.conf`` and ``kubernetes.env`` go into
+No environment variable's value is written (:mod:`scoring.deploy.k8s_env`): ``spark.conf`` and ``kubernetes.env`` go into
 the SparkApplication with their ``${VAR}`` as written (``$(VAR)`` in ``env``), the pods get each variable from a Secret
-or ``kubernetes.env``, and :mod:`scoring.spark_entry` expands ``spark.conf``'s in the driver before the session starts.
-Every name and key is checked against the API server's rules before anything is returned (:mod:`scoring.k8s_names`);
+or ``kubernetes.env``, and :mod:`scoring.deploy.spark_submit` expands ``spark.conf``'s in the driver before the session starts.
+Every name and key is checked against the API server's rules before anything is returned (:mod:`scoring.deploy.k8s_names`);
 :func:`application_name` gives distinct jobs distinct names.
 
 Nothing here talks to a cluster, except :func:`apply_config_map` (the DAG's ``score`` task uses it). The DAG renders
-per run (:func:`scoring.scheduling.kubernetes_manifests`) and hands the SparkApplication to
+per run (:func:`scoring.deploy.scheduling.kubernetes_manifests`) and hands the SparkApplication to
 ``SparkKubernetesOperator``. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new Airflow try, and
 a new SparkApplication, with the same scoring run id, as with ``spark-submit``; it finishes what an earlier try started.
 
 How a failed driver reaches Airflow: the driver container (``spark-kubernetes-driver``) runs spark-submit in client
-mode, which exits with :mod:`scoring.spark_entry`'s status (75 transient, 1 terminal, 2 config), and spark_entry
+mode, which exits with :mod:`scoring.deploy.spark_submit`'s status (75 transient, 1 terminal, 2 config), and spark_entry
 writes its error record to the container's termination message file (:data:`TERMINATION_LOG`). Kubernetes keeps both
 in the pod's status (``state.terminated.exitCode`` / ``.message``); spark-operator copies the exit code into the
 SparkApplication's ``status.applicationState.errorMessage`` ("driver container failed with ExitCode: 75, Reason:
@@ -57,8 +57,8 @@ from typing import Any
 
 import yaml
 
-from scoring import k8s_env, k8s_names
 from scoring.config import JobConfig, KubernetesConfig, KubernetesPodConfig, load_job_config
+from scoring.deploy import k8s_env, k8s_names
 from scoring.errors import ConfigError, ModelError
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
@@ -68,8 +68,8 @@ IMAGE_PLACEHOLDER = "<registry>/scoring:<version>"
 IMAGE_ENV = "SCORING_IMAGE"
 """Environment variable naming the driver/executor image when the config does not."""
 APP_ROOT = "/opt/scoring"
-"""Where the image holds the project: ``scoring/spark_entry.py`` below it (``sidecars/k8s/Dockerfile``)."""
-ENTRY_FILE = "scoring/spark_entry.py"
+"""Where the image holds the project: ``scoring/deploy/spark_submit.py`` below it (``sidecars/k8s/Dockerfile``)."""
+ENTRY_FILE = "scoring/deploy/spark_submit.py"
 CONFIG_DIR = "/etc/scoring/jobs"
 """Where the job's ConfigMap is mounted: the config file keeps its own name there (the job name defaults to it)."""
 MODEL_REPOSITORY = "/models"
@@ -260,7 +260,7 @@ def _megabytes(mib: int) -> str:
 
 
 def _env(k8s: KubernetesConfig) -> dict[str, Any]:
-    """The ``env`` / ``envFrom`` of every container that runs scoring code (:func:`scoring.k8s_env.container_env`)."""
+    """The ``env`` / ``envFrom`` of every container that runs scoring code (:func:`scoring.deploy.k8s_env.container_env`)."""
     return k8s_env.container_env(k8s)
 
 
@@ -447,8 +447,8 @@ def render(
     No environment variable's value is read for the manifests: ``spark.conf`` and ``kubernetes.env`` are taken from
     `config_text` and `overrides` loaded again with their ``${VAR}`` kept (never from `config`, which may have been
     loaded with them expanded), and every ``${VAR}`` the pods will expand must be provided to them
-    (:mod:`scoring.k8s_env`). Every name and key in the objects is checked against the API server's rules
-    (:mod:`scoring.k8s_names`). Both refusals are ConfigErrors.
+    (:mod:`scoring.deploy.k8s_env`). Every name and key in the objects is checked against the API server's rules
+    (:mod:`scoring.deploy.k8s_names`). Both refusals are ConfigErrors.
     """
     k8s = config.kubernetes or KubernetesConfig()
     _check(config, k8s, overrides)
@@ -661,7 +661,7 @@ class DriverOutcome:
 
     @property
     def retry_can_help(self) -> bool:
-        from scoring.scheduling import retry_can_help
+        from scoring.deploy.scheduling import retry_can_help
 
         return retry_can_help(self.exit_code)
 

@@ -44,9 +44,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from scoring.adapters.kafka_broker import _die_with_parent, free_ports
-from scoring.adapters.processes import signal_and_wait
 from scoring.errors import BackendUnavailableError, ScoringError
+from scoring.launchers.kafka_broker import _die_with_parent, free_ports
+from scoring.launchers.processes import signal_and_wait
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -601,7 +601,7 @@ class RedisServer:
 
     def _terminate(self, sig: signal.Signals, timeout_s: float) -> bool:
         """Send `sig` to the server, wait up to `timeout_s` for it to exit; True when it did (see
-        :func:`scoring.adapters.processes.signal_and_wait`)."""
+        :func:`scoring.launchers.processes.signal_and_wait`)."""
         stopped = signal_and_wait(self._proc, sig, timeout_s)
         if stopped and self._proc is not None:
             _PROCESSES.pop(self._proc.pid, None)

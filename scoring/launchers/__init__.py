@@ -1,0 +1,1 @@
+"""Local process launchers: a Triton server, a Redis server, a Kafka broker; started, watched and stopped by pid."""

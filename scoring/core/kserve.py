@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 
 from scoring.core.index import loads
+from scoring.errors import ScoringError, Terminal
 
 _DTYPES = {
     "BOOL": np.bool_,
@@ -44,14 +45,22 @@ _DTYPES = {
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
-class ProtocolError(ValueError):
-    """A malformed inference request; the message names the input or field (a 400 or 422)."""
+class ProtocolError(ScoringError, Terminal, ValueError):
+    """A malformed inference request; the message names the input or field (a 400 or 422). A
+    :class:`~scoring.errors.ScoringError` (and still a ``ValueError``, for callers that catch that)."""
 
-    def __init__(self, message: str, *, status: int = 400, field: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, status: int = 400, field: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.status = status
         self.field = field
         """The input, header or field at fault (None: the inputs as a whole)."""
+
+    def __reduce__(self):  # keep `status` and `field` across pickling
+        return (_rebuild, (type(self), self.message, self.status, self.field, self.hint))
+
+
+def _rebuild(cls: type[ProtocolError], message: str, status: int, field: str | None, hint: str | None):
+    return cls(message, status=status, field=field, hint=hint)
 
 
 @dataclasses.dataclass(frozen=True)

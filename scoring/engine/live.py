@@ -29,7 +29,8 @@ from scoring.core.batching import FEATURE_LIMIT, feature_value_problem, invalid_
 from scoring.core.index import json_texts
 from scoring.core.predictor import Predictor
 from scoring.core.score import ScoringSpec, score_batch
-from scoring.errors import ModelError, ScoringError, Transient
+from scoring.core.tensors import TensorLayout
+from scoring.errors import ModelError, ScoringError, Terminal, Transient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -42,22 +43,40 @@ _ARROW_TYPES = {
 }
 
 
-class RequestError(ValueError):
-    """A client's mistake in a live request: names the field and says what is wrong (a 4xx, never a 500)."""
+class RequestError(ScoringError, Terminal, ValueError):
+    """A client's mistake in a live request: names the field and says what is wrong (a 4xx, never a 500). A
+    :class:`~scoring.errors.ScoringError` (and still a ``ValueError``, for callers that catch that)."""
 
-    def __init__(self, message: str, *, field: str | None = None, status: int = 422) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, field: str | None = None, status: int = 422, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.field = field
         self.status = status
 
+    def __reduce__(self):  # keep `field` and `status` across pickling
+        return (_rebuild_request_error, (type(self), self.message, self.field, self.status, self.hint))
 
-class LiveUnavailable(Exception):
-    """Live inference cannot answer now (backend down, breaker open, deadline passed): a 503 with Retry-After."""
 
-    def __init__(self, message: str, *, retry_after_s: float, kind: str) -> None:
-        super().__init__(message)
+def _rebuild_request_error(cls: type[RequestError], message: str, field: str | None, status: int, hint: str | None):
+    return cls(message, field=field, status=status, hint=hint)
+
+
+class LiveUnavailable(Transient, ScoringError):
+    """Live inference cannot answer now (backend down, breaker open, deadline passed): a 503 with Retry-After.
+    Transient: asking again after ``retry_after_s`` may succeed."""
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 1.0, kind: str = "error", hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.retry_after_s = retry_after_s
         self.kind = kind
+
+    def __reduce__(self):  # keep `retry_after_s` and `kind` across pickling
+        return (_rebuild_unavailable, (type(self), self.message, self.retry_after_s, self.kind, self.hint))
+
+
+def _rebuild_unavailable(cls: type[LiveUnavailable], message: str, retry_after_s: float, kind: str, hint: str | None):
+    return cls(message, retry_after_s=retry_after_s, kind=kind, hint=hint)
 
 
 class RowRejected(RequestError):
@@ -72,17 +91,63 @@ def is_backend_fault(error: BaseException) -> bool:
     return isinstance(error, Transient | ModelError)
 
 
-def feature_types(signature: Sequence[tuple[str, str]] | None, features: Sequence[str]) -> dict[str, pa.DataType]:
-    """Arrow type of each feature, from the model's MLflow signature (float64 where it does not say)."""
+_ELEMENT_TYPES = {
+    **_ARROW_TYPES,
+    "float64": pa.float64(),
+    "float32": pa.float32(),
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "bool": pa.bool_(),
+}
+"""An array input's element type, by the name the model's signature gives it (MLflow's column types, or a tensor
+spec's numpy dtype)."""
+
+
+def feature_types(
+    signature: Sequence[tuple[str, str]] | None,
+    features: Sequence[str],
+    tensors: Sequence[TensorLayout] = (),
+) -> dict[str, pa.DataType]:
+    """Arrow type of each feature, from the model's MLflow signature (float64 where it does not say). A column that
+    ``input.tensors`` lists (`tensors`, see :func:`scoring.core.tensors.layouts`) is an array column: a list of the
+    element type of the input it feeds."""
     given = dict(signature or ())
-    return {f: _ARROW_TYPES.get(str(given.get(f, "double")).lower(), pa.float64()) for f in features}
+    arrays = {t.column: t for t in tensors}
+    out = {}
+    for f in features:
+        layout = arrays.get(f)
+        if layout is None:
+            out[f] = _ARROW_TYPES.get(str(given.get(f, "double")).lower(), pa.float64())
+        else:
+            element = str(given.get(layout.input, given.get(f, "double"))).lower()
+            out[f] = pa.list_(_ELEMENT_TYPES.get(element, pa.float64()))
+    return out
+
+
+def value_problem(value: Any, kind: pa.DataType) -> str | None:
+    """Why one request value is invalid for a feature of type `kind`, or None: the rule of
+    :func:`scoring.core.batching.feature_value_problem` for a scalar, and for each element of an array feature (a
+    JSON list), as :func:`scoring.core.tensors.invalid_mask` applies it element-wise in a batch."""
+    if not pa.types.is_list(kind):
+        return feature_value_problem(value, kind)
+    if not isinstance(value, list):
+        return f"expected an array of numbers, got {_shown(value)}"
+    element = kind.value_type
+    for j, item in enumerate(value):
+        problem = feature_value_problem(item, element)
+        if problem is not None:
+            return f"element {j}: {problem}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    return type(value).__name__ if isinstance(value, dict | list) else repr(value)[:80]
 
 
 def check_value(name: str, value: Any, kind: pa.DataType, where: str = "") -> None:
     """Refuse one feature value of a request that the model's input (`kind`) cannot take: the rule the batch engine
-    applies to invalid features (:func:`scoring.core.batching.feature_value_problem`), as a :class:`RequestError`
-    naming the feature."""
-    problem = feature_value_problem(value, kind)
+    applies to invalid features (:func:`value_problem`), as a :class:`RequestError` naming the feature."""
+    problem = value_problem(value, kind)
     if problem is not None:
         raise RequestError(f"{where}features.{name}: {problem}", field=name)
 
@@ -106,8 +171,7 @@ def check_features(row: Any, types: Mapping[str, pa.DataType], where: str = "") 
             field=str(extra[0]) or '""',
         )
     for n, kind in types.items():
-        if feature_value_problem(row[n], kind) is not None:
-            check_value(n, row[n], kind, where)
+        check_value(n, row[n], kind, where)
 
 
 def check_batch(batch: pa.RecordBatch, types: Mapping[str, pa.DataType]) -> None:
@@ -499,6 +563,7 @@ __all__ = [
     "check_batch",
     "check_features",
     "check_value",
+    "value_problem",
     "feature_types",
     "is_backend_fault",
     "features_batch",

@@ -33,12 +33,9 @@ per run (:func:`scoring.deploy.scheduling.kubernetes_manifests`) and hands the S
 ``SparkKubernetesOperator``. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new Airflow try, and
 a new SparkApplication, with the same scoring run id, as with ``spark-submit``; it finishes what an earlier try started.
 
-How a failed driver reaches Airflow: the driver container (``spark-kubernetes-driver``) runs spark-submit in client
-mode, which exits with :mod:`scoring.deploy.spark_submit`'s status (75 transient, 1 terminal, 2 config), and spark_entry
-writes its error record to the container's termination message file (:data:`TERMINATION_LOG`). Kubernetes keeps both
-in the pod's status (``state.terminated.exitCode`` / ``.message``); spark-operator copies the exit code into the
-SparkApplication's ``status.applicationState.errorMessage`` ("driver container failed with ExitCode: 75, Reason:
-Error"). :func:`driver_outcome` reads them back, so that the DAG's operator retries a transient failure only.
+How a failed driver reaches Airflow (its exit code and error record, read back by :func:`driver_outcome`) is in
+:mod:`scoring.deploy.outcome`; the YAML and :func:`apply_config_map` are in :mod:`scoring.deploy.k8s_yaml`. Both are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -46,19 +43,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scoring.config import JobConfig, KubernetesConfig, KubernetesPodConfig, load_job_config
 from scoring.deploy import k8s_env, k8s_names
+from scoring.deploy.k8s_yaml import apply_config_map as apply_config_map  # re-exported: the YAML and the outcome
+from scoring.deploy.k8s_yaml import to_yaml
+from scoring.deploy.k8s_yaml import write as write
+from scoring.deploy.outcome import DRIVER_CONTAINER
+from scoring.deploy.outcome import TERMINATION_LOG as TERMINATION_LOG
+from scoring.deploy.outcome import TERMINATION_LOG_ENV as TERMINATION_LOG_ENV
+from scoring.deploy.outcome import TERMINATION_MESSAGE_MAX_BYTES as TERMINATION_MESSAGE_MAX_BYTES
+from scoring.deploy.outcome import DriverOutcome as DriverOutcome
+from scoring.deploy.outcome import driver_outcome as driver_outcome
+from scoring.deploy.outcome import error_record_from_message as error_record_from_message
+from scoring.deploy.outcome import termination_message as termination_message
 from scoring.errors import ConfigError, ModelError
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
@@ -77,8 +82,6 @@ MODEL_REPOSITORY = "/models"
 EXPORT_TARGET = "onnxruntime"
 """What the export writes for NVIDIA's image: its ONNX Runtime backend runs ``model.onnx`` (the ``python`` target
 needs onnxruntime inside Triton's Python environment, which NVIDIA's image does not have)."""
-DRIVER_CONTAINER = "spark-kubernetes-driver"
-"""The driver pod's container that Spark (and spark-operator) name, running spark-submit in client mode."""
 EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 """The executor pod's container that spark-operator names in the template it writes (Spark fills it in)."""
 TRITON_CONTAINER = "tritonserver"
@@ -102,13 +105,6 @@ POD_TEMPLATE_KEYS = (
 EXPORT_READS = ("runtime.triton.model", "input.features", "model.tracking_uri", "model.registry_uri")
 """Config keys the export init container reads from the ConfigMap's file: a ``--set`` of them at render time would
 reach the driver only, so it is refused (put them in the file)."""
-TERMINATION_LOG = "/dev/termination-log"
-"""Kubernetes' default ``terminationMessagePath``: what a container writes there becomes its termination message."""
-TERMINATION_LOG_ENV = "SCORING_TERMINATION_LOG"
-"""Overrides :data:`TERMINATION_LOG` (a pod with another ``terminationMessagePath``)."""
-TERMINATION_MESSAGE_MAX_BYTES = 4096
-"""Kubernetes keeps at most this much of a termination message."""
-
 _VOLUME_JOB = "job-config"
 _VOLUME_MODELS = "model-repository"
 _VOLUME_SHM = "dshm"
@@ -576,148 +572,3 @@ def render(
             hint="change the config key (or rename the file) each line names; docs/kubernetes.md, 'Names'",
         )
     return Manifests(name, namespace, model, copy.deepcopy(config_map), copy.deepcopy(application))
-
-
-def write(rendered: Iterable[Manifests], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write each job's manifests into `out_dir` (created); two jobs of one name are refused."""
-    rendered = list(rendered)
-    names = [item.name for item in rendered]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ConfigError(f"several jobs render to the name(s) {', '.join(twice)}", hint="give each job its own name")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for item in rendered:
-        for file_name, text in item.files().items():
-            path = out / file_name
-            path.write_text(text)
-            written.append(path)
-    return written
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block scalars for multi-line strings (the config file in the ConfigMap reads as it was written); no YAML
-    anchors and aliases, so that every object reads whole."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    if "\n" in value and not any(line != line.rstrip() for line in value.splitlines()):
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def to_yaml(manifest: Mapping[str, Any]) -> str:
-    """A manifest as YAML, keys in the order written (``kubectl apply -f`` takes it as is)."""
-    return yaml.dump(dict(manifest), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
-
-
-def apply_config_map(api: Any, config_map: Mapping[str, Any]) -> str:
-    """Create or replace `config_map` through `api` (a ``kubernetes.client.CoreV1Api``); returns what was done."""
-    from kubernetes.client.exceptions import ApiException
-
-    metadata = config_map["metadata"]
-    try:
-        api.replace_namespaced_config_map(metadata["name"], metadata["namespace"], dict(config_map))
-        return "replaced"
-    except ApiException as e:
-        if e.status != 404:
-            raise
-    api.create_namespaced_config_map(metadata["namespace"], dict(config_map))
-    return "created"
-
-
-def termination_message(record: Mapping[str, Any]) -> str:
-    """`record` (``{"error": {...}}``) as compact JSON that fits a termination message: the message and the hint
-    are shortened when it would not."""
-    error = dict(record.get("error") or {})
-    text = json.dumps({"error": error}, separators=(",", ":"), default=str)
-    for field in ("hint", "message"):
-        while len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and len(str(error.get(field) or "")) > 20:
-            over = len(text.encode()) - TERMINATION_MESSAGE_MAX_BYTES
-            value = str(error[field])
-            error[field] = value[: max(16, len(value) - over - 8)] + "..."
-            text = json.dumps({"error": error}, separators=(",", ":"), default=str)
-    return text
-
-
-@dataclasses.dataclass(frozen=True)
-class DriverOutcome:
-    """How the driver of a SparkApplication ended, as far as the pod and the application status tell."""
-
-    exit_code: int | None
-    """The driver container's exit code; None when the driver never exited on its own (evicted, deleted, lost
-    node, submission failed): then nothing ran to completion and a retry may help."""
-    record: dict[str, Any] | None
-    """The error record spark_entry left in the termination message (``{"error": {...}}``), when there is one."""
-    source: str
-    """Where the exit code came from, for the task log."""
-
-    @property
-    def retry_can_help(self) -> bool:
-        from scoring.deploy.scheduling import retry_can_help
-
-        return retry_can_help(self.exit_code)
-
-    def describe(self) -> str:
-        error = (self.record or {}).get("error") or {}
-        what = f"{error.get('type')}: {error.get('message')}" if error else "no error record"
-        hint = f"\n  how to fix: {error['hint']}" if error.get("hint") else ""
-        code = "no exit code" if self.exit_code is None else f"exit code {self.exit_code}"
-        return f"the Spark driver failed ({code}, from {self.source}): {what}{hint}"
-
-
-_EXIT_CODE = re.compile(r"ExitCode:\s*(-?\d+)")
-
-
-def _plain(obj: Any) -> Any:
-    """A Kubernetes client model (``V1Pod``) as the API's JSON dict (camelCase keys); dicts pass through."""
-    if obj is None or isinstance(obj, Mapping):
-        return obj
-    from kubernetes.client import ApiClient
-
-    return ApiClient().sanitize_for_serialization(obj)
-
-
-def _driver_state(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-    status = next((s for s in statuses if s.get("name") == DRIVER_CONTAINER), statuses[0] if statuses else None)
-    if status is None:
-        return None
-    return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
-
-
-def error_record_from_message(message: str | None) -> dict[str, Any] | None:
-    """The error record in a termination message, or None when the message is not one."""
-    try:
-        record = json.loads(message or "")
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("error"), dict) else None
-
-
-def driver_outcome(pod: Any = None, application: Any = None) -> DriverOutcome:
-    """Read how the driver ended from what the operator sees: the driver pod (a ``V1Pod`` or its JSON dict) and the
-    SparkApplication object (its JSON dict, as the custom-objects API returns it).
-
-    The exit code comes from the driver container's terminated state; without one (the pod is gone), from the
-    application's ``errorMessage`` ("driver container failed with ExitCode: N, ..."); else from the error record.
-    """
-    terminated = _driver_state(_plain(pod))
-    record = error_record_from_message((terminated or {}).get("message"))
-    if terminated is not None and terminated.get("exitCode") is not None:
-        return DriverOutcome(int(terminated["exitCode"]), record, f"container {DRIVER_CONTAINER}")
-    state = ((_plain(application) or {}).get("status") or {}).get("applicationState") or {}
-    found = _EXIT_CODE.search(str(state.get("errorMessage") or ""))
-    if found:
-        return DriverOutcome(int(found.group(1)), record, f"SparkApplication state {state.get('state')}")
-    if record is not None and isinstance(record["error"].get("exit_code"), int):
-        return DriverOutcome(int(record["error"]["exit_code"]), record, "the termination message")
-    source = f"SparkApplication state {state.get('state')}: {state.get('errorMessage')}" if state else "nothing"
-    return DriverOutcome(None, record, source)

@@ -38,7 +38,10 @@ from typing import Any, Literal
 from scoring.adapters import catalog
 from scoring.columns import SCORING_RUN_ID
 from scoring.config import JobConfig, ScheduleConfig, load_job_config
-from scoring.errors import EXIT_TRANSIENT, ConfigError, InputError, OutputError, QualityError, ScoringError
+from scoring.deploy.outcome import ScoreFailure as ScoreFailure  # a score try's failure: re-exported for the DAG
+from scoring.deploy.outcome import retry_can_help as retry_can_help
+from scoring.deploy.outcome import score_failure as score_failure
+from scoring.errors import ConfigError, InputError, OutputError, QualityError, ScoringError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -350,65 +353,6 @@ def kubernetes_manifests(job: ScheduledJob, overrides: list[str] | None = None):
         job.path,
         overrides=kubernetes_overrides(job) if overrides is None else overrides,
     )
-
-
-def retry_can_help(exit_code: int | None) -> bool:
-    """Whether Airflow should retry a failed ``score`` try, by the job's exit code (:mod:`scoring.errors`).
-
-    75 (transient: a server did not answer, a concurrent writer won the commit): yes. Any other exit code (1 terminal,
-    2 config): no, the same run fails the same way. None or negative (the job never exited on its own: spark-submit
-    did not start, was killed by a signal, the driver pod was evicted or lost): yes, nothing decided it would fail.
-    """
-    return exit_code is None or exit_code < 0 or exit_code == EXIT_TRANSIENT
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoreFailure:
-    """A failed try of ``score``: the job's exit code and the error record it left (if it got that far)."""
-
-    exit_code: int | None
-    error: Mapping[str, Any] | None
-    """The ``error`` part of the job's error record: type, message, hint, transient, exit_code."""
-
-    @property
-    def retry(self) -> bool:
-        return retry_can_help(self.exit_code)
-
-    def record(self) -> dict[str, Any]:
-        """The error record for XCom (what the gate report tasks read), with the exit code Airflow saw."""
-        error = dict(self.error or {"type": None, "message": None, "hint": None})
-        return {"error": {**error, "exit_code": self.exit_code, "transient": self.retry}}
-
-    def message(self) -> str:
-        if self.error:
-            what = f"{self.error.get('type')}: {self.error.get('message')}"
-            if self.error.get("hint"):
-                what += f"\n  how to fix: {self.error['hint']}"
-        else:
-            what = "the job left no error record (see its output above)"
-        if self.exit_code is None:
-            code = "the job did not exit on its own"
-        elif self.exit_code < 0:
-            code = f"the job was killed by signal {-self.exit_code}"
-        else:
-            code = f"exit code {self.exit_code}"
-        verdict = (
-            "transient: Airflow retries it, with the same scoring run id"
-            if self.retry
-            else "not transient: no retry, a retry would fail the same way"
-        )
-        return f"scoring failed ({code}, {verdict}): {what}"
-
-
-def score_failure(exit_code: int | None, record: Mapping[str, Any] | None) -> ScoreFailure:
-    """The failure of a ``score`` try from the job's exit code and what it left (its error record, or anything
-    else, e.g. nothing). When the exit code is unknown (the operator could not tell), the record's is used: the job
-    wrote it this try (the file is cleared before each try)."""
-    error = record.get("error") if isinstance(record, Mapping) else None
-    error = error if isinstance(error, Mapping) else None
-    if exit_code is None and error is not None and isinstance(error.get("exit_code"), int):
-        exit_code = int(error["exit_code"])
-    return ScoreFailure(exit_code, error)
 
 
 # -- the gate reports -------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ record::
 
 is written to ``--summary-json`` (in place of the summary) and to the container's termination message file
 (``/dev/termination-log``, or ``$SCORING_TERMINATION_LOG``) when that file exists and is writable: Kubernetes puts
-it in the driver pod's status, where the Airflow task reads it (:func:`scoring.deploy.kubernetes.driver_outcome`).
+it in the driver pod's status, where the Airflow task reads it (:func:`scoring.deploy.outcome.driver_outcome`).
 
 On Kubernetes, ``${VAR}`` in ``spark.conf`` reaches the driver as written, both in the config file and in the
 SparkApplication's ``sparkConf`` (spark-submit's ``--conf``): ``scoring render k8s`` never writes a variable's value,
@@ -91,13 +91,13 @@ def _write(path: Path, text: str, what: str) -> None:
 def write_termination_message(record: dict[str, Any]) -> Path | None:
     """Write `record` to the container's termination message file when it exists and is writable (in a Kubernetes
     pod); returns the path written, None elsewhere."""
-    from scoring.deploy import kubernetes
+    from scoring.deploy import outcome
 
-    path = Path(os.environ.get(kubernetes.TERMINATION_LOG_ENV) or kubernetes.TERMINATION_LOG)
+    path = Path(os.environ.get(outcome.TERMINATION_LOG_ENV) or outcome.TERMINATION_LOG)
     if not (path.is_file() and os.access(path, os.W_OK)):
         return None
     try:
-        path.write_text(kubernetes.termination_message(record))
+        path.write_text(outcome.termination_message(record))
     except OSError as e:
         _LOGGER.warning("could not write the termination message to %s: %s", path, e)
         return None

@@ -14,7 +14,8 @@ exit code   meaning
 ==========  =================================================================================================
 0           success (the run committed, or had already committed under the same run id)
 1           terminal failure: bad input, model or output; retrying the same run will fail the same way
-2           config error: the job config or a ``--set`` is wrong (nothing was read or written)
+2           config error: the job config or a ``--set`` is wrong, or the install lacks the extra a command needs
+            (nothing was read or written)
 75          transient failure (``EX_TEMPFAIL``): a server did not answer, a concurrent writer won the commit;
             retrying the same run may succeed
 ==========  =================================================================================================
@@ -24,6 +25,7 @@ Every failure leaves the output and quarantine tables as they were.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 EXIT_OK = 0
@@ -79,6 +81,45 @@ class ConfigError(ScoringError, Terminal):
     """The job config (a YAML file or a --set override) is wrong: unknown key, wrong type, missing key."""
 
     exit_code = EXIT_CONFIG
+
+
+class MissingExtraError(ConfigError):
+    """A command or a config asks for something the install does not have: an optional extra (``pip install
+    'scoring[serve]'``) is missing. Raised by :func:`require_extra` before anything is read or written."""
+
+
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "triton": ("tritonclient", "pytriton"),
+    "serve": ("fastapi", "uvicorn", "orjson", "redis", "httpx"),
+    "stream": ("confluent_kafka", "prometheus_client"),
+    "airflow": ("airflow", "kubernetes"),
+    "quality": ("great_expectations",),
+    "notebooks": ("papermill", "ipykernel", "matplotlib", "tqdm"),
+    "demo": ("sklearn", "skl2onnx"),
+}
+"""Each optional extra of pyproject.toml (``[project.optional-dependencies]``) -> the top-level modules it installs
+that `scoring` imports. Top-level names only: looking one up finds it on the path without importing anything."""
+
+
+def missing_modules(extra: str) -> list[str]:
+    """The modules of `extra` (a key of :data:`EXTRAS`) that are not installed, found without importing them."""
+    try:
+        modules = EXTRAS[extra]
+    except KeyError:
+        raise ValueError(f"unknown extra {extra!r}: choose from {sorted(EXTRAS)}") from None
+    return [module for module in modules if importlib.util.find_spec(module) is None]
+
+
+def require_extra(extra: str, feature: str) -> None:
+    """Raise :class:`MissingExtraError` unless every module of `extra` is installed. `feature` names what needs it,
+    as a user would write it (``scoring serve``, ``runtime.backend: triton``). Nothing is imported."""
+    missing = missing_modules(extra)
+    if missing:
+        raise MissingExtraError(
+            f"`{feature}` needs the `{extra}` extra: pip install 'scoring[{extra}]'",
+            hint=f"not installed: {', '.join(missing)}; with the pinned versions: "
+            f"pip install -c constraints.txt 'scoring[{extra}]' (or `make setup`, which installs every extra)",
+        )
 
 
 class InputError(ScoringError, Terminal):

@@ -40,789 +40,88 @@ are for finding where the time goes, not for reporting.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
-import gc
 import json
 import logging
 import os
 import platform
-import signal
-import socket
-import statistics
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from scoring.errors import ConfigError
+from scoring.tools import loadgen
+from scoring.tools.bench_serve_runs import (
+    _Budget,
+    _OthersMeter,
+    _run_one,
+    _saturation,
+    _spec,
+    index_memory,
+    requests_for,
+    retained_bytes,
+    summarise,
+    wait_idle,
+)
+from scoring.tools.bench_serve_scenarios import (
+    BATCH_KEYS,
+    BUSY_WARNING,
+    IDLE_THRESHOLD,
+    KEY,
+    LIVE_KEY_BASE,
+    N_FEATURES,
+    PAUSE_S,
+    PERCENTILES,
+    PROFILE_ENV,
+    READY_TIMEOUT_S,
+    SCENARIOS,
+    WARMUP_S,
+    Scenario,
+    checkout,
+    scenarios_for,
+    with_baseline,
+)
+from scoring.tools.bench_serve_service import (
+    _export_for_triton,
+    _group_cpu_s,
+    _job_tree,
+    _prepare,
+    _probe,
+    _Service,
+    _Setup,
+    _write_yaml,
+)
 
-from scoring.errors import ConfigError, ScoringError
-from scoring.tools import demo, loadgen
+__all__ = [  # this module's own, and the scenarios', runs' and service's public names it re-exports
+    "BATCH_KEYS",
+    "BUSY_WARNING",
+    "IDLE_THRESHOLD",
+    "KEY",
+    "LIVE_KEY_BASE",
+    "N_FEATURES",
+    "PAUSE_S",
+    "PERCENTILES",
+    "PROFILE_ENV",
+    "READY_TIMEOUT_S",
+    "SCENARIOS",
+    "Scenario",
+    "WARMUP_S",
+    "checkout",
+    "index_memory",
+    "print_report",
+    "requests_for",
+    "retained_bytes",
+    "run_bench_serve",
+    "scenarios_for",
+    "summarise",
+    "wait_idle",
+    "with_baseline",
+]
 
 _LOGGER = logging.getLogger(__name__)
-
-PROFILE_ENV = "SCORING_BENCH_SERVE_PROFILE"
-"""Environment variable: a directory; when set, each service process runs under cProfile and leaves its profile there."""
-KEY = "customer_id"
-N_FEATURES = 20
-LIVE_KEY_BASE = 1 << 40
-"""Live requests use keys from here on: never in the output table, so every one is scored live."""
-BATCH_KEYS = 100
-"""Keys per request of the ``batch-100`` scenario."""
-PERCENTILES = ("p50", "p95", "p99", "p999")
-WARMUP_S = 1.0
-"""A short untimed run before each scenario's first timed run (the first live batch loads the model's session)."""
-PAUSE_S = 0.5
-"""Between runs, so that the service has drained the previous one."""
-READY_TIMEOUT_S = 180.0
-IDLE_THRESHOLD = 0.15
-BUSY_WARNING = 0.25
-"""Other processes using more than this much of a core during a run make its figures suspect (said beside the aims)."""
-"""Before each run, wait (``wait_idle_s``) until processes other than the bench's use less than this much of a core."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    """One kind of request against one service."""
-
-    name: str
-    server: str
-    """``embedded`` (the service with runtime.backend embedded) or ``triton`` (runtime.backend triton)."""
-    what: str
-    rates: tuple[float, ...]
-    """Requests per second of the fixed-rate runs."""
-    saturation_start: float
-    """The saturation search's first rate (requests/s)."""
-    keys_per_request: int = 1
-    aim: tuple[float, float] | None = None
-    """(rate, p99 ms): what we aim for on a 2-core machine, reported against, never asserted."""
-
-    @property
-    def base(self) -> str:
-        """The scenario's name without its ``@<ref>`` (the same load against the code of another commit)."""
-        return self.name.split("@", 1)[0]
-
-
-def with_baseline(scenarios: Sequence[Scenario], ref: str) -> list[Scenario]:
-    """Each scenario, followed by its twin against services started from the code at git `ref` (``<name>@<ref>``,
-    server ``<server>@<ref>``): the same requests, rates and repetitions, interleaved with the current code's, so
-    that one invocation compares the two on one machine in one window."""
-    out = []
-    for s in scenarios:
-        out += [s, dataclasses.replace(s, name=f"{s.name}@{ref}", server=f"{s.server}@{ref}")]
-    return out
-
-
-def checkout(ref: str, into: Path) -> Path:
-    """The ``scoring`` package as of git `ref`, extracted (``git archive``) under `into`; the directory to put first
-    on a child's ``sys.path``."""
-    root = Path(__file__).resolve().parents[2]
-    target = into / f"code-{ref.replace('/', '_')}"
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(root), "archive", "--format=tar", ref, "scoring"], check=True, capture_output=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        raise ConfigError(
-            f"--baseline-ref {ref}: git archive failed: {detail.decode(errors='replace').strip() or e}"
-        ) from None
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target
-
-
-SCENARIOS: dict[str, Scenario] = {
-    "precomputed": Scenario(
-        "precomputed", "embedded", "GET /v1/scores/{key}, a random existing key", (500, 1000, 2000), 1000, 1, (1000, 2.0)
-    ),
-    "precomputed-features": Scenario(
-        "precomputed-features", "embedded",
-        "POST /v1/score, a random existing key + its 20 features (a hit: the features are checked, not used)",
-        (500, 1000, 2000), 1000, 1, (1000, 2.0),
-    ),
-    "live-embedded": Scenario(
-        "live-embedded", "embedded", "POST /v1/score, absent key + 20 features, onnxruntime in process",
-        (100, 250, 500), 250, 1, (500, 10.0),
-    ),
-    "live-triton": Scenario(
-        "live-triton", "triton", "POST /v1/score, absent key + 20 features, Triton (gRPC, Python backend)",
-        (100, 250, 500), 250, 1, (500, 10.0),
-    ),
-    "batch-100": Scenario(
-        "batch-100", "embedded", f"POST /v1/score, {BATCH_KEYS} random existing keys per request",
-        (20, 50, 100), 50, BATCH_KEYS,
-    ),
-}  # fmt: skip
-
-
-def scenarios_for(names: Sequence[str] | None, rates: Sequence[float] | None = None) -> list[Scenario]:
-    """The chosen scenarios (all by default), with `rates` replacing each one's fixed rates when given."""
-    chosen = list(names or SCENARIOS)
-    unknown = [n for n in chosen if n not in SCENARIOS]
-    if unknown:
-        raise ConfigError(f"--scenario {unknown}: choose from {list(SCENARIOS)}")
-    if rates is not None and (not rates or any(not r > 0 for r in rates)):
-        raise ConfigError(f"--rate must be positive, got {list(rates)}")
-    out = []
-    for name in dict.fromkeys(chosen):
-        scenario = SCENARIOS[name]
-        if rates:
-            scenario = dataclasses.replace(scenario, rates=tuple(float(r) for r in rates))
-        out.append(scenario)
-    return out
-
-
-# -- set-up: the demo lake and model, the batch output, Triton ------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Setup:
-    workdir: Path
-    tracking_uri: str
-    model_uri: str
-    input_table: str
-    output_table: str
-    keys: np.ndarray
-    """Every key of the output table."""
-    features: list[str]
-    batch_run_s: float | None
-    """How long the batch job took (None: its output was there already)."""
-
-
-def _job_tree(setup_dir: Path, tracking_uri: str) -> dict[str, Any]:
-    return {
-        "name": "bench-serve",
-        "input": {"table": str(setup_dir / "lake" / "features"), "key": KEY},
-        "model": {"uri": f"models:/{demo.DEMO_MODEL}@{demo.DEMO_ALIAS}", "tracking_uri": tracking_uri},
-        "runtime": {"backend": "embedded", "batch_rows": 10_000},
-        "output": {"table": str(setup_dir / "lake" / "churn_scores"), "partition_by": ["ds"]},
-    }
-
-
-def _write_yaml(path: Path, tree: dict[str, Any]) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return path
-
-
-def _prepare(workdir: Path, rows: int, spark, on_phase) -> _Setup:
-    """The demo lake and model (once), and the batch job's output table (once: kept for the next run)."""
-    from scoring import build_job_config
-    from scoring.adapters import deltalog
-
-    on_phase("demo lake and model")
-    made = demo.create_demo(workdir, rows)
-    tree = _job_tree(workdir, made["tracking_uri"])
-    output = tree["output"]["table"]
-    batch_s = None
-    if deltalog.version(output) is None:
-        on_phase("the batch job (scoring run), once")
-        clock = time.monotonic()
-        if spark is not None:
-            from scoring.modes.batch import run as run_batch
-
-            run_batch(build_job_config(tree, source="bench-serve"), spark=spark, reporter=_QuietReporter())
-        else:  # in a process of its own: no JVM left in this one while the service is measured
-            config = _write_yaml(workdir / "batch.yaml", tree)
-            done = subprocess.run(
-                [sys.executable, "-m", "scoring.cli", "run", str(config)],
-                capture_output=True,
-                text=True,
-                env=_child_env(),
-                check=False,
-            )
-            if done.returncode != 0:
-                raise ScoringError(
-                    f"bench-serve: the batch job failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}",
-                    hint=f"run it alone: scoring run {config}",
-                )
-        batch_s = time.monotonic() - clock
-    keys = deltalog.read(output, [KEY], key="output.table")
-    if keys is None or keys.num_rows == 0:
-        raise ScoringError(f"bench-serve: {output} holds no scores to serve")
-    return _Setup(
-        workdir=workdir,
-        tracking_uri=made["tracking_uri"],
-        model_uri=made["model"],
-        input_table=made["input_table"],
-        output_table=output,
-        keys=np.unique(keys.column(0).to_numpy()),
-        features=demo.feature_names(N_FEATURES),
-        batch_run_s=batch_s,
-    )
-
-
-def _export_for_triton(setup: _Setup) -> Path:
-    """The demo model exported to a Triton model repository for the Python backend (the Triton bundled here)."""
-    from scoring.adapters.registry import resolve_model
-    from scoring.adapters.triton_export import export_model
-
-    repository = setup.workdir / "triton-repository"
-    ref = resolve_model(setup.model_uri, setup.tracking_uri)
-    export_model(ref, repository, target="python", n_features=N_FEATURES)
-    return repository
-
-
-class _QuietReporter:
-    """Progress lines of the batch job and the service go to the debug log (the bench shows its own progress)."""
-
-    def step(self, message: str) -> None:
-        _LOGGER.debug("%s", message)
-
-    def tasks(self, label: str, done: int, total: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    env.pop(PROFILE_ENV, None)
-    return env
-
-
-# -- the service, a process of its own -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_cpu_s(pid: int, tid: int | None = None) -> float | None:
-    """User + system CPU seconds of process `pid` (all its threads), or of its thread `tid` alone, from /proc; None
-    where that cannot be read."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    try:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def _children_cpu_s() -> float:
-    """CPU seconds of this process's children that have been waited for (the load generator's runs)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _machine_busy_s() -> float | None:
-    """Core-seconds every process on the machine has spent busy since boot (/proc/stat), to tell what else ran."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(values) - values[3] - values[4]) / _CLOCK_TICKS  # all but idle and iowait
-
-
-def _group_cpu_s(pgid: int) -> float | None:
-    """CPU seconds of every live process in process group `pgid` (Triton and its Python-backend stubs)."""
-    total, seen = 0.0, False
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-            seen = True
-    return total if seen else None
-
-
-class _Service:
-    """``scoring serve CONFIG --port N`` as a child process (in its own session), its log in the work directory."""
-
-    def __init__(
-        self,
-        name: str,
-        config: Path,
-        workdir: Path,
-        profile_dir: Path | None = None,
-        sets: Sequence[str] = (),
-        code: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.code = code
-        """Where the ``scoring`` package this service runs comes from (None: this one)."""
-        self.config = config
-        self.sets = list(sets)
-        self.workdir = workdir
-        self.profile = None if profile_dir is None else profile_dir / f"{name}.prof"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"serve-{name.replace('/', '_')}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> _Service:
-        args = ["serve", str(self.config), "--port", str(self.port)]
-        for item in self.sets:
-            args += ["--set", item]
-        if self.profile is None:
-            command = [sys.executable, "-m", "scoring.cli", *args]
-        else:
-            self.profile.parent.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-c", _PROFILED, str(self.profile), *args]
-        env = _child_env()
-        if self.code is not None:  # another commit's code first on the path (and as the working directory)
-            env["PYTHONPATH"] = os.pathsep.join([str(self.code), *filter(None, [env.get("PYTHONPATH")])])
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                cwd=None if self.code is None else self.code,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ScoringError(
-                    f"bench-serve: scoring serve ({self.name}) exited {self.proc.returncode} before it was ready: "
-                    f"{self.log_tail()}"
-                )
-            if _get(self.url + "/v2/health/ready")[0] == 200:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise ScoringError(f"bench-serve: scoring serve ({self.name}) not ready in {timeout_s:g} s: {self.log_tail()}")
-
-    def cpu_s(self) -> tuple[float | None, float | None]:
-        """CPU seconds of the whole process, and of its main thread alone (the event loop: HTTP, routes, JSON)."""
-        if self.proc is None:
-            return None, None
-        return _proc_cpu_s(self.proc.pid), _proc_cpu_s(self.proc.pid, self.proc.pid)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:].strip()
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM (requests in flight finish, the profile is written), then SIGKILL to its group after `timeout_s`."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            _LOGGER.warning(
-                "scoring serve (%s, pid %d) ignored SIGTERM for %g s: killing it", self.name, proc.pid, timeout_s
-            )
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        if self.profile is not None and self.profile.exists():
-            _summarise_profile(self.profile)
-
-
-_PROFILED = """
-import cProfile, signal, sys
-def _exit(signum, frame):
-    raise SystemExit(0)
-# uvicorn restores the handler it found and raises SIGTERM again once it has shut down: this one turns that into an
-# exit that runs the finally blocks (the service's close, and the profile's dump below)
-signal.signal(signal.SIGTERM, _exit)
-out, sys.argv = sys.argv[1], ["scoring", *sys.argv[2:]]
-profile = cProfile.Profile()
-profile.enable()
-try:
-    from scoring.cli import main
-    main()
-except SystemExit:
-    pass
-finally:
-    profile.disable()
-    profile.dump_stats(out)
-"""
-"""``scoring serve`` under cProfile (the main thread: the event loop, the routes, JSON), its profile dumped at exit."""
-
-
-def _summarise_profile(path: Path, top: int = 40) -> None:
-    import io
-    import pstats
-
-    text = io.StringIO()
-    stats = pstats.Stats(str(path), stream=text)
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    path.with_suffix(".txt").write_text(text.getvalue())
-
-
-def _get(url: str, timeout_s: float = 2.0) -> tuple[int | None, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (OSError, urllib.error.URLError):
-        return None, b""
-
-
-def _probe(url: str, request: loadgen.Request) -> dict[str, Any]:
-    """Send one request of the mix and return what came back (status, and the parts of the body that say how it was
-    answered): the check that a scenario measures the path it names."""
-    sent = urllib.request.Request(url + request.path, data=request.body or None, method=request.method)
-    for name, value in request.headers:
-        sent.add_header(name, value)
-    try:
-        with urllib.request.urlopen(sent, timeout=10) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as e:
-        status, body = e.code, e.read()
-    data = json.loads(body) if body else None
-    items = data if isinstance(data, list) else [data]
-    answer: dict[str, Any] = {"status": status, "items": len(items)}
-    for field in ("source", "backend", "stale", "model_version", "error"):
-        values = sorted({str(item.get(field)) for item in items if isinstance(item, dict) and field in item})
-        if values:
-            answer[field] = values[0] if len(values) == 1 else values
-    return answer
-
-
-# -- request mixes ----------------------------------------------------------------------------------------------------
-
-
-def requests_for(scenario: Scenario, keys: np.ndarray, features: Sequence[str], seed: int = 0) -> list[loadgen.Request]:
-    """The request mix of `scenario` (the load generator samples it at random): existing `keys` for the precomputed
-    scenarios, new keys with random features for the live ones."""
-    rng = np.random.default_rng(seed)
-    if scenario.base == "precomputed":
-        picked = rng.choice(keys, size=min(len(keys), 20_000), replace=False)
-        return [loadgen.Request.get(f"/v1/scores/{int(k)}") for k in picked]
-    if scenario.base == "precomputed-features":
-        picked = rng.choice(keys, size=min(len(keys), 2_000), replace=False)
-        values = np.round(rng.standard_normal((len(picked), len(features))), 5)
-        return [
-            loadgen.Request.post_json(
-                "/v1/score", {"key": int(k), "features": dict(zip(features, map(float, row), strict=True))}
-            )
-            for k, row in zip(picked, values, strict=True)
-        ]
-    if scenario.base == "batch-100":
-        count = 500
-        picked = rng.choice(keys, size=(count, scenario.keys_per_request), replace=True)
-        return [loadgen.Request.post_json("/v1/score", [{"key": int(k)} for k in row]) for row in picked]
-    values = np.round(rng.standard_normal((2_000, len(features))), 5)
-    return [
-        loadgen.Request.post_json(
-            "/v1/score",
-            {"key": LIVE_KEY_BASE + i, "features": dict(zip(features, map(float, row), strict=True))},
-        )
-        for i, row in enumerate(values)
-    ]
-
-
-# -- runs ------------------------------------------------------------------------------------------------------------
-
-
-def _spec(url: str, requests: Sequence[loadgen.Request], rate: float, duration_s: float, seed: int) -> loadgen.LoadSpec:
-    return loadgen.LoadSpec(
-        url, tuple(requests), rate_per_s=rate, duration_s=duration_s, order="random", seed=seed, drain_timeout_s=5.0
-    )
-
-
-class _Budget:
-    """Seconds the bench may spend, in all, waiting for a quiet machine and measuring runs again that were disturbed."""
-
-    def __init__(self, seconds: float) -> None:
-        self.total = max(0.0, seconds)
-        self.spent = 0.0
-
-    def left(self) -> float:
-        return max(0.0, self.total - self.spent)
-
-    def spend(self, seconds: float) -> None:
-        self.spent += seconds
-
-
-class _OthersMeter:
-    """What processes other than the bench's used of the cores over a window: the machine's busy core-seconds
-    (/proc/stat) less the services' and Triton's (`ours()`), this process's and its waited-for children's."""
-
-    def __init__(self, ours) -> None:
-        self.ours = ours
-        self.start = self._now()
-
-    def _now(self) -> tuple[float | None, float, float, float]:
-        return _machine_busy_s(), self.ours(), time.process_time() + _children_cpu_s(), time.monotonic()
-
-    def cores(self) -> float | None:
-        """Cores' worth the others used since the meter started (None where /proc/stat cannot be read)."""
-        busy0, ours0, own0, wall0 = self.start
-        busy1, ours1, own1, wall1 = self._now()
-        if busy0 is None or busy1 is None:
-            return None
-        return round(max(0.0, (busy1 - busy0 - (ours1 - ours0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)), 3)
-
-
-def wait_idle(ours, limit_s: float, *, threshold: float = IDLE_THRESHOLD, sample_s: float = 0.5) -> dict[str, Any]:
-    """Wait, up to `limit_s`, until the processes that are not ours (`ours()`: CPU seconds of the services and Triton;
-    this process and its children are counted as ours too) use less than `threshold` of a core over `sample_s`: on a
-    machine shared with other work, a run starts when it is quiet. Returns how long it waited and what others used."""
-    started = time.monotonic()
-    while True:
-        meter = _OthersMeter(ours)
-        time.sleep(sample_s)
-        others = meter.cores()
-        waited = time.monotonic() - started
-        if others is None or others < threshold or waited >= limit_s:
-            return {"waited_s": round(waited, 1), "others_before": others}
-
-
-def _run_one(
-    spec: loadgen.LoadSpec, service: _Service, triton_pgid: int | None, scenario: Scenario, repetition: int
-) -> dict[str, Any]:
-    """One fixed-rate run in the load generator's process, with the CPU the service (and Triton) used meanwhile."""
-    load_1m = os.getloadavg()[0]
-    busy0 = _machine_busy_s()
-    cpu0, loop0 = service.cpu_s()
-    triton0 = _group_cpu_s(triton_pgid) if triton_pgid is not None else None
-    clock, own0, children0 = time.monotonic(), time.process_time(), _children_cpu_s()
-    result = loadgen.run_in_subprocess(spec)
-    wall = time.monotonic() - clock
-    mine = time.process_time() - own0 + _children_cpu_s() - children0  # this process and the load generator's
-    cpu1, loop1 = service.cpu_s()
-    triton1 = _group_cpu_s(triton_pgid) if triton_pgid is not None else None
-    busy1 = _machine_busy_s()
-    window = max(result.elapsed_s, 1e-9)
-    latency = result.latency_ms
-    server = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / window
-    triton = None if triton0 is None or triton1 is None else (triton1 - triton0) / window
-    other = None
-    if busy0 is not None and busy1 is not None and server is not None:
-        # the machine's busy core-seconds over the whole call, less what the service, Triton, the load generator (its
-        # start-up included) and this process used: what other processes took from the cores meanwhile
-        other = (busy1 - busy0 - (cpu1 - cpu0) - ((triton1 - triton0) if triton is not None else 0.0) - mine) / wall
-    return {
-        "scenario": scenario.name,
-        "rate": spec.rate_per_s,
-        "repetition": repetition,
-        "duration_s": spec.duration_s,
-        "scheduled": result.scheduled,
-        "sent": result.sent,
-        "completed": result.completed,
-        "ok": result.ok,
-        "errors": result.errors,
-        "error_samples": result.error_samples,
-        "throughput_per_s": result.throughput_per_s,
-        "keys_per_s": round(result.throughput_per_s * scenario.keys_per_request, 1),
-        "latency_ms": dataclasses.asdict(latency),
-        "dispatch_lag_p99_ms": result.dispatch_lag_ms.p99,
-        "send_lag_p99_ms": result.send_lag_ms.p99,
-        "peak_connections": result.peak_connections,
-        "client_cpu_fraction": result.client_cpu_fraction,
-        "client_bound": result.client_bound,
-        "client_bound_reason": result.client_bound_reason,
-        "server_cpu_fraction": None if server is None else round(server, 3),
-        "server_loop_cpu_fraction": None if loop0 is None or loop1 is None else round((loop1 - loop0) / window, 3),
-        "triton_cpu_fraction": None if triton is None else round(triton, 3),
-        "other_cpu_fraction": None if other is None else round(max(other, 0.0), 3),
-        "load_avg_1m": round(load_1m, 2),
-        "event_loop": result.event_loop,
-    }
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median, min and max of each latency percentile (and of throughput and CPU) across repetitions."""
-    out: dict[str, Any] = {"repetitions": len(runs)}
-    for name in PERCENTILES + ("max",):
-        values = [r["latency_ms"][name] for r in runs if r["latency_ms"].get(name) is not None]
-        out[name] = {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else None
-    for name in (
-        "throughput_per_s",
-        "server_cpu_fraction",
-        "server_loop_cpu_fraction",
-        "triton_cpu_fraction",
-        "client_cpu_fraction",
-        "other_cpu_fraction",
-    ):
-        values = [r[name] for r in runs if r.get(name) is not None]
-        out[name] = round(statistics.median(values), 3) if values else None
-    others = [r["other_cpu_fraction"] for r in runs if r.get("other_cpu_fraction") is not None]
-    out["other_cpu_fraction_max"] = max(others) if others else None
-    errors: dict[str, int] = {}
-    for r in runs:
-        for kind, count in r["errors"].items():
-            errors[kind] = errors.get(kind, 0) + count
-    out["errors"] = errors
-    out["completed"] = sum(r["completed"] for r in runs)
-    out["scheduled"] = sum(r["scheduled"] for r in runs)
-    out["client_bound"] = any(r["client_bound"] for r in runs)
-    return out
-
-
-def _saturation(
-    spec: loadgen.LoadSpec, scenario: Scenario, p99_bound_ms: float, step_s: float, max_steps: int
-) -> dict[str, Any]:
-    found = loadgen.saturation(
-        spec, scenario.saturation_start, p99_bound_ms=p99_bound_ms, step_s=step_s, max_steps=max_steps
-    )
-    return {
-        "max_rate_held": None if found.max_rate_held is None else round(found.max_rate_held, 1),
-        "max_keys_per_s_held": None
-        if found.max_rate_held is None
-        else round(found.max_rate_held * scenario.keys_per_request, 1),
-        "stopped_because": found.stopped_because,
-        "client_bound": found.client_bound,
-        "p99_bound_ms": p99_bound_ms,
-        "step_s": step_s,
-        "steps": [
-            {
-                "rate": round(step.rate_per_s, 1),
-                "held": step.held,
-                "reason": step.reason,
-                "throughput_per_s": step.result.throughput_per_s,
-                "p50_ms": step.result.latency_ms.p50,
-                "p99_ms": step.result.latency_ms.p99,
-                "errors": step.result.errors,
-                "client_cpu_fraction": step.result.client_cpu_fraction,
-            }
-            for step in found.steps
-        ],
-    }
-
-
-# -- the index's memory ------------------------------------------------------------------------------------------------
-
-
-def _rss_bytes() -> int | None:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def retained_bytes(root: Any) -> int:
-    """The size of `root`'s attributes and what they hold (dicts, lists, tuples, bytes, strings, numbers, numpy arrays),
-    each object counted once: the memory a :class:`PrecomputedIndex` keeps alive."""
-    seen: set[int] = set()
-    total = 0
-    stack = list(vars(root).values())
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, np.ndarray):
-            total += sys.getsizeof(obj)  # its data included when it owns it
-            if isinstance(obj.base, np.ndarray | bytes | bytearray):
-                stack.append(obj.base)
-            elif obj.base is not None:  # a view of a foreign buffer (Arrow's): count what it shows
-                total += obj.nbytes
-            continue
-        total += sys.getsizeof(obj)
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack.extend(obj)
-    return total
-
-
-def _index_memory_child(table_path: str, keys: int) -> dict[str, Any]:
-    """In a fresh process: the output table tiled to `keys` rows with new keys, indexed; sizes and times."""
-    import pyarrow as pa
-
-    from scoring.adapters import deltalog
-    from scoring.core.index import Layout, PrecomputedIndex
-
-    snap = deltalog.snapshot(table_path, key="output.table")
-    assert snap is not None
-    source = snap.dataset().to_table()
-    layout = Layout.of(source.schema, (KEY,), snap.partition_columns)
-    gc.collect()
-    rss_read = _rss_bytes()  # the readers loaded and the demo's table read; nothing tiled or indexed yet
-    rss_start = (
-        None if rss_read is None else rss_read - source.get_total_buffer_size()
-    )  # less that table, dropped below
-    take = pa.array(np.arange(keys) % source.num_rows)
-    table = source.take(take)
-    table = table.set_column(table.schema.get_field_index(KEY), KEY, pa.array(np.arange(keys, dtype=np.int64)))
-    del source, take
-    gc.collect()
-    rss_table = _rss_bytes()
-    started = time.perf_counter()
-    index = PrecomputedIndex.build(table, layout, table_version=snap.version, source=table_path)
-    build_s = time.perf_counter() - started
-    gc.collect()
-    rss_built = _rss_bytes()
-    arrow_table_bytes = table.nbytes
-    del table
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    rss_after = _rss_bytes()
-    retained = retained_bytes(index)
-    probe = [str(k) for k in np.random.default_rng(1).integers(0, keys, 100_000)]
-    started = time.perf_counter()
-    for k in probe:
-        index.get(k)
-    lookup_us = (time.perf_counter() - started) / len(probe) * 1e6
-    record_bytes = statistics.mean(len(hit.record) for k in probe[:10_000] if (hit := index.get(k)) is not None)
-    per_million = 1e6 / keys / 1e6  # bytes -> MB per million keys
-    return {
-        "keys": len(index),
-        "columns": layout.predictions,
-        "build_s": round(build_s, 2),
-        "retained_mb": round(retained / 1e6, 1),
-        "retained_mb_per_million_keys": round(retained * per_million, 1),
-        "bytes_per_key": round(retained / keys, 1),
-        "record_bytes_mean": round(record_bytes, 1),
-        "rss_delta_mb": None if rss_built is None or rss_table is None else round((rss_built - rss_table) / 1e6, 1),
-        "rss_delta_mb_per_million_keys": None
-        if rss_built is None or rss_table is None
-        else round((rss_built - rss_table) * per_million, 1),
-        "rss_after_dropping_table_mb": None if rss_after is None else round(rss_after / 1e6, 1),
-        "rss_kept_mb_per_million_keys": None
-        if rss_after is None or rss_start is None
-        else round((rss_after - rss_start) * per_million, 1),
-        "arrow_table_mb": round(arrow_table_bytes / 1e6, 1),
-        "lookup_us": round(lookup_us, 3),
-    }
-
-
-def index_memory(table_path: str, keys: int) -> dict[str, Any]:
-    """:func:`_index_memory_child` in a Python process of its own (a clean RSS to measure from)."""
-    code = (
-        "import json, sys; from scoring.tools.bench_serve import _index_memory_child; "
-        "print(json.dumps(_index_memory_child(sys.argv[1], int(sys.argv[2]))))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, table_path, str(keys)],
-        capture_output=True,
-        text=True,
-        env=_child_env(),
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ScoringError(f"bench-serve: measuring the index's memory failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from scoring.errors import ConfigError, ScoringError
-from scoring.tools import bench, demo
+from scoring.tools import bench_data, demo
 from scoring.tools.bench_stream_clients import (
     _feature_pool,
     _producer_main,
@@ -391,7 +391,7 @@ def run_bench_stream(
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    ref = bench._register_models(workdir, ["tiny"])["tiny"]
+    ref = bench_data._register_models(workdir, ["tiny"])["tiny"]
     spark = spark or _session()
     spark.conf.set("spark.sql.streaming.numRecentProgressUpdates", "100000")
     broker = None

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from scoring.errors import ConfigError
-from scoring.tools import bench
+from scoring.tools import bench_data
 
 _LOGGER = logging.getLogger(__name__)
 
-N_FEATURES = bench.N_FEATURES
+N_FEATURES = bench_data.N_FEATURES
 KEY = "customer_id"
 EVENT_TIME = "event_time"
 WARMUP_KEY_BASE = 1 << 40

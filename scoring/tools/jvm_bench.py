@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from scoring import columns
-from scoring.tools import bench as _bench
+from scoring.tools import bench_data as _bench
 from scoring.tools import demo
 
 _LOGGER = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def prepare(rows: int, workdir: Path, models: Sequence[str]) -> Setup:
 
 def paths(setup: Setup, models: Sequence[str]) -> dict[str, Callable[[], None]]:
     """The compared paths, each writing key, ds, prediction and the same lineage columns (the engine's
-    ``stamp_dataframe``) with the bench's Delta writer (``scoring.tools.bench._write``):
+    ``stamp_dataframe``) with the bench's Delta writer (``scoring.tools.bench_data._write``):
 
     - ``jvm-copy``: no model, no Python; every feature read, the prediction their sum (the bench's reference);
     - ``jvm-copy-1``: the same reading one feature only (the prediction is ``f00``; the older bench reference);

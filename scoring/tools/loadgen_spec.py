@@ -1,6 +1,7 @@
 """The load generator's spec and result: what to send, where and when (:class:`LoadSpec`, :class:`Request`,
 :func:`schedule`), and what came back (:class:`LoadResult`, :class:`Percentiles`), both as JSON for the generator's
-own process. Stdlib only, like :mod:`scoring.tools.loadgen_engine`, which imports it when run as a file."""
+own process. Stdlib only when :mod:`scoring.tools.loadgen_engine` runs as a file and imports it (then
+:class:`LoadSpecError` is a plain ``ValueError``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ import random
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
+
+if __package__:  # imported as part of ``scoring`` (whose package is loaded already): the one error hierarchy
+    from scoring.errors import ConfigError
+
+    _SPEC_ERROR_BASES: tuple[type[Exception], ...] = (ConfigError, ValueError)
+else:  # in the generator's own process, run as a file: stdlib only
+    _SPEC_ERROR_BASES = (ValueError,)
+
+
+class LoadSpecError(*_SPEC_ERROR_BASES):
+    """A load spec that cannot run (a bad value, an unknown or missing key). Imported as part of ``scoring`` it is a
+    :class:`~scoring.errors.ConfigError`; it is a ``ValueError`` everywhere, for callers that catch that."""
+
 
 ARRIVALS = ("constant", "poisson")
 ORDERS = ("cycle", "random")
@@ -135,7 +149,7 @@ class LoadSpec:
         if self.connect_timeout_s <= 0 or self.drain_timeout_s < 0:
             problems.append("connect_timeout_s must be > 0 and drain_timeout_s >= 0")
         if problems:
-            raise ValueError("invalid load spec: " + "; ".join(problems))
+            raise LoadSpecError("invalid load spec: " + "; ".join(problems))
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -153,11 +167,11 @@ class LoadSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ValueError(f"invalid load spec: unknown keys {unknown} (known: {sorted(fields)})")
+            raise LoadSpecError(f"invalid load spec: unknown keys {unknown} (known: {sorted(fields)})")
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(data))
         if missing:
-            raise ValueError(f"invalid load spec: missing keys {missing}")
+            raise LoadSpecError(f"invalid load spec: missing keys {missing}")
         values = dict(data)
         values["requests"] = tuple(Request.from_dict(r) for r in data.get("requests", ()))
         values["ok_statuses"] = tuple(data.get("ok_statuses", ()))

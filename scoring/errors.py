@@ -90,7 +90,7 @@ class MissingExtraError(ConfigError):
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "triton": ("tritonclient", "pytriton"),
-    "serve": ("fastapi", "uvicorn", "orjson", "redis", "httpx"),
+    "serve": ("fastapi", "uvicorn", "orjson", "redis", "httpx", "prometheus_client"),
     "stream": ("confluent_kafka", "prometheus_client"),
     "airflow": ("airflow", "kubernetes"),
     "quality": ("great_expectations",),

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scoring import columns
-from scoring.errors import BackendUnavailableError, InputError
+from scoring.errors import BackendUnavailableError, InputError, require_extra
 
 RAW_VALUE = "raw_value"
 """The record's value as text, kept with every row (a quarantined row shows exactly what arrived)."""
@@ -31,6 +31,7 @@ class _DebugLog:
 
 def check_topic(bootstrap_servers: str, topic: str, *, key: str, timeout_s: float = 10.0) -> None:
     """Fail now, with the config key, when the brokers do not answer within `timeout_s` or `topic` does not exist."""
+    require_extra("stream", key)
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 

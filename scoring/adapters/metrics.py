@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from scoring.errors import require_extra
+
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 """Seconds: from real-time mode's tens of milliseconds to a backlog being worked off."""
 
@@ -13,6 +15,7 @@ class StreamMetrics:
     """Counters, a batch-duration histogram and a per-row lag histogram for one query (label ``job``)."""
 
     def __init__(self, job: str) -> None:
+        require_extra("stream", "stream.metrics_port")
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -101,6 +104,7 @@ class ServeMetrics:
     table version, size and age, and the model version served."""
 
     def __init__(self, job: str) -> None:
+        require_extra("serve", "scoring serve")
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()

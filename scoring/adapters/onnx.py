@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from scoring.errors import require_extra
+
 
 def sklearn_to_onnx(model, n_features: int, dtype=np.float32):
     """`model` as an ``onnx.ModelProto`` with one 2-D input ``X`` of `n_features` columns and plain tensor outputs
     (classifiers without ZipMap, so probabilities are a ``(rows, classes)`` tensor)."""
+    require_extra("demo", "converting a scikit-learn model to ONNX")
     from skl2onnx import to_onnx
 
     options = {"zipmap": False} if hasattr(model, "predict_proba") else None

@@ -25,7 +25,7 @@ from typing import Literal
 
 from scoring.adapters.registry import ModelRef
 from scoring.config import TritonModelConfig
-from scoring.errors import ModelError
+from scoring.errors import ModelError, require_extra
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def export_model(
     n_features: int | None = None,
 ) -> ExportResult:
     """Write `ref` into `repository` for Triton. Exporting the same version the same way again writes nothing."""
+    require_extra("triton", "exporting a model for Triton (scoring export)")
     import onnx
     from google.protobuf import text_format
 

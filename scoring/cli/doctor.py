@@ -10,6 +10,10 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
+import typer
+
+from scoring.cli.app import app, out
+
 
 @dataclasses.dataclass
 class Check:
@@ -142,3 +146,10 @@ def run_checks(console) -> bool:
         if not result.ok and result.fix:
             console.print(f"      how to fix: {result.fix}", highlight=False)
     return ok
+
+
+@app.command()
+def doctor() -> None:
+    """Check what scoring needs: Python packages, Java, Spark with the Delta jars, and the MLflow registry."""
+    ok = run_checks(out)
+    raise typer.Exit(0 if ok else 1)

@@ -38,3 +38,38 @@ def test_no_table_and_a_percent_escaped_path_are_clear_errors(tmp_path):
     shutil.copytree(tmp_path / "t", tmp_path / "a%20b" / "t")
     escaped = CliRunner().invoke(app, ["show", str(tmp_path / "a%20b" / "t")])
     assert escaped.exit_code == 2 and "contains '%20', which delta-rs decodes" in escaped.output
+
+
+def test_debug_raises_the_error_a_command_would_have_turned_into_its_exit_code(tmp_path):
+    from scoring.errors import ScoringError
+
+    done = CliRunner().invoke(app, ["--debug", "show", str(tmp_path / "nothing")])
+    assert isinstance(done.exception, ScoringError) and "no Delta table at" in str(done.exception)
+
+
+def test_every_command_and_group_command_runs_inside_the_one_error_decorator():
+    commands = [
+        *app.registered_commands,
+        *(c for g in app.registered_groups for c in g.typer_instance.registered_commands),
+    ]
+    assert len(commands) > 20
+    unwrapped = [c.callback.__name__ for c in commands if not hasattr(c.callback, "__wrapped__")]
+    assert unwrapped == []
+
+
+def test_help_imports_no_spark_mlflow_or_triton():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from scoring.cli import app\n"
+        "for args in (['--help'], ['run', '--help'], ['stream', '--help'], ['serve', '--help'], ['sidecar', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "heavy = ('pyspark', 'mlflow', 'tritonclient', 'onnxruntime', 'great_expectations', 'kafka', 'redis', 'fastapi')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

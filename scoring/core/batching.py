@@ -14,8 +14,11 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scoring.columns import PREDICTION
+from scoring.core import rules, rules_arrow
+from scoring.core.rules_arrow import value_rule
 
 BatchT = TypeVar("BatchT")
 ContextT = TypeVar("ContextT")
@@ -31,69 +34,29 @@ def feature_matrix(batch: pa.RecordBatch, features: Sequence[str], dtype: np.dty
     return out
 
 
-FEATURE_LIMIT = float(np.finfo(np.float32).max)
-"""The largest feature magnitude accepted: models here take float32 (ONNX ``tensor(float)``, Triton ``FP32``), so a
-larger value would reach the model as infinity."""
-
-_FLOAT_IDS = frozenset(t.id for t in (pa.float16(), pa.float32(), pa.float64()))
-_INTEGER_RANGES = {
-    pa.int8(): (-(2**7), 2**7 - 1),
-    pa.int16(): (-(2**15), 2**15 - 1),
-    pa.int32(): (-(2**31), 2**31 - 1),
-    pa.int64(): (-(2**63), 2**63 - 1),
-}
+FEATURE_LIMIT = rules.FEATURE_LIMIT
+"""The largest feature magnitude accepted (:data:`scoring.core.rules.FEATURE_LIMIT`, float32's largest value)."""
 
 
 def feature_value_problem(value: object, kind: pa.DataType) -> str | None:
     """Why one feature value is invalid for a model input of Arrow type `kind`, or None when it is valid.
 
-    The scalar form of :func:`invalid_mask`'s rule (a number, finite, within :data:`FEATURE_LIMIT`), for a value
-    before it is in a batch (a request's JSON value), plus what the input type needs of it: an integer, within the
-    integer type's range, for an integer input; ``true``/``false`` for a boolean one. The reason is a phrase for a
-    message: ``"1e+39 is beyond float32's range (3.4028235e+38)"``."""
-    kind_id = kind.id
-    if kind_id in _FLOAT_IDS and type(value) in (float, int) and abs(value) <= FEATURE_LIMIT:
-        return None  # the common case, first (NaN compares False and takes the long way)
-    if pa.types.is_boolean(kind):
-        return None if isinstance(value, bool) else f"expected true or false, got {_shown(value)}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"expected a number, got {_shown(value)}"
-    if not abs(value) <= FEATURE_LIMIT:  # the comparison invalid_mask makes: NaN compares False, so it is out too
-        if isinstance(value, float) and not np.isfinite(value):
-            return f"{value!r} is not a finite number"
-        return f"{value!r} is beyond float32's range ({FEATURE_LIMIT:.8g})"
-    if pa.types.is_integer(kind):
-        if isinstance(value, float):
-            if not value.is_integer():
-                return f"expected an integer, got {value!r}"
-            value = int(value)
-        low, high = _INTEGER_RANGES.get(kind, (-(2**63), 2**64 - 1))
-        if not low <= value <= high:
-            return f"{value!r} is out of {kind}'s range"
-    return None
-
-
-def _shown(value: object) -> str:
-    return type(value).__name__ if isinstance(value, dict | list) else repr(value)[:80]
+    The rule of :func:`invalid_mask` (:class:`scoring.core.rules.ValueRule`: a number, finite, within
+    :data:`FEATURE_LIMIT`), for a value before it is in a batch (a request's JSON value), plus what the input type
+    needs of it: an integer, within the integer type's range, for an integer input; ``true``/``false`` for a boolean
+    one; a list for an array one. The reason is a phrase for a message: ``"1e+39 is beyond float32's range
+    (3.4028235e+38)"``."""
+    return value_rule(kind).problem(value)
 
 
 def invalid_mask(batch: pa.RecordBatch, features: Sequence[str]) -> np.ndarray | None:
-    """Boolean mask of rows with a null, NaN, infinite or float32-overflowing value in any feature column, or None
-    when every row is valid."""
-    mask: np.ndarray | None = None
-    for name in features:
-        column = batch.column(name)
-        bad = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
-        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_decimal(column.type):
-            values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-            with np.errstate(invalid="ignore"):
-                out = ~(np.abs(values) <= FEATURE_LIMIT)  # NaN compares False, so it is out too
-            if column.null_count:
-                out &= ~column.is_null().to_numpy(zero_copy_only=False)
-            bad = out if bad is None else (bad | out)
-        if bad is not None and bad.any():
-            mask = bad if mask is None else (mask | bad)
-    return mask
+    """Boolean mask of rows with a null, NaN, infinite or float32-overflowing value in any feature column (an array
+    column: a null array or such an element; :class:`scoring.core.rules.ValueRule`), or None when every row is
+    valid."""
+    mask = rules_arrow.invalid_mask(batch, rules_arrow.feature_rules(batch.schema, features))
+    if not pc.any(mask).as_py():
+        return None
+    return mask.to_numpy(zero_copy_only=False)
 
 
 def nonfinite_mask(batch: pa.RecordBatch) -> np.ndarray | None:

@@ -1,9 +1,9 @@
 """A Spark standalone cluster on loopback: one master and N workers, each worker with its own cores, memory, work
 folder and, optionally, its own Triton sidecar: the topology of one sidecar per executor pod, on one machine.
 
-Every process is started from the ``spark-class`` of the installed pyspark (``$SPARK_HOME/bin``) in a process group
-of its own, and stopped by its pid (its group: the worker's executors and their Python workers share it), never by
-name. The cluster's state lives in one folder (``cluster.json``, the logs, each worker's ``work/``), so that
+Every process is started from the ``spark-class`` of the installed pyspark (``$SPARK_HOME/bin``) as a
+:class:`~scoring.launchers.process.ManagedProcess`, in a process group of its own, and stopped by its pid (its group:
+the worker's executors and their Python workers share it), never by name. The cluster's state lives in one folder (``cluster.json``, the logs, each worker's ``work/``), so that
 ``status`` and ``down`` work from another process than ``up``::
 
     cluster = Cluster(".scoring/cluster").up(workers=2)       # or: scoring cluster up
@@ -22,24 +22,37 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from scoring.adapters.triton import TRITON_HTTP_URL_ENV, TRITON_URL_ENV
-from scoring.errors import BackendUnavailableError, ScoringError
+from scoring.errors import ScoringError
 from scoring.launchers import triton_server
-from scoring.launchers.kafka_broker import _die_with_parent, free_ports
+from scoring.launchers.process import (
+    CHILDREN,
+    ManagedProcess,
+    NotReadyError,
+    PortClashError,
+    ProcessExitedError,
+    file_tail,
+    free_ports,
+    group_members,
+    process_tree,
+    stop_pid,
+    write_json,
+)
+from scoring.launchers.process import start_time as _started
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -137,47 +150,10 @@ def _is_ours(pid: int, main_class: str) -> bool:
     return main_class.encode() in cmdline and state != "Z"
 
 
-def group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group `pgid`, from ``/proc``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(pgrp) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every live (not zombie) process, from ``/proc``."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue
-        if state != "Z":
-            parents[int(entry.name)] = int(ppid)
-    return parents
-
-
-def tree(pgid: int) -> list[int]:
-    """The live processes of group `pgid` and all their descendants. Spark's Python daemon moves itself (and the
-    Python workers it forks) into a process group of its own, so a worker's group alone misses them."""
-    parents = _parents()
-    found = set(group_members(pgid))
-    grew = True
-    while grew:
-        more = {pid for pid, ppid in parents.items() if ppid in found} - found
-        found |= more
-        grew = bool(more)
-    return sorted(found)
+tree = process_tree
+"""The live processes of a group and all their descendants (:func:`scoring.launchers.process.process_tree`): Spark's
+Python daemon moves itself (and the Python workers it forks) into a process group of its own, so a worker's group
+alone misses them."""
 
 
 def executor_pids(worker: WorkerState) -> list[int]:
@@ -208,6 +184,85 @@ def _json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
+class _SparkProcess(ManagedProcess):
+    """The master or one worker: a ``spark-class`` JVM whose arguments and readiness the cluster gives
+    (:attr:`args`, :attr:`ready`), its log and state file (``<role>.json``) in its own folder."""
+
+    poll_s = _POLL_S
+
+    def __init__(
+        self, role: str, main_class: str, folder: Path, log_path: Path, env: dict[str, str], die_with_parent: bool
+    ) -> None:
+        super().__init__(
+            log_path=log_path,
+            cwd=folder,
+            state_path=folder / f"{role.split()[0]}.json",
+            die_with_parent=die_with_parent,
+            auto_ports=True,
+        )
+        self.name = f"Spark {role}"
+        self.main_class, self.extra_env = main_class, env
+        self.port, self.web_port = free_ports(2)
+        self.args: Callable[[], list[str]] = list
+        self.ready: Callable[[], bool] = bool
+
+    def command(self) -> list[str]:
+        return [str(spark_class()), self.main_class, *self.args()]
+
+    def ports(self) -> dict[str, int]:
+        return {"port": self.port, "web_port": self.web_port}
+
+    def pick_ports(self) -> None:
+        self.port, self.web_port = free_ports(2)
+
+    def is_ready(self) -> bool:
+        return self.ready()
+
+    def environment(self) -> dict[str, str]:
+        from scoring.adapters.spark import spark_submit_env
+
+        env = spark_submit_env()
+        env.update(
+            {
+                "SPARK_LOCAL_IP": LOOPBACK,
+                "SPARK_LOCAL_HOSTNAME": LOOPBACK,
+                "PYSPARK_PYTHON": sys.executable,
+                "SPARK_NO_DAEMONIZE": "1",
+                **self.extra_env,
+            }
+        )
+        for key in (TRITON_URL_ENV, TRITON_HTTP_URL_ENV):  # only a worker with a sidecar has them
+            if key not in self.extra_env:
+                env.pop(key, None)
+        return env
+
+    def failure(self, what: str, log_text: str, *, timed_out: bool, clash: bool) -> ScoringError:
+        detail = f"the {self.name} {what}; its log {self.log_path}:\n{file_tail(self.log_path)}"
+        if clash:
+            return PortClashError(detail, hint="bring the cluster up again: it picks other free ports")
+        if timed_out:
+            return NotReadyError(detail, hint="raise the timeout on a slow machine, or read the log")
+        return ProcessExitedError(detail, hint="read the log above")
+
+
+def _worker_args(worker: _SparkProcess, cores: int, memory: str, work: Path, master_url: str) -> list[str]:
+    return [
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(worker.port),
+        "--webui-port",
+        str(worker.web_port),
+        "--cores",
+        str(cores),
+        "--memory",
+        memory,
+        "--work-dir",
+        str(work),
+        master_url,
+    ]
+
+
 class Cluster:
     """A standalone cluster whose state lives in `state_dir` (see the module doc)."""
 
@@ -216,7 +271,7 @@ class Cluster:
         that the cluster outlives the command."""
         self.state_dir = Path(state_dir if state_dir is not None else default_state_dir()).expanduser().resolve()
         self.die_with_parent = die_with_parent
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._processes: dict[int, _SparkProcess] = {}
 
     # -- state
 
@@ -234,10 +289,7 @@ class Cluster:
             raise ScoringError(f"cluster state {self.state_path} is not valid JSON: {e}") from e
 
     def _save(self, state: ClusterState) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(f".{STATE_NAME}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, state.to_json())
 
     @property
     def master_url(self) -> str:
@@ -308,21 +360,29 @@ class Cluster:
         for stale in ("master", *(f"worker-{i}" for i in range(workers))):
             shutil.rmtree(self.state_dir / stale, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = iter(free_ports(2 + 2 * workers))
-        master_port, master_web = next(ports), next(ports)
+        ports = iter(free_ports(2 * workers))
         master_dir = self.state_dir / "master"
-        master_dir.mkdir()
-        started: list[WorkerState] = []
-        master = self._spawn(
-            [MASTER_CLASS, "--host", LOOPBACK, "--port", str(master_port), "--webui-port", str(master_web)],
-            master_dir / "master.log",
-            master_dir,
-            {},
-        )
-        state = ClusterState(master, master_port, master_web, str(master_dir / "master.log"), ())
-        self._save(state)
+        master = _SparkProcess("master", MASTER_CLASS, master_dir, master_dir / "master.log", {}, self.die_with_parent)
+        master.args = lambda: ["--host", LOOPBACK, "--port", str(master.port), "--webui-port", str(master.web_port)]
+        master.ready = lambda: self.master_status(state) is not None
+        state = ClusterState(0, master.port, master.web_port, str(master.log_path), ())
+        self._processes = {}
         try:
-            self._wait_master(state, timeout_s)
+            master.spawn()
+            self._processes[master.pid or 0] = master
+            state = ClusterState(master.pid or 0, master.port, master.web_port, str(master.log_path), ())
+            self._save(state)
+            try:
+                master.wait_ready(timeout_s)
+            except PortClashError:  # lost a race for its ports: once more on others
+                master.pick_ports()
+                master.spawn()
+                self._processes[master.pid or 0] = master
+                state = ClusterState(master.pid or 0, master.port, master.web_port, str(master.log_path), ())
+                self._save(state)
+                master.wait_ready(timeout_s)
+            started: list[WorkerState] = []
+            waiting: list[_SparkProcess] = []
             for index in range(workers):
                 folder = self.state_dir / f"worker-{index}"
                 work = folder / "work"
@@ -331,83 +391,46 @@ class Cluster:
                 env: dict[str, str] = {}
                 if triton_repository is not None:
                     sidecar = triton_server.start_server(
-                        triton_repository, models=triton_models, workdir=folder / "triton", ready_timeout_s=timeout_s
+                        triton_repository,
+                        models=triton_models,
+                        workdir=folder / "triton",
+                        ready_timeout_s=timeout_s,
+                        die_with_parent=self.die_with_parent,
                     )
                     env = {TRITON_URL_ENV: sidecar.grpc_url, TRITON_HTTP_URL_ENV: sidecar.http_url}
-                port, web = next(ports), next(ports)
-                log = folder / "worker.log"
-                pid = self._spawn(
-                    [
-                        WORKER_CLASS,
-                        "--host",
-                        LOOPBACK,
-                        "--port",
-                        str(port),
-                        "--webui-port",
-                        str(web),
-                        "--cores",
-                        str(cores),
-                        "--memory",
-                        memory,
-                        "--work-dir",
-                        str(work),
-                        state.master_url,
-                    ],
-                    log,
-                    folder,
-                    env,
+                worker = _SparkProcess(
+                    f"worker {index}", WORKER_CLASS, folder, folder / "worker.log", env, self.die_with_parent
                 )
+                worker.port, worker.web_port = next(ports), next(ports)
+                worker.args = functools.partial(_worker_args, worker, cores, memory, work, state.master_url)
+                worker.ready = functools.partial(self._worker_alive, worker)
+                pid = worker.spawn()
+                self._processes[pid] = worker
+                waiting.append(worker)
+                sidecar_json = sidecar.to_json() if sidecar else None
                 started.append(
                     WorkerState(
                         index,
                         pid,
-                        port,
-                        web,
+                        worker.port,
+                        worker.web_port,
                         cores,
                         memory,
                         str(work),
-                        str(log),
-                        sidecar.to_json() if sidecar else None,
+                        str(worker.log_path),
+                        sidecar_json,
                     )
                 )
                 state = dataclasses.replace(state, workers=tuple(started))
                 self._save(state)
-            self._wait_workers(state, timeout_s)
+            deadline = time.monotonic() + timeout_s
+            for worker in waiting:
+                worker.wait_ready(max(0.0, deadline - time.monotonic()))
         except BaseException:
             self.down()
             raise
         _LOGGER.info("Spark cluster %s up: %d workers (%s)", state.master_url, workers, self.state_dir)
         return self
-
-    def _spawn(self, args: list[str], log_path: Path, cwd: Path, extra_env: dict[str, str]) -> int:
-        from scoring.adapters.spark import spark_submit_env
-
-        env = spark_submit_env()
-        env.update(
-            {
-                "SPARK_LOCAL_IP": LOOPBACK,
-                "SPARK_LOCAL_HOSTNAME": LOOPBACK,
-                "PYSPARK_PYTHON": sys.executable,
-                "SPARK_NO_DAEMONIZE": "1",
-                **extra_env,
-            }
-        )
-        for key in (TRITON_URL_ENV, TRITON_HTTP_URL_ENV):  # only a worker with a sidecar has them
-            if key not in extra_env:
-                env.pop(key, None)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [str(spark_class()), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,  # its own group: the worker's executors and Python workers join it
-                preexec_fn=_die_with_parent() if self.die_with_parent else None,
-            )
-        self._procs[proc.pid] = proc
-        return proc.pid
 
     def master_status(self, state: ClusterState | None = None) -> dict[str, Any] | None:
         """The master's own view (its web UI's ``/json/``: workers, cores, applications), or None if it does not
@@ -415,39 +438,8 @@ class Cluster:
         state = state or self._require()
         return _json(f"http://{LOOPBACK}:{state.master_web_port}/json/")
 
-    def _wait_master(self, state: ClusterState, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.master_status(state) is None:
-            if self._exited(state.master_pid, MASTER_CLASS):
-                raise ScoringError(
-                    f"the Spark master exited at start-up; its log {state.master_log}:\n{_tail(state.master_log)}"
-                )
-            if time.monotonic() > deadline:
-                raise BackendUnavailableError(
-                    f"the Spark master did not answer within {timeout_s:g} s; its log {state.master_log}:\n"
-                    f"{_tail(state.master_log)}"
-                )
-            time.sleep(_POLL_S)
-
-    def _wait_workers(self, state: ClusterState, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        wanted = {f"{LOOPBACK}:{w.port}" for w in state.workers}
-        while True:
-            alive = self.alive_workers(state)
-            if wanted <= alive:
-                return
-            for worker in state.workers:
-                if self._exited(worker.pid, WORKER_CLASS):
-                    raise ScoringError(
-                        f"Spark worker {worker.index} exited at start-up; its log {worker.log_path}:\n"
-                        f"{_tail(worker.log_path)}"
-                    )
-            if time.monotonic() > deadline:
-                raise BackendUnavailableError(
-                    f"the Spark master lists {sorted(alive)} alive, not every worker {sorted(wanted)}, after "
-                    f"{timeout_s:g} s; see the logs under {self.state_dir}"
-                )
-            time.sleep(_POLL_S)
+    def _worker_alive(self, worker: _SparkProcess) -> bool:
+        return f"{LOOPBACK}:{worker.port}" in self.alive_workers()
 
     def alive_workers(self, state: ClusterState | None = None) -> set[str]:
         """``host:port`` of the workers the master lists as ALIVE."""
@@ -527,7 +519,9 @@ class Cluster:
             for pid in left:  # what the JVMs' own shutdown left behind, each by its pid
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            self._reap()
+                child = CHILDREN.get(pid)
+                if child is not None and child.poll() is not None:
+                    CHILDREN.pop(pid, None)
             time.sleep(_POLL_S)
             left = still_alive()
         if left:
@@ -538,36 +532,13 @@ class Cluster:
         return left
 
     def _stop(self, pid: int, main_class: str, timeout_s: float) -> None:
-        if not _is_ours(pid, main_class):
-            self._reap()
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _is_ours(pid, main_class) and time.monotonic() < deadline:
-            self._reap()
-            time.sleep(_POLL_S)
+        """Stop one JVM of the cluster by its pid (:func:`scoring.launchers.process.stop_pid`), if it still runs
+        `main_class` (a stale pid may belong to someone else by now)."""
         if _is_ours(pid, main_class):
-            _LOGGER.warning(
-                "%s pid %d did not stop within %g s of SIGTERM; killing its group", main_class, pid, timeout_s
-            )
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        self._reap()
-
-    def _exited(self, pid: int, main_class: str) -> bool:
-        """Whether a process this cluster started has exited. A child of this process is asked through its Popen:
-        while ``spark-class`` execs the JVM, ``/proc/<pid>/cmdline`` is briefly empty, and reading it then would
-        take a starting master for a dead one."""
-        proc = self._procs.get(pid)
-        if proc is not None:
-            return proc.poll() is not None
-        return not _is_ours(pid, main_class)
-
-    def _reap(self) -> None:
-        for pid, proc in list(self._procs.items()):
-            if proc.poll() is not None:
-                self._procs.pop(pid)
+            stop_pid(pid, timeout_s, name=main_class.rsplit(".", 1)[-1])
+        process = self._processes.pop(pid, None)
+        if process is not None:
+            process.stop(0)  # already stopped: records it in the process's own state file
 
 
 def export_for_sidecars(config_path: str | Path, repository: str | Path) -> tuple[Path, list[str]]:
@@ -588,25 +559,7 @@ def export_for_sidecars(config_path: str | Path, repository: str | Path) -> tupl
     return Path(repository), [result.model_name]
 
 
-def _started(pid: int) -> int | None:
-    """The start time of live process `pid` (clock ticks since boot): with the pid, it names one process for good."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
 def _megabytes(memory: str) -> float:
     units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
     text = memory.strip().lower().rstrip("b")
     return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text) / 2**20
-
-
-def _tail(path: str, lines: int = 20) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:]) or "(empty log)"

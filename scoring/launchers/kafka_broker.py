@@ -1,6 +1,7 @@
 """A real local Kafka broker: Apache Kafka's own broker from its Maven Central jars, one combined KRaft node
-(broker and controller) on loopback, run as a plain ``java`` child process; plus small confluent-kafka helpers that
-create topics, produce records and read a topic back.
+(broker and controller) on loopback, run as a plain ``java`` child process; plus (re-exported from
+:mod:`scoring.launchers.kafka_client`) small confluent-kafka helpers that create topics, produce records and read a
+topic back.
 
 It serves tests and benchmarks on a laptop or CI machine (no Docker there). See ``/work/shared/KAFKA.md``:
 
@@ -11,8 +12,9 @@ It serves tests and benchmarks on a laptop or CI machine (no Docker there). See 
 - A :class:`Broker` keeps its data, its ``server.properties``, its ports and its log in one folder, so that
   :meth:`Broker.stop` / :meth:`Broker.kill` and :meth:`Broker.start` again bring back the same broker, on the same
   ports, with its topics and records.
-- The broker dies with the Python process that started it (``PR_SET_PDEATHSIG`` on Linux), so a crashed test run
-  leaves no broker behind. The signal follows the *thread* that started it: start brokers from a thread that lives as
+- A :class:`Broker` is a :class:`~scoring.launchers.process.ManagedProcess`: started, stopped and killed by pid, and
+  it dies with the Python process that started it (``PR_SET_PDEATHSIG`` on Linux), so a crashed test run leaves no
+  broker behind. The signal follows the *thread* that started it: start brokers from a thread that lives as
   long as they should (the main thread, in tests).
 
 The helpers (:func:`create_topic`, :func:`produce`, :func:`consume_all`, :func:`wait_for_broker`) work against any
@@ -21,34 +23,65 @@ broker, this one or another; an unreachable broker is a `BackendUnavailableError
 
 from __future__ import annotations
 
-import atexit
 import base64
-import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import fcntl
 import json
 import logging
 import os
-import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from scoring.errors import BackendUnavailableError, ScoringError
-from scoring.launchers.processes import signal_and_wait
+from scoring.errors import ScoringError
+from scoring.launchers.kafka_client import (
+    ConsumedRecord,
+    ProducedRecord,
+    _answers,
+    consume_all,
+    create_topic,
+    produce,
+    topic_names,
+    wait_for_broker,
+)
+from scoring.launchers.process import (
+    LOOPBACK,
+    ManagedProcess,
+    NotReadyError,
+    PortClashError,
+    ProcessExitedError,
+    die_with_parent,
+    free_ports,
+)
+from scoring.launchers.process import tail as _proc_tail
+
+__all__ = [
+    "HEAP",
+    "KAFKA_VERSION",
+    "LOOPBACK",
+    "Broker",
+    "ConsumedRecord",
+    "ProducedRecord",
+    "consume_all",
+    "create_topic",
+    "find_java",
+    "free_ports",
+    "kafka_home",
+    "produce",
+    "resolve_broker_jars",
+    "topic_names",
+    "wait_for_broker",
+]
 
 _LOGGER = logging.getLogger(__name__)
+
+_die_with_parent = die_with_parent  # the name other modules used before the launchers shared a base
+
 
 KAFKA_VERSION = "4.1.1"
 """The Apache Kafka release of the broker (``org.apache.kafka:kafka_2.13``)."""
@@ -59,9 +92,6 @@ SLF4J_VERSION = "1.7.36"
 
 HOME_ENV = "SCORING_KAFKA_HOME"
 """Environment variable that overrides :func:`kafka_home` (the folder holding ``lib/`` and Maven's private ``m2/``)."""
-
-LOOPBACK = "127.0.0.1"
-"""The only address the broker binds to."""
 
 LOG_NAME = "broker.log"
 """The broker's stdout and stderr (its own log, through ``slf4j-simple``), inside its data folder; appended to at each
@@ -75,12 +105,7 @@ _STATE_NAME = "broker.json"
 _LOG_TAIL_LINES = 25
 _POLL_S = 0.2
 _MAVEN_TIMEOUT_S = 900.0
-_PR_SET_PDEATHSIG = 1
 _MAVEN_HINT = "install Maven and Java 17+ (`apt-get install maven`), or set SCORING_KAFKA_HOME to a folder whose lib/ holds the broker jars"
-
-# The Popen objects of brokers this process started: their pids are signalled only while these say they still run
-# (a reaped child's pid may belong to someone else), and an exiting interpreter kills those left running.
-_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
 
 
 # --- the broker's jars ------------------------------------------------------------------------------------------------
@@ -121,8 +146,7 @@ def _pom() -> str:
 
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:]) if kept else "(no output)"
+    return _proc_tail(text, lines)
 
 
 _PROBLEM = re.compile(r"\] (ERROR|FATAL) |^Caused by: |^Exception in thread |^Error: ")
@@ -224,80 +248,7 @@ def find_java() -> str:
     return java
 
 
-# --- ports ----------------------------------------------------------------------------------------------------------
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports free a moment ago, below the kernel's ephemeral range.
-
-    A broker keeps its ports across restarts; a port from the ephemeral range could be taken, while the broker is
-    down, by some client's outgoing connection. Falls back to ephemeral ports if none below the range is free.
-    """
-    low, _high = _ephemeral_range()
-    rng = random.Random()
-    ports: list[int] = []
-    for _ in range(200):
-        if len(ports) == count:
-            return ports
-        port = rng.randrange(10000, low) if low > 11000 else 0
-        if port and port not in ports and _port_free(port):
-            ports.append(port)
-    while len(ports) < count:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port = int(sock.getsockname()[1])
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 # --- the broker process -----------------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> Any:
-    """A ``preexec_fn`` that has the child killed when this process dies (Linux; a no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: nobody would signal
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-def _kill_leftovers() -> None:
-    """At interpreter exit: kill the brokers this process started and never stopped (PDEATHSIG covers a crash)."""
-    for pid, proc in list(_PROCESSES.items()):
-        if proc.poll() is None:
-            _LOGGER.warning("killing Kafka broker pid %d, left running at exit", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-
-atexit.register(_kill_leftovers)
 
 
 def _cluster_id() -> str:
@@ -317,18 +268,22 @@ class _State:
     cluster_id: str
 
 
-class Broker:
+class Broker(ManagedProcess):
     """One Kafka node (broker and KRaft controller in one ``java`` process) on ``127.0.0.1``.
 
     Everything lives in `data_dir`: ``server.properties``, the data (``kafka-logs/``), the log (``broker.log``) and
-    ``broker.json`` (ports and cluster id). The ports are chosen once (free ones, unless given) and kept, also by a
-    new `Broker` on the same folder, so clients reconnect after a restart; the data persists across restarts::
+    ``broker.json`` (ports, cluster id, and the running pid and command). The ports are chosen once (free ones,
+    unless given) and kept, also by a new `Broker` on the same folder, so clients reconnect after a restart; the data
+    persists across restarts::
 
         with Broker(tmp / "kafka") as broker:        # started, stopped at the end
             create_topic(broker.bootstrap, "scores")
             broker.kill()                            # a crash
             broker.start()                           # same ports, same records
     """
+
+    name = "Kafka broker"
+    poll_s = _POLL_S
 
     def __init__(
         self,
@@ -339,6 +294,7 @@ class Broker:
         home: str | Path | None = None,
         heap: str = HEAP,
         properties: dict[str, str] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         """`port` is the client (PLAINTEXT) port, `controller_port` the KRaft controller's; `home` the folder of the
         jars (:func:`kafka_home` by default); `properties` override or add ``server.properties`` entries."""
@@ -346,9 +302,14 @@ class Broker:
         self.home = Path(home).expanduser() if home is not None else kafka_home()
         self.heap = heap
         self.extra_properties = dict(properties or {})
-        self._proc: subprocess.Popen[bytes] | None = None
         saved = self._load_state()
-        self._auto_ports = port is None and controller_port is None and saved is None
+        super().__init__(
+            log_path=self.data_dir / LOG_NAME,
+            cwd=self.data_dir,
+            state_path=self.data_dir / _STATE_NAME,
+            die_with_parent=die_with_parent,
+            auto_ports=port is None and controller_port is None and saved is None,
+        )
         if saved is not None and port is None and controller_port is None:
             port, controller_port = saved.port, saved.controller_port
         if port is None or controller_port is None:
@@ -356,6 +317,8 @@ class Broker:
             port = port or next(picked)
             controller_port = controller_port or next(picked)
         self._state = _State(port, controller_port, saved.cluster_id if saved else _cluster_id())
+        self._java: str | None = None
+        self._lib: Path | None = None
 
     # -- where it is
 
@@ -380,23 +343,9 @@ class Broker:
         return self._state.cluster_id
 
     @property
-    def pid(self) -> int | None:
-        """The ``java`` process id while it runs (also its process group id), else None."""
-        return self._proc.pid if self.is_running() else None
-
-    @property
-    def log_path(self) -> Path:
-        """The broker's own log (stdout and stderr), appended to at each start."""
-        return self.data_dir / LOG_NAME
-
-    @property
     def log_dir(self) -> Path:
         """Kafka's ``log.dirs``: the topics' data and the KRaft metadata log."""
         return self.data_dir / "kafka-logs"
-
-    def is_running(self) -> bool:
-        """True while the broker's process runs (whether or not it answers yet)."""
-        return self._proc is not None and self._proc.poll() is None
 
     def __repr__(self) -> str:
         return f"Broker({self.bootstrap}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
@@ -416,11 +365,8 @@ class Broker:
                 hint=f"delete {self.data_dir} to start a new broker there, or pass another folder",
             ) from e
 
-    def _save_state(self) -> None:
-        path = self.data_dir / _STATE_NAME
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self._state), indent=2) + "\n")
-        os.replace(tmp, path)
+    def state_extra(self) -> dict[str, Any]:
+        return dataclasses.asdict(self._state)
 
     def server_properties(self) -> dict[str, str]:
         """The broker's ``server.properties`` (see ``/work/shared/KAFKA.md``), with `properties` applied."""
@@ -514,7 +460,56 @@ class Broker:
                 hint=f"delete {self.data_dir} to start afresh; a folder formatted by another Kafka version may differ",
             )
 
-    # -- start / stop
+    # -- the managed process
+
+    def ports(self) -> dict[str, int]:
+        return {"port": self.port, "controller_port": self.controller_port}
+
+    def describe(self) -> str:
+        return f"Kafka broker {self.bootstrap} (controller port {self.controller_port}, folder {self.data_dir})"
+
+    def pick_ports(self) -> None:
+        port, controller_port = free_ports(2)
+        self._state = dataclasses.replace(self._state, port=port, controller_port=controller_port)
+
+    def prepare(self) -> None:
+        assert self._java is not None and self._lib is not None
+        properties = self._write_properties()
+        self.save_state()
+        self._format(self._java, self._lib, properties)
+
+    def command(self) -> list[str]:
+        assert self._java is not None and self._lib is not None
+        return [
+            self._java,
+            f"-Xmx{self.heap}",
+            *self._java_options(),
+            "-cp",
+            self._classpath(self._lib),
+            "kafka.Kafka",
+            str(self.data_dir / "server.properties"),
+        ]
+
+    def is_ready(self) -> bool:
+        return _answers(self.bootstrap, timeout_s=2.0)
+
+    def failure(self, what: str, log_text: str, *, timed_out: bool, clash: bool) -> ScoringError:
+        where, tail = self.describe(), _log_tail(log_text)
+        if clash:
+            return PortClashError(
+                f"{where} could not bind its ports; it {what}. From its log {self.log_path}:\n{tail}",
+                hint="pass free ports, or leave them unset (on a new folder) to pick free ones",
+            )
+        if timed_out:
+            return NotReadyError(
+                f"{where} {what}. From its log {self.log_path}:\n{tail}",
+                hint="raise timeout_s on a slow machine, or read the log for what it was waiting on",
+            )
+        return ProcessExitedError(
+            f"{where} {what}. From its log {self.log_path}:\n{tail}",
+            hint=f"read the log above; a folder of another Kafka version or cluster cannot be reused: delete "
+            f"{self.data_dir} to start afresh",
+        )
 
     def start(self, timeout_s: float = 60.0) -> Broker:
         """Start the broker (resolving the jars and formatting the storage the first time) and return once it answers
@@ -526,135 +521,10 @@ class Broker:
         """
         if self.is_running():
             return self
-        lib = resolve_broker_jars(self.home)
-        java = find_java()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        attempts = 2 if self._auto_ports else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                self._start_once(java, lib, timeout_s)
-                break
-            except _PortClash as clash:
-                if attempt == attempts:
-                    raise clash.error from None
-                _LOGGER.info("Kafka broker lost a port race (%s); trying again with new ports", clash.error.message)
-                port, controller_port = free_ports(2)
-                self._state = dataclasses.replace(self._state, port=port, controller_port=controller_port)
-        self._auto_ports = False  # from now on the ports are the broker's: clients know them
+        self._lib = resolve_broker_jars(self.home)
+        self._java = find_java()
+        super().start(timeout_s)
         return self
-
-    def _start_once(self, java: str, lib: Path, timeout_s: float) -> None:
-        started = time.monotonic()
-        properties = self._write_properties()
-        self._save_state()
-        self._format(java, lib, properties)
-        cmd = [
-            java,
-            f"-Xmx{self.heap}",
-            *self._java_options(),
-            "-cp",
-            self._classpath(lib),
-            "kafka.Kafka",
-            str(properties),
-        ]
-        _LOGGER.info("starting Kafka broker %s in %s", self.bootstrap, self.data_dir)
-        _LOGGER.debug("Kafka broker command: %s", cmd)
-        with open(self.log_path, "ab") as log:  # appended: the history of restarts stays readable
-            log.write(f"\n===== scoring: starting Kafka broker on {self.bootstrap} at {time.ctime()} =====\n".encode())
-            log.flush()
-            log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,  # its own process group: a Ctrl-C in the terminal does not reach it
-                preexec_fn=_die_with_parent(),
-            )
-        _PROCESSES[self._proc.pid] = self._proc
-        try:
-            self._wait_ready(timeout_s, started, log_offset)
-        except BaseException:
-            self._terminate(signal.SIGKILL, 5.0)
-            raise
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def _wait_ready(self, timeout_s: float, started: float, log_offset: int) -> None:
-        assert self._proc is not None
-        deadline = started + timeout_s
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                self._raise_start_failure(f"exited with status {code} before it answered", log_offset)
-            if _answers(self.bootstrap, timeout_s=min(2.0, max(0.5, deadline - time.monotonic()))):
-                _LOGGER.info(
-                    "Kafka broker pid %d ready on %s in %.1f s (log %s)",
-                    self._proc.pid,
-                    self.bootstrap,
-                    time.monotonic() - started,
-                    self.log_path,
-                )
-                return
-            if time.monotonic() >= deadline:
-                self._raise_start_failure(f"did not answer within {timeout_s:g} s", log_offset, timed_out=True)
-            time.sleep(_POLL_S)
-
-    def _raise_start_failure(self, what: str, log_offset: int, *, timed_out: bool = False) -> None:
-        text = self._log_since(log_offset)
-        tail = _log_tail(text)
-        where = f"Kafka broker {self.bootstrap} (controller port {self.controller_port}, folder {self.data_dir})"
-        if "Address already in use" in text or "BindException" in text:
-            error = BackendUnavailableError(
-                f"{where} could not bind its ports; it {what}. From its log {self.log_path}:\n{tail}",
-                hint="pass free ports, or leave them unset (on a new folder) to pick free ones",
-            )
-            raise _PortClash(error) if self._auto_ports else error
-        if timed_out:
-            raise BackendUnavailableError(
-                f"{where} {what}. From its log {self.log_path}:\n{tail}",
-                hint="raise timeout_s on a slow machine, or read the log for what it was waiting on",
-            )
-        raise ScoringError(
-            f"{where} {what}. From its log {self.log_path}:\n{tail}",
-            hint=f"read the log above; a folder of another Kafka version or cluster cannot be reused: delete "
-            f"{self.data_dir} to start afresh",
-        )
-
-    def _terminate(self, sig: signal.Signals, timeout_s: float) -> bool:
-        """Send `sig` to the broker, wait up to `timeout_s` for it to exit; True when it did (see
-        :func:`scoring.launchers.processes.signal_and_wait`)."""
-        stopped = signal_and_wait(self._proc, sig, timeout_s)
-        if stopped and self._proc is not None:
-            _PROCESSES.pop(self._proc.pid, None)
-        return stopped
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the broker by its pid: SIGTERM (a controlled shutdown), then SIGKILL after `timeout_s`. Idempotent."""
-        if not self.is_running():
-            return
-        assert self._proc is not None
-        pid = self._proc.pid
-        began = time.monotonic()
-        if not self._terminate(signal.SIGTERM, timeout_s):
-            _LOGGER.warning("Kafka broker pid %d did not stop within %g s of SIGTERM; killing it", pid, timeout_s)
-            self._terminate(signal.SIGKILL, 10.0)
-        _LOGGER.info("Kafka broker pid %d stopped in %.1f s", pid, time.monotonic() - began)
-
-    def kill(self) -> None:
-        """SIGKILL the broker at once (a crash: no controlled shutdown, no flush). Idempotent."""
-        if not self.is_running():
-            return
-        assert self._proc is not None
-        _LOGGER.info("killing Kafka broker pid %d", self._proc.pid)
-        self._terminate(signal.SIGKILL, 10.0)
 
     def restart(self, timeout_s: float = 60.0) -> Broker:
         """:meth:`stop` then :meth:`start`, on the same folder and ports."""
@@ -663,305 +533,3 @@ class Broker:
 
     def __enter__(self) -> Broker:
         return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-class _PortClash(Exception):
-    """Internal: the broker could not bind a port; carries the error to raise if no retry is left."""
-
-    def __init__(self, error: BackendUnavailableError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-# --- clients (confluent-kafka) ----------------------------------------------------------------------------------------
-
-
-class _QuietLogger:
-    """librdkafka's own log lines (connection refused while a broker starts, ...) go to DEBUG, not to stderr."""
-
-    def log(self, level: int, msg: str, *args: object) -> None:
-        _LOGGER.debug("librdkafka: %s", msg % args if args else msg)
-
-
-def _client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "logger": _QuietLogger(), **extra}
-
-
-def _admin(bootstrap: str, timeout_s: float) -> Any:
-    from confluent_kafka.admin import AdminClient
-
-    ms = max(1, int(timeout_s * 1000))
-    return AdminClient(_client_config(bootstrap, **{"socket.connection.setup.timeout.ms": max(1000, ms)}))
-
-
-def _answers(bootstrap: str, timeout_s: float) -> bool:
-    from confluent_kafka import KafkaException
-
-    try:
-        _admin(bootstrap, timeout_s).list_topics(timeout=timeout_s)
-    except KafkaException:
-        return False
-    return True
-
-
-def _unreachable(bootstrap: str, timeout_s: float, cause: object) -> BackendUnavailableError:
-    return BackendUnavailableError(
-        f"Kafka broker at {bootstrap} did not answer within {timeout_s:g} s: {cause}",
-        hint="start the broker (scoring.launchers.kafka_broker.Broker, or the kafka_broker test fixture), or check "
-        "the bootstrap address (host:port)",
-    )
-
-
-def wait_for_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
-    """Return once the broker(s) at `bootstrap` answer a metadata request; `BackendUnavailableError` after
-    `timeout_s`."""
-    from confluent_kafka import KafkaException
-
-    try:
-        _admin(bootstrap, timeout_s).list_topics(timeout=timeout_s)
-    except KafkaException as e:
-        raise _unreachable(bootstrap, timeout_s, e.args[0] if e.args else e) from e
-
-
-def create_topic(
-    bootstrap: str,
-    name: str,
-    partitions: int = 1,
-    *,
-    config: dict[str, str] | None = None,
-    exists_ok: bool = False,
-    timeout_s: float = 30.0,
-) -> None:
-    """Create topic `name` (replication factor 1) and return once every partition has a leader.
-
-    Raises `BackendUnavailableError` when the broker does not answer, `ScoringError` when the topic exists (unless
-    `exists_ok`) or the broker refuses it.
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
-
-    wait_for_broker(bootstrap, timeout_s=min(timeout_s, 5.0))
-    admin = _admin(bootstrap, timeout_s)
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))],
-        operation_timeout=timeout_s,
-        request_timeout=timeout_s,
-    )
-    try:
-        futures[name].result(timeout=timeout_s)
-    except KafkaException as e:
-        error = e.args[0] if e.args else None
-        if not (exists_ok and isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-            raise ScoringError(
-                f"Kafka broker {bootstrap} did not create topic {name!r} ({partitions} partitions): {error or e}",
-                hint="pass exists_ok=True to reuse an existing topic, or choose another name",
-            ) from e
-    _wait_for_topic(admin, bootstrap, name, timeout_s)
-
-
-def _wait_for_topic(admin: Any, bootstrap: str, name: str, timeout_s: float) -> int:
-    """Wait until `name` shows in the metadata with a leader for every partition; its partition count."""
-    from confluent_kafka import KafkaException
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            # All topics: a metadata request naming a topic may create it (auto.create.topics.enable).
-            topics = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic()))).topics
-            topic = topics.get(name)
-            if (
-                topic is not None
-                and topic.error is None
-                and topic.partitions
-                and all(p.leader >= 0 for p in topic.partitions.values())
-            ):
-                return len(topic.partitions)
-        except KafkaException:
-            pass
-        if time.monotonic() >= deadline:
-            raise BackendUnavailableError(
-                f"topic {name!r} on Kafka broker {bootstrap} had no leader for every partition within {timeout_s:g} s"
-            )
-        time.sleep(0.05)
-
-
-def _as_bytes(value: bytes | str | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
-
-
-ProducedRecord = tuple[bytes | str | None, bytes | str] | tuple[bytes | str | None, bytes | str, int | None]
-"""What :func:`produce` takes: ``(key, value)`` or ``(key, value, timestamp_ms)``; str is encoded as UTF-8."""
-
-
-def produce(
-    bootstrap: str,
-    topic: str,
-    records: Iterable[ProducedRecord],
-    *,
-    partition: int | None = None,
-    timeout_s: float = 30.0,
-) -> int:
-    """Produce `records` to `topic` (``acks=all``), flush, and return how many were delivered.
-
-    A timestamp of None lets the producer stamp the record. `partition` pins every record to one partition; by
-    default the key decides (records without a key are spread). Raises `BackendUnavailableError` when the broker does
-    not answer or delivery does not finish within `timeout_s`, `ScoringError` when the broker refuses a record.
-    """
-    from confluent_kafka import KafkaError, Producer
-
-    wait_for_broker(bootstrap, timeout_s=min(timeout_s, 5.0))
-    ms = max(1000, int(timeout_s * 1000))
-    producer = Producer(
-        _client_config(bootstrap, **{"acks": "all", "linger.ms": 5, "message.timeout.ms": ms, "request.timeout.ms": ms})
-    )
-    errors: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _message: Any) -> None:
-        if error is not None:
-            errors.append(error)
-
-    count = 0
-    for record in records:
-        key, value = record[0], record[1]
-        timestamp = record[2] if len(record) > 2 else None
-        kwargs: dict[str, Any] = {"key": _as_bytes(key), "value": _as_bytes(value), "on_delivery": delivered}
-        if timestamp is not None:
-            kwargs["timestamp"] = int(timestamp)
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                producer.produce(topic, **kwargs)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.1)
-        count += 1
-        producer.poll(0)
-    left = producer.flush(timeout_s)
-    if errors:
-        first = errors[0]
-        cls = (
-            BackendUnavailableError if first.retriable() or first.code() == KafkaError._MSG_TIMED_OUT else ScoringError
-        )
-        raise cls(
-            f"Kafka broker {bootstrap} did not take {len(errors)} of {count} records for topic {topic!r}: {first}",
-            hint="read the broker's log; check the topic exists (or auto-creation is on) and the records' sizes",
-        )
-    if left:
-        raise BackendUnavailableError(
-            f"{left} of {count} records for topic {topic!r} were not delivered to Kafka broker {bootstrap} within "
-            f"{timeout_s:g} s",
-            hint="the broker may be down or overloaded; read its log, or raise timeout_s",
-        )
-    return count
-
-
-class ConsumedRecord(NamedTuple):
-    """One record read back by :func:`consume_all`."""
-
-    key: bytes | None
-    value: bytes | None
-    partition: int
-    offset: int
-    timestamp_ms: int
-    """The record's timestamp (producer's create time, or the broker's log-append time), in ms since the epoch."""
-
-
-def consume_all(
-    bootstrap: str,
-    topic: str,
-    *,
-    expect: int | None = None,
-    timeout_s: float = 30.0,
-    idle_s: float = 1.0,
-    isolation_level: str = "read_committed",
-) -> list[ConsumedRecord]:
-    """Read `topic` from its earliest offsets, sorted by (partition, offset).
-
-    With `expect`, reads until that many records arrived (it stops there: call again without `expect` to see whether
-    more follow) or `timeout_s` passed, waiting for the topic to appear if it does not exist yet. Without, reads
-    until every partition's end and `idle_s` without a new record, or `timeout_s`; a missing topic gives ``[]``.
-    Partitions are assigned directly (no consumer group join, nothing committed). Raises `BackendUnavailableError`
-    when the broker does not answer.
-    """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
-    deadline = time.monotonic() + timeout_s
-    wait_for_broker(bootstrap, timeout_s=min(timeout_s, 5.0))
-    admin = _admin(bootstrap, 5.0)
-    partitions = _partitions(admin, topic)
-    while not partitions:
-        if expect is None or time.monotonic() >= deadline:
-            return []
-        time.sleep(0.1)
-        partitions = _partitions(admin, topic)
-
-    consumer = Consumer(
-        _client_config(
-            bootstrap,
-            **{
-                "group.id": f"scoring-reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": isolation_level,
-            },
-        )
-    )
-    records: list[ConsumedRecord] = []
-    at_end: set[int] = set()
-    last_new = time.monotonic()
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        while time.monotonic() < deadline:
-            if expect is not None and len(records) >= expect:
-                break
-            if expect is None and at_end >= set(partitions) and time.monotonic() - last_new >= idle_s:
-                break
-            for message in consumer.consume(num_messages=10_000, timeout=0.2):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
-                        continue
-                    if error.fatal() or not error.retriable():
-                        raise ScoringError(f"reading topic {topic!r} from Kafka broker {bootstrap} failed: {error}")
-                    _LOGGER.debug("reading %s: %s", topic, error)
-                    continue
-                at_end.discard(message.partition())
-                last_new = time.monotonic()
-                _ts_type, ts = message.timestamp()
-                records.append(
-                    ConsumedRecord(message.key(), message.value(), message.partition(), message.offset(), ts)
-                )
-    finally:
-        consumer.close()
-    records.sort(key=lambda r: (r.partition, r.offset))
-    return records
-
-
-def _partitions(admin: Any, topic: str) -> list[int]:
-    """The partition ids of `topic`, or [] if it does not exist (yet)."""
-    from confluent_kafka import KafkaException
-
-    try:
-        # All topics: a metadata request naming the topic would create it where auto.create.topics.enable is on.
-        meta = admin.list_topics(timeout=5.0).topics.get(topic)
-    except KafkaException:
-        return []
-    if meta is None or meta.error is not None:
-        return []
-    return sorted(meta.partitions)
-
-
-def topic_names(bootstrap: str, timeout_s: float = 5.0) -> Sequence[str]:
-    """The broker's topics (internal ones, starting with ``__``, left out)."""
-    from confluent_kafka import KafkaException
-
-    try:
-        topics = _admin(bootstrap, timeout_s).list_topics(timeout=timeout_s).topics
-    except KafkaException as e:
-        raise _unreachable(bootstrap, timeout_s, e.args[0] if e.args else e) from e
-    return sorted(t for t in topics if not t.startswith("__"))

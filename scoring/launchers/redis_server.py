@@ -27,8 +27,6 @@ killed by its pid, never by name: other Redis servers on the machine are none of
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -36,7 +34,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -44,9 +41,16 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from scoring.errors import BackendUnavailableError, ScoringError
-from scoring.launchers.kafka_broker import _die_with_parent, free_ports
-from scoring.launchers.processes import signal_and_wait
+from scoring.errors import ScoringError
+from scoring.launchers.process import (
+    LOOPBACK,
+    ManagedProcess,
+    NotReadyError,
+    PortClashError,
+    ProcessExitedError,
+    free_ports,
+)
+from scoring.launchers.process import tail as _tail
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,8 +65,8 @@ MIN_REDIS_VERSION = (6, 2)
 """The oldest ``redis-server`` on PATH that is used as is: redis-py 8 speaks RESP3 (``HELLO``, Redis 6+), and the store
 relies on ``UNLINK`` and multi-field ``HSET``. An older one is ignored and a Debian build fetched instead."""
 
-LOOPBACK = "127.0.0.1"
-"""The only address a server binds to."""
+STATE_NAME = "redis.json"
+"""The server's state file (pid, port, command) inside its data folder (see :mod:`scoring.launchers.process`)."""
 
 LOG_NAME = "redis.log"
 """The server's log (``--logfile``) and its stdout/stderr (start-up errors printed before the log file opens), inside
@@ -73,19 +77,12 @@ FETCH_TIMEOUT_S = 300.0
 
 _MARKER = ".fetched"
 _MOVING = ".fetch-moving"  # present while a fetch moves its tree into place: what it finds there is its own to replace
-_LOG_TAIL_LINES = 20
-_POLL_S = 0.05
 _FORCED_OPTIONS = ("bind", "port", "daemonize", "dir", "logfile")
 _FETCH_HINT = (
     "install Redis (`apt-get install redis-server`, as root) so that `redis-server` is on PATH, or run "
     "`apt-get update` (as root) if apt's package lists are missing, or set SCORING_REDIS_HOME to a folder holding "
     "usr/bin/redis-server"
 )
-
-# The Popen objects of servers this process started: their pids are signalled only while these say they still run
-# (a reaped child's pid may belong to someone else), and an exiting interpreter kills those left running.
-_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
-
 
 # --- where the binary comes from ---------------------------------------------------------------------------------------
 
@@ -184,11 +181,6 @@ def _fetched_homes() -> list[Path]:
     root = cache_root()
     homes = [p for p in root.glob("redis-*") if p.is_dir() and _fetched(p)] if root.is_dir() else []
     return sorted(homes, key=lambda p: (p / _MARKER).stat().st_mtime)
-
-
-def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:]) if kept else "(no output)"
 
 
 def _tool(name: str) -> str:
@@ -372,20 +364,6 @@ def _check_runs(binary: Path, lib_dirs: list[Path]) -> None:
 # --- the server process --------------------------------------------------------------------------------------------------
 
 
-def _kill_leftovers() -> None:
-    """At interpreter exit: kill the servers this process started and never stopped (PDEATHSIG covers a crash)."""
-    for pid, proc in list(_PROCESSES.items()):
-        if proc.poll() is None:
-            _LOGGER.warning("killing redis-server pid %d, left running at exit", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-
-atexit.register(_kill_leftovers)
-
-
 def _command(port: int, *args: str, timeout_s: float) -> bytes | None:
     """Send one command over a raw RESP2 socket and return its reply (simple or bulk string; an error reply as the
     ``-ERR ...`` line); None when nothing answers. Stdlib only: this module needs no Redis client."""
@@ -415,8 +393,9 @@ def _command(port: int, *args: str, timeout_s: float) -> bytes | None:
         return None
 
 
-class RedisServer:
-    """One ``redis-server`` process on ``127.0.0.1``, with its working folder and log in `data_dir`.
+class RedisServer(ManagedProcess):
+    """One ``redis-server`` process on ``127.0.0.1``, with its working folder, log and state file (``redis.json``)
+    in `data_dir`; a :class:`~scoring.launchers.process.ManagedProcess`.
 
     The port is chosen once (a free one, unless given) and kept across :meth:`stop` / :meth:`kill` and
     :meth:`start`, so clients holding :attr:`url` reconnect after a restart. By default nothing persists across a
@@ -429,6 +408,9 @@ class RedisServer:
             server.start()                           # same port, empty again
     """
 
+    name = "redis-server"
+    poll_s = 0.05
+
     def __init__(
         self,
         data_dir: str | Path,
@@ -436,6 +418,7 @@ class RedisServer:
         *,
         binary: str | Path | None = None,
         config: Mapping[str, str] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         """`binary` defaults to :func:`resolve_redis_server` (resolved, and fetched if need be, at the first
         :meth:`start`); `config` adds or overrides ``redis-server`` options (``{"appendonly": "yes"}``), except the
@@ -447,11 +430,16 @@ class RedisServer:
                 hint="pass the port as `port`, the folder as `data_dir`; the server always binds 127.0.0.1",
             )
         self.data_dir = Path(data_dir).expanduser().resolve()
+        super().__init__(
+            log_path=self.data_dir / LOG_NAME,
+            cwd=self.data_dir,
+            state_path=self.data_dir / STATE_NAME,
+            die_with_parent=die_with_parent,
+            auto_ports=port is None,
+        )
         self.binary = Path(binary) if binary is not None else None
         self.config = dict(config or {})
-        self._auto_port = port is None
         self._port = port if port is not None else free_ports(1)[0]
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- where it is
 
@@ -465,20 +453,6 @@ class RedisServer:
         """``redis://127.0.0.1:<port>/0``, for redis-py's ``from_url`` and ``serve.redis.url``."""
         return f"redis://{LOOPBACK}:{self.port}/0"
 
-    @property
-    def pid(self) -> int | None:
-        """The ``redis-server`` process id while it runs (also its process group id), else None."""
-        return self._proc.pid if self._proc is not None and self.is_running() else None
-
-    @property
-    def log_path(self) -> Path:
-        """The server's log, appended to at each start."""
-        return self.data_dir / LOG_NAME
-
-    def is_running(self) -> bool:
-        """True while the server's process runs (whether or not it answers yet)."""
-        return self._proc is not None and self._proc.poll() is None
-
     def ping(self, timeout_s: float = 1.0) -> bool:
         """True when the server on :attr:`port` answers ``PING`` with ``PONG``."""
         return _command(self.port, "PING", timeout_s=timeout_s) == b"+PONG"
@@ -486,7 +460,24 @@ class RedisServer:
     def __repr__(self) -> str:
         return f"RedisServer({self.url}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
 
-    # -- start / stop
+    # -- the managed process
+
+    def ports(self) -> dict[str, int]:
+        return {"port": self.port}
+
+    def describe(self) -> str:
+        return f"redis-server {self.url} ({self.binary}, folder {self.data_dir})"
+
+    def pick_ports(self) -> None:
+        self._port = free_ports(1)[0]
+
+    def environment(self) -> dict[str, str]:
+        assert self.binary is not None
+        return server_environment(self.binary)
+
+    def command(self) -> list[str]:
+        assert self.binary is not None
+        return self.command_line(self.binary)
 
     def command_line(self, binary: Path) -> list[str]:
         """The ``redis-server`` command line: options as arguments, no config file."""
@@ -504,6 +495,21 @@ class RedisServer:
         }
         return [str(binary), *[item for name, value in options.items() for item in (f"--{name}", value)]]
 
+    def is_ready(self) -> bool:
+        """Ready is: the server on the port says it is our process (``INFO server``'s ``process_id``: another server
+        on a clashing port must not pass for ours), and it answers ``PONG``."""
+        info = _command(self.port, "INFO", "server", timeout_s=1.0) or b""
+        match = re.search(rb"^process_id:(\d+)", info, re.MULTILINE)
+        return match is not None and self._proc is not None and int(match.group(1)) == self._proc.pid and self.ping()
+
+    def failure(self, what: str, log_text: str, *, timed_out: bool, clash: bool) -> ScoringError:
+        detail = f"{self.describe()} {what}. From its log {self.log_path}:\n{_tail(log_text)}"
+        if clash:
+            return PortClashError(detail, hint="pass a free port, or leave it unset to pick a free one")
+        if timed_out:
+            return NotReadyError(detail, hint="raise timeout_s on a slow machine, or read the log")
+        return ProcessExitedError(detail, hint="read the log above; an option passed in `config` may be wrong")
+
     def start(self, timeout_s: float = 30.0) -> RedisServer:
         """Start the server (fetching ``redis-server`` the first time) and return once it answers ``PING``. A no-op
         while it runs.
@@ -516,116 +522,8 @@ class RedisServer:
             return self
         if self.binary is None:
             self.binary = resolve_redis_server()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        attempts = 2 if self._auto_port else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                self._start_once(self.binary, timeout_s)
-                break
-            except _PortClash as clash:
-                if attempt == attempts:
-                    raise clash.error from None
-                _LOGGER.info("redis-server lost a port race (%s); trying again on another port", clash.error.message)
-                self._port = free_ports(1)[0]
-        self._auto_port = False  # from now on the port is the server's: clients know it
+        super().start(timeout_s)
         return self
-
-    def _start_once(self, binary: Path, timeout_s: float) -> None:
-        started = time.monotonic()
-        cmd = self.command_line(binary)
-        _LOGGER.info("starting redis-server on %s in %s", self.url, self.data_dir)
-        _LOGGER.debug("redis-server command: %s", cmd)
-        with open(self.log_path, "ab") as log:  # appended: the history of restarts stays readable
-            log.write(f"\n===== scoring: starting redis-server on {self.url} at {time.ctime()} =====\n".encode())
-            log.flush()
-            log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                env=server_environment(binary),
-                start_new_session=True,  # its own process group: a Ctrl-C in the terminal does not reach it
-                preexec_fn=_die_with_parent(),
-            )
-        _PROCESSES[self._proc.pid] = self._proc
-        try:
-            self._wait_ready(timeout_s, started, log_offset)
-        except BaseException:
-            self._terminate(signal.SIGKILL, 5.0)
-            raise
-
-    def _wait_ready(self, timeout_s: float, started: float, log_offset: int) -> None:
-        """Ready is: our process runs, the server on the port says it is our process (``INFO server``'s
-        ``process_id``: another server on a clashing port must not pass for ours), and it answers ``PONG``."""
-        assert self._proc is not None
-        deadline = started + timeout_s
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                self._raise_start_failure(f"exited with status {code} before it answered", log_offset)
-            info = _command(self.port, "INFO", "server", timeout_s=1.0) or b""
-            match = re.search(rb"^process_id:(\d+)", info, re.MULTILINE)
-            if match is not None and int(match.group(1)) == self._proc.pid and self.ping():
-                _LOGGER.info(
-                    "redis-server pid %d ready on %s in %.2f s (log %s)",
-                    self._proc.pid,
-                    self.url,
-                    time.monotonic() - started,
-                    self.log_path,
-                )
-                return
-            if time.monotonic() >= deadline:
-                self._raise_start_failure(f"did not answer within {timeout_s:g} s", log_offset, timed_out=True)
-            time.sleep(_POLL_S)
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def _raise_start_failure(self, what: str, log_offset: int, *, timed_out: bool = False) -> None:
-        text = self._log_since(log_offset)
-        where = f"redis-server {self.url} ({self.binary}, folder {self.data_dir})"
-        detail = f"{where} {what}. From its log {self.log_path}:\n{_tail(text)}"
-        if "Address already in use" in text:
-            error = BackendUnavailableError(detail, hint="pass a free port, or leave it unset to pick a free one")
-            raise _PortClash(error) if self._auto_port else error
-        if timed_out:
-            raise BackendUnavailableError(detail, hint="raise timeout_s on a slow machine, or read the log")
-        raise ScoringError(detail, hint="read the log above; an option passed in `config` may be wrong")
-
-    def _terminate(self, sig: signal.Signals, timeout_s: float) -> bool:
-        """Send `sig` to the server, wait up to `timeout_s` for it to exit; True when it did (see
-        :func:`scoring.launchers.processes.signal_and_wait`)."""
-        stopped = signal_and_wait(self._proc, sig, timeout_s)
-        if stopped and self._proc is not None:
-            _PROCESSES.pop(self._proc.pid, None)
-        return stopped
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server by its pid: SIGTERM (Redis shuts down cleanly, saving only if persistence was asked
-        for), then SIGKILL after `timeout_s`. Idempotent."""
-        if not self.is_running():
-            return
-        assert self._proc is not None
-        pid = self._proc.pid
-        if not self._terminate(signal.SIGTERM, timeout_s):
-            _LOGGER.warning("redis-server pid %d did not stop within %g s of SIGTERM; killing it", pid, timeout_s)
-            self._terminate(signal.SIGKILL, 10.0)
-        _LOGGER.info("redis-server pid %d stopped", pid)
-
-    def kill(self) -> None:
-        """SIGKILL the server at once (a crash: no shutdown, no save). Idempotent."""
-        if not self.is_running():
-            return
-        assert self._proc is not None
-        _LOGGER.info("killing redis-server pid %d", self._proc.pid)
-        self._terminate(signal.SIGKILL, 10.0)
 
     def restart(self, timeout_s: float = 30.0) -> RedisServer:
         """:meth:`stop` then :meth:`start`, on the same port and folder."""
@@ -634,14 +532,3 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-class _PortClash(Exception):
-    """Internal: the server could not bind its port; carries the error to raise if no retry is left."""
-
-    def __init__(self, error: BackendUnavailableError) -> None:
-        super().__init__(error.message)
-        self.error = error

@@ -13,7 +13,8 @@ and needs three things to run a Python-backend model (see ``/work/shared/TRITON.
 
 The server's CUDA, NVML and DCGM warnings at start-up are harmless on a CPU machine.
 
-Use :func:`running_server` in tests and scripts, :func:`start_server` / :func:`stop_server` with :func:`save_state` /
+The server process is a :class:`~scoring.launchers.process.ManagedProcess` (started, stopped and killed by pid, its
+failures explained with the log's tail). Use :func:`running_server` in tests and scripts, :func:`start_server` / :func:`stop_server` with :func:`save_state` /
 :func:`load_state` where the server outlives the process that started it (``scoring sidecar start|status|stop``).
 """
 
@@ -27,13 +28,9 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,7 +38,43 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scoring.errors import BackendUnavailableError, ModelError, ScoringError
+from scoring.errors import ModelError, ScoringError
+from scoring.launchers.process import (
+    CHILDREN,
+    ManagedProcess,
+    NotReadyError,
+    PortClashError,
+    ProcessExitedError,
+    ProcessRecord,
+    pid_alive,
+    stop_pid,
+    write_json,
+)
+from scoring.launchers.triton_install import (
+    _prepare_backends,
+    _server_env,
+    _tritonserver_root,
+    find_tritonserver,
+)
+
+__all__ = [
+    "DEFAULT_STATE_FILE",
+    "LOG_NAME",
+    "LOOPBACK",
+    "STATE_FILE_ENV",
+    "ServerHandle",
+    "clear_state",
+    "default_state_file",
+    "find_tritonserver",
+    "is_alive",
+    "load_state",
+    "model_ready",
+    "running_server",
+    "save_state",
+    "server_ready",
+    "start_server",
+    "stop_server",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,13 +94,10 @@ EXIT_TIMEOUT_S = 10
 """``--exit-timeout-secs``: how long the server waits for in-flight requests after SIGTERM."""
 
 _LOG_TAIL_LINES = 20
-_POLL_S = 0.1
-_INSTALL_HINT = (
-    "install the pinned stack (`make` or `pip install -c constraints.txt -e .`), which includes nvidia-pytriton"
-)
+_PROCESS_STATE_NAME = "tritonserver.json"
 
-# The Popen objects of servers this process started, so that stopping one also reaps it (no zombie keeps its pid).
-_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
+_PROCESSES = CHILDREN
+"""The Popen objects of the children this process started (shared by every launcher: :mod:`.process`)."""
 
 # A direct opener: loopback health checks must not go through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -144,74 +174,6 @@ class ServerHandle:
 # --- the bundled server -------------------------------------------------------------------------------------------
 
 
-def _tritonserver_root() -> Path:
-    """``site-packages/pytriton/tritonserver``, found without importing pytriton (its import is slow and noisy)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ScoringError(
-            "the Triton server is not installed: the Python package `pytriton` (nvidia-pytriton) is missing",
-            hint=_INSTALL_HINT,
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
-
-
-def find_tritonserver() -> Path:
-    """The ``tritonserver`` binary bundled with nvidia-pytriton; a `ScoringError` with a how-to-fix hint if missing."""
-    binary = _tritonserver_root() / "bin" / "tritonserver"
-    if not binary.is_file():
-        raise ScoringError(f"the Triton server binary is missing: {binary}", hint=_INSTALL_HINT)
-    if not os.access(binary, os.X_OK):
-        raise ScoringError(
-            f"the Triton server binary is not executable: {binary}",
-            hint=f"chmod +x {binary}, or reinstall nvidia-pytriton",
-        )
-    return binary
-
-
-def _python_version() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def _library_path() -> list[str]:
-    """Directories for ``LD_LIBRARY_PATH``, in order: this interpreter's libpython first, then the wheel's libraries."""
-    root = _tritonserver_root()
-    candidates: list[Path] = []
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir:
-        candidates.append(Path(libdir))
-        if not any(Path(libdir).glob(f"libpython{_python_version()}*.so*")):
-            _LOGGER.warning(
-                "no shared libpython%s in %s: the Python backend stub may load another copy of Python",
-                _python_version(),
-                libdir,
-            )
-    candidates += [
-        root.parent.parent / "nvidia_pytriton.libs",  # auditwheel's copy of the server's libraries
-        root / "external_libs",  # older nvidia-pytriton layouts
-        root / "lib",
-    ]
-    seen: list[str] = []
-    for path in candidates:
-        if path.is_dir() and str(path) not in seen:
-            seen.append(str(path))
-    return seen
-
-
-def _server_env() -> dict[str, str]:
-    """The environment the server and its Python stubs run in."""
-    env = dict(os.environ)
-    ld_path = _library_path()
-    if env.get("LD_LIBRARY_PATH"):
-        ld_path.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld_path)
-    # Not resolved: a virtual environment's bin/python is a symlink to the base interpreter.
-    bin_dir = os.path.dirname(sys.executable)
-    env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
-    return env
-
-
 @functools.lru_cache(maxsize=4)
 def _supported_flags(binary: str) -> frozenset[str]:
     """The ``--flags`` that ``tritonserver --help`` lists (empty if it cannot tell)."""
@@ -223,28 +185,6 @@ def _supported_flags(binary: str) -> frozenset[str]:
         _LOGGER.debug("tritonserver --help failed: %s", e)
         return frozenset()
     return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", done.stdout + done.stderr))
-
-
-def _prepare_backends(workdir: Path) -> Path:
-    """A writable backend directory in `workdir`: the wheel's Python backend plus the stub for the running Python."""
-    root = _tritonserver_root()
-    source = root / "backends" / "python"
-    stub = root / "python_backend_stubs" / _python_version() / "triton_python_backend_stub"
-    if not source.is_dir():
-        raise ScoringError(f"the Triton Python backend is missing: {source}", hint=_INSTALL_HINT)
-    if not stub.is_file():
-        available = sorted(p.name for p in (root / "python_backend_stubs").glob("*") if p.is_dir())
-        raise ScoringError(
-            f"nvidia-pytriton has no Python backend stub for Python {_python_version()} (it has {available})",
-            hint="run with one of those Python versions, or install an nvidia-pytriton release built for this one",
-        )
-    backends = workdir / "backends"
-    target = backends / "python"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(stub, target / "triton_python_backend_stub")
-    return backends
 
 
 def _free_port() -> int:
@@ -341,13 +281,9 @@ def _is_table(line: str) -> bool:
     return line.lstrip().startswith(("+-", "|"))
 
 
-def _log_tail(log_path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """What a start-up failure message shows of the server log: the lines reporting a problem (CPU-only noise left
-    out), then the last `lines` lines outside the settings tables."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
+def _log_tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    """What a start-up failure message shows of the server log `text`: the lines reporting a problem (CPU-only noise
+    left out), then the last `lines` lines outside the settings tables."""
     all_lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     problems = [
         line for line in all_lines if _PROBLEM.search(line) and not _CPU_NOISE.search(line) and not _is_table(line)
@@ -366,11 +302,7 @@ def _log_tail(log_path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 _FAILED_MODEL = re.compile(r"(?:failed to load|load failed for model|failed to poll model) '(?P<name>[^']+)'")
 
 
-def _failed_models(log_path: Path) -> list[str]:
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return []
+def _failed_models(text: str) -> list[str]:
     names: list[str] = []
     for match in _FAILED_MODEL.finditer(text):
         name = match["name"]
@@ -391,6 +323,114 @@ def _http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
+class _TritonProcess(ManagedProcess):
+    """One ``tritonserver`` process serving `repo`, its backend copy, log and state file in `work`."""
+
+    name = "tritonserver"
+    append_log = False  # a fresh log at each start: failures are read from it
+
+    def __init__(
+        self,
+        binary: Path,
+        repo: Path,
+        work: Path,
+        ports: tuple[int | None, int | None, int | None],
+        models: Sequence[str] | None,
+        extra_args: Sequence[str],
+        die_with_parent: bool,
+    ) -> None:
+        super().__init__(
+            log_path=work / LOG_NAME,
+            cwd=work,
+            state_path=work / _PROCESS_STATE_NAME,
+            die_with_parent=die_with_parent,
+            auto_ports=ports == (None, None, None),
+        )
+        self.binary, self.repo, self.models, self.extra_args = binary, repo, models, tuple(extra_args)
+        free = iter(_free_ports(3))
+        self.http_port, self.grpc_port, self.metrics_port = (p or next(free) for p in ports)
+        self.metrics_enabled = True
+        self.backends = work / "backends"
+
+    def ports(self) -> dict[str, int]:
+        return {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
+
+    def pick_ports(self) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = _free_ports(3)
+
+    def prepare(self) -> None:
+        self.backends = _prepare_backends(self.cwd)
+        self.metrics_enabled = metrics_on_loopback(_supported_flags(str(self.binary)))
+        if not self.metrics_enabled:
+            self.metrics_port = 0
+
+    def environment(self) -> dict[str, str]:
+        return _server_env()
+
+    def command(self) -> list[str]:
+        flags = _supported_flags(str(self.binary))
+        return _command(
+            self.binary,
+            self.repo,
+            self.backends,
+            self.http_port,
+            self.grpc_port,
+            self.metrics_port,
+            self.models,
+            self.extra_args,
+            flags,
+        )
+
+    def describe(self) -> str:
+        metrics = self.metrics_port if self.metrics_enabled else "off"
+        return f"tritonserver for {self.repo} (http {self.http_port}, grpc {self.grpc_port}, metrics {metrics})"
+
+    def handle(self, owns_workdir: bool) -> ServerHandle:
+        assert self._proc is not None
+        return ServerHandle(
+            pid=self._proc.pid,
+            host=LOOPBACK,
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            metrics_port=self.metrics_port,
+            repository=str(self.repo),
+            workdir=str(self.cwd),
+            log_path=str(self.log_path),
+            owns_workdir=owns_workdir,
+            metrics_enabled=self.metrics_enabled,
+        )
+
+    def is_ready(self) -> bool:
+        handle = self.handle(owns_workdir=False)
+        return server_ready(handle) and all(model_ready(handle, name) for name in self.models or ())
+
+    def failure(self, what: str, log_text: str, *, timed_out: bool, clash: bool) -> ScoringError:
+        tail, failed, log_path = _log_tail(log_text), _failed_models(log_text), self.log_path
+        if failed:
+            return ModelError(
+                f"Triton could not load model(s) {', '.join(repr(m) for m in failed)} from repository {self.repo}; "
+                f"the server {what}. From the log {log_path}:\n{tail}",
+                hint="fix the model's config.pbtxt or model.py (the log names the error), or pass models=[...] to "
+                "serve only the others",
+            )
+        if clash:
+            return PortClashError(
+                f"tritonserver for {self.repo} could not bind its ports (http {self.http_port}, grpc "
+                f"{self.grpc_port}, metrics {self.metrics_port}); the server {what}. From the log {log_path}:\n{tail}",
+                hint="choose free ports, or leave them unset to pick free ones",
+            )
+        if timed_out:
+            return NotReadyError(
+                f"tritonserver for repository {self.repo} {what}. From the log {log_path}:\n{tail}",
+                hint="raise ready_timeout_s if models are slow to load, or read the log for what it was waiting on",
+            )
+        return ProcessExitedError(
+            f"tritonserver for repository {self.repo} {what}. From the log {log_path}:\n{tail}",
+            hint="read the log above; check the repository layout (<model>/config.pbtxt, <model>/<version>/) and any "
+            "extra arguments",
+        )
+
+
 def start_server(
     repository: str | Path,
     *,
@@ -401,6 +441,7 @@ def start_server(
     workdir: str | Path | None = None,
     models: Sequence[str] | None = None,
     extra_args: Sequence[str] = (),
+    die_with_parent: bool = False,
 ) -> ServerHandle:
     """Start ``tritonserver`` on loopback serving `repository`, and return once it reports ready.
 
@@ -420,270 +461,63 @@ def start_server(
             hint="pass the directory that holds <model>/config.pbtxt and <model>/<version>/",
         )
     binary = find_tritonserver()
-    auto_ports = http_port is None and grpc_port is None and metrics_port is None
-    attempts = 2 if auto_ports else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            return _start_once(
-                binary, repo, http_port, grpc_port, metrics_port, ready_timeout_s, workdir, models, extra_args
-            )
-        except _PortClash as clash:
-            if attempt == attempts:
-                raise clash.error from None
-            _LOGGER.info("tritonserver lost a port race (%s); trying again with new ports", clash.error.message)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _PortClash(Exception):
-    """Internal: the server could not bind a port; carries the error to raise if no retry is left."""
-
-    def __init__(self, error: BackendUnavailableError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _start_once(
-    binary: Path,
-    repo: Path,
-    http_port: int | None,
-    grpc_port: int | None,
-    metrics_port: int | None,
-    ready_timeout_s: float,
-    workdir: str | Path | None,
-    models: Sequence[str] | None,
-    extra_args: Sequence[str],
-) -> ServerHandle:
-    free = iter(_free_ports(3))
-    http_port = http_port or next(free)
-    grpc_port = grpc_port or next(free)
-    metrics_port = metrics_port or next(free)
-
     owns_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="scoring-triton-")) if workdir is None else Path(workdir).expanduser().resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    log_path = work / LOG_NAME
-    proc: subprocess.Popen[bytes] | None = None
+    process = _TritonProcess(
+        binary, repo, work, (http_port, grpc_port, metrics_port), models, extra_args, die_with_parent
+    )
     try:
-        backends = _prepare_backends(work)
-        flags = _supported_flags(str(binary))
-        metrics_enabled = metrics_on_loopback(flags)
-        metrics_port = metrics_port if metrics_enabled else 0
-        cmd = _command(binary, repo, backends, http_port, grpc_port, metrics_port, models, extra_args, flags)
-        _LOGGER.info(
-            "starting tritonserver for %s (http %d, grpc %d, metrics %s)",
-            repo,
-            http_port,
-            grpc_port,
-            metrics_port if metrics_enabled else "off",
-        )
-        _LOGGER.debug("tritonserver command: %s", cmd)
-        with open(log_path, "wb") as log:  # a fresh log: failures are read from it
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_server_env(),
-                cwd=work,
-                start_new_session=True,  # its own process group: stop_server can kill the server and its stubs at once
-            )
-        _PROCESSES[proc.pid] = proc
-        handle = ServerHandle(
-            pid=proc.pid,
-            host=LOOPBACK,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            repository=str(repo),
-            workdir=str(work),
-            log_path=str(log_path),
-            owns_workdir=owns_workdir,
-            metrics_enabled=metrics_enabled,
-        )
-        _wait_ready(handle, proc, ready_timeout_s, models)
-        return handle
+        process.start(ready_timeout_s)
     except BaseException:
-        if proc is not None:
-            _kill_group(proc.pid, proc, timeout_s=5.0)
         # Keep the log of a failed start for the user (the error names it); drop the 20 MB backend copy.
         shutil.rmtree(work / "backends", ignore_errors=True)
-        if owns_workdir and not log_path.exists():
+        if owns_workdir and not process.log_path.exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
-
-
-def _wait_ready(
-    handle: ServerHandle, proc: subprocess.Popen[bytes], timeout_s: float, models: Sequence[str] | None
-) -> None:
-    """Block until the server and the requested models are ready; raise with the log's tail if it never gets there."""
-    started = time.monotonic()
-    deadline = started + timeout_s
-    url = f"http://{handle.http_url}/v2/health/ready"
-    log_path = Path(handle.log_path)
-    while True:
-        code = proc.poll()
-        if code is not None:
-            _raise_start_failure(handle, f"exited with status {code} before it was ready", log_path)
-        if _http_status(url) == 200 and all(model_ready(handle, name) for name in models or ()):
-            _LOGGER.info(
-                "tritonserver pid %d ready in %.1f s: grpc %s, http %s, log %s",
-                handle.pid,
-                time.monotonic() - started,
-                handle.grpc_url,
-                handle.http_url,
-                handle.log_path,
-            )
-            return
-        if time.monotonic() >= deadline:
-            _raise_start_failure(handle, f"was not ready within {timeout_s:g} s", log_path, timed_out=True)
-        time.sleep(_POLL_S)
-
-
-def _raise_start_failure(handle: ServerHandle, what: str, log_path: Path, *, timed_out: bool = False) -> None:
-    tail = _log_tail(log_path)
-    failed = _failed_models(log_path)
-    if failed:
-        raise ModelError(
-            f"Triton could not load model(s) {', '.join(repr(m) for m in failed)} from repository {handle.repository}; "
-            f"the server {what}. From the log {log_path}:\n{tail}",
-            hint="fix the model's config.pbtxt or model.py (the log names the error), or pass models=[...] to "
-            "serve only the others",
-        )
-    if "already in use" in tail:
-        raise _PortClash(
-            BackendUnavailableError(
-                f"tritonserver for {handle.repository} could not bind its ports (http {handle.http_port}, grpc "
-                f"{handle.grpc_port}, metrics {handle.metrics_port}); the server {what}. From the log {log_path}:\n"
-                f"{tail}",
-                hint="choose free ports, or leave them unset to pick free ones",
-            )
-        )
-    if timed_out:
-        raise BackendUnavailableError(
-            f"tritonserver for repository {handle.repository} {what}. From the log {log_path}:\n{tail}",
-            hint="raise ready_timeout_s if models are slow to load, or read the log for what it was waiting on",
-        )
-    raise ScoringError(
-        f"tritonserver for repository {handle.repository} {what}. From the log {log_path}:\n{tail}",
-        hint="read the log above; check the repository layout (<model>/config.pbtxt, <model>/<version>/) and any "
-        "extra arguments",
-    )
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone)."""
-    proc = _PROCESSES.get(pid)
-    if proc is not None:
-        return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) no longer runs
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of group `pgid` runs; zombies (exited, never reaped by an adoptive init) do not count."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc_dir = Path("/proc")
-    if not proc_dir.is_dir():
-        return True
-    for entry in proc_dir.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(pgrp) == pgid and state != "Z":
-            return True
-    return False
+    return process.handle(owns_workdir)
 
 
 def _is_tritonserver(pid: int) -> bool:
     """Whether `pid` runs a tritonserver (guards against signalling a process that reused a stale pid)."""
-    if pid in _PROCESSES:
+    if pid in CHILDREN:
         return True
     try:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
     except OSError:
-        return _pid_alive(pid)  # no /proc: trust the pid
+        return pid_alive(pid)  # no /proc: trust the pid
     return os.path.basename(argv0) == b"tritonserver"
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    deadline = time.monotonic() + timeout_s
-    while _pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
-
-
-def _kill_group(pid: int, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    """SIGTERM the server, wait up to `timeout_s`, then SIGKILL whatever is left of its process group.
-
-    Only the server gets SIGTERM: it finishes in-flight requests, unloads the models and ends its Python stubs itself
-    (about 3 s with one Python model: it checks once a second). Stubs it leaves behind share its process group.
-    """
-    if proc is None or proc.poll() is None:  # a reaped child's pid may already belong to someone else
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, proc, timeout_s):
-        _LOGGER.warning("tritonserver pid %d did not stop within %g s of SIGTERM; killing it", pid, timeout_s)
-        _signal_group(pid, signal.SIGKILL)
-        _wait_gone(pid, proc, 5.0)
-    # Python stubs the server left behind share its process group.
-    deadline = time.monotonic() + 2.0
-    while _group_alive(pid) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    if _group_alive(pid):
-        _signal_group(pid, signal.SIGKILL)
-    _PROCESSES.pop(pid, None)
-
-
 def stop_server(handle: ServerHandle, timeout_s: float = 30.0) -> None:
-    """Stop the server: SIGTERM, wait up to `timeout_s`, then SIGKILL its process group (the server and its stubs).
+    """Stop the server (:func:`scoring.launchers.process.stop_pid`): SIGTERM to the server alone (it finishes
+    in-flight requests and ends its Python stubs), wait up to `timeout_s`, then SIGKILL its process group (the server
+    and whatever stubs it left).
 
     Idempotent: a server that is already gone is fine. Removes the work directory if the launcher created it.
     """
-    proc = _PROCESSES.get(handle.pid)
-    if proc is not None or (_pid_alive(handle.pid) and _is_tritonserver(handle.pid)):
+    if handle.pid in CHILDREN or (pid_alive(handle.pid) and _is_tritonserver(handle.pid)):
         _LOGGER.info("stopping tritonserver pid %d (%s)", handle.pid, handle.repository)
-        _kill_group(handle.pid, proc, timeout_s)
-    elif _pid_alive(handle.pid):
+        stop_pid(handle.pid, timeout_s, name="tritonserver")
+    elif pid_alive(handle.pid):
         _LOGGER.warning("pid %d no longer runs tritonserver; leaving it alone", handle.pid)
     else:
         _LOGGER.debug("tritonserver pid %d already stopped", handle.pid)
     if handle.owns_workdir:
         shutil.rmtree(handle.workdir, ignore_errors=True)
+    else:
+        _mark_stopped(Path(handle.workdir) / _PROCESS_STATE_NAME)
+
+
+def _mark_stopped(path: Path) -> None:
+    with contextlib.suppress(ScoringError):
+        record = ProcessRecord.load(path)
+        if record is not None and not record.alive():
+            write_json(path, dataclasses.asdict(dataclasses.replace(record, pid=None, start_time=None, command=[])))
 
 
 def is_alive(handle: ServerHandle) -> bool:
     """True while the handle's ``tritonserver`` process runs (whether or not it is ready)."""
-    return _pid_alive(handle.pid) and _is_tritonserver(handle.pid)
+    return pid_alive(handle.pid) and _is_tritonserver(handle.pid)
 
 
 def server_ready(handle: ServerHandle) -> bool:

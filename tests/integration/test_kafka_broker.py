@@ -114,7 +114,7 @@ def test_reading_with_a_count_waits_for_records_produced_later(kafka_broker, kaf
         [
             sys.executable,
             "-c",
-            "import time; time.sleep(1); from scoring.adapters import kafka_broker as kb; "
+            "import time; time.sleep(1); from scoring.launchers import kafka_broker as kb; "
             f"kb.produce({kafka_broker.bootstrap!r}, {topic!r}, [('k', 'late', None)])",
         ],
         cwd=ROOT,

@@ -301,7 +301,7 @@ def test_a_server_started_by_another_process_is_stopped_from_its_state_file(repo
     """The `scoring sidecar start` / `stop` shape: the starting process exits, a later one stops the server."""
     state_file = tmp_path / "sidecar.json"
     script = (
-        "import pathlib, sys; from scoring.adapters import triton_server as ts; "
+        "import pathlib, sys; from scoring.launchers import triton_server as ts; "
         "ts.save_state(ts.start_server(sys.argv[1], ready_timeout_s=60), pathlib.Path(sys.argv[2]))"
     )
     subprocess.run([sys.executable, "-c", script, str(repository), str(state_file)], check=True, timeout=120)

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from scoring.adapters.expectations import ExpectationResult, run_expectations
 from scoring.config import ExpectationConfig, GateConfig, JobConfig
+from scoring.core import rules
+from scoring.engine import rules_spark
 from scoring.errors import QualityError
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,40 +55,16 @@ class GateReport:
 
 
 def bad_row_condition(expectations: Sequence[ExpectationConfig]):
-    """A Spark condition true for rows failing any row-level expectation (None when there are none).
+    """A Spark condition true for rows failing any row-level expectation (None when there are none), generated
+    from their definitions (:class:`scoring.core.rules.RowCondition`).
 
     Nulls fail only ``not_null``, as in Great Expectations."""
-    from pyspark.sql import functions as F
-
-    condition = None
-    for e in expectations:
-        if not e.row_level:
-            continue
-        col = F.col(e.column)
-        if e.type == "not_null":
-            bad = col.isNull()
-        elif e.type == "between":
-            bad = F.lit(False)
-            if e.min is not None:
-                bad = bad | (col < F.lit(e.min))
-            if e.max is not None:
-                bad = bad | (col > F.lit(e.max))
-            bad = col.isNotNull() & bad
-        else:  # in_set
-            bad = col.isNotNull() & ~col.isin(list(e.values or []))
-        condition = bad if condition is None else (condition | bad)
-    return condition
+    return rules_spark.set_aside(rules.row_conditions(expectations))
 
 
 def reason_column(expectations: Sequence[ExpectationConfig]):
     """A Spark string column naming the row-level expectations each row fails."""
-    from pyspark.sql import functions as F
-
-    parts = []
-    for e in expectations:
-        if e.row_level:
-            parts.append(F.when(bad_row_condition([e]), F.lit(e.describe())))
-    return F.concat_ws("; ", *parts)
+    return rules_spark.reasons(rules.row_conditions(expectations))
 
 
 def evaluate(df, gate: GateConfig, which: Literal["input", "output"], *, source: str) -> GateReport:

@@ -1,5 +1,5 @@
-"""The manifests as YAML files (``kubectl apply -f`` takes them as written), and the one call that talks to a cluster:
-:func:`apply_config_map` (the DAG's ``score`` task uses it). Re-exported by :mod:`scoring.deploy.kubernetes`."""
+"""The manifests as YAML files (``kubectl apply -f`` takes them as written). Re-exported by
+:mod:`scoring.deploy.kubernetes`."""
 
 from __future__ import annotations
 
@@ -41,21 +41,6 @@ _Dumper.add_representer(str, _str)
 def to_yaml(manifest: Mapping[str, Any]) -> str:
     """A manifest as YAML, keys in the order written (``kubectl apply -f`` takes it as is)."""
     return yaml.dump(dict(manifest), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
-
-
-def apply_config_map(api: Any, config_map: Mapping[str, Any]) -> str:
-    """Create or replace `config_map` through `api` (a ``kubernetes.client.CoreV1Api``); returns what was done."""
-    from kubernetes.client.exceptions import ApiException
-
-    metadata = config_map["metadata"]
-    try:
-        api.replace_namespaced_config_map(metadata["name"], metadata["namespace"], dict(config_map))
-        return "replaced"
-    except ApiException as e:
-        if e.status != 404:
-            raise
-    api.create_namespaced_config_map(metadata["namespace"], dict(config_map))
-    return "created"
 
 
 def write(rendered: Iterable[Rendered], out_dir: str | os.PathLike[str]) -> list[Path]:

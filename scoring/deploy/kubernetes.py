@@ -33,9 +33,9 @@ per run (:func:`scoring.deploy.scheduling.kubernetes_manifests`) and hands the S
 ``SparkKubernetesOperator``. Restarts are left to Airflow (``restartPolicy: Never``): a retry is a new Airflow try, and
 a new SparkApplication, with the same scoring run id, as with ``spark-submit``; it finishes what an earlier try started.
 
-How a failed driver reaches Airflow (its exit code and error record, read back by :func:`driver_outcome`) is in
-:mod:`scoring.deploy.outcome`; the YAML and :func:`apply_config_map` are in :mod:`scoring.deploy.k8s_yaml`. Both are
-re-exported here.
+The pods' pieces (the sidecar, the export, the pod templates) are in :mod:`scoring.deploy.k8s_pods`; the YAML files
+in :mod:`scoring.deploy.k8s_yaml`; how a failed driver reaches Airflow (its exit code and error record, read back by
+:func:`driver_outcome`) in :mod:`scoring.deploy.outcome`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import math
 import os
 import posixpath
 import re
@@ -51,9 +50,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scoring.config import JobConfig, KubernetesConfig, KubernetesPodConfig, load_job_config
-from scoring.deploy import k8s_env, k8s_names
-from scoring.deploy.k8s_yaml import apply_config_map as apply_config_map  # re-exported: the YAML and the outcome
+from scoring.config import JobConfig, KubernetesConfig, load_job_config
+from scoring.deploy import k8s_env, k8s_names, outcome
+from scoring.deploy.k8s_pods import ALLOW_CLIENT_SHM_SINCE as ALLOW_CLIENT_SHM_SINCE
+from scoring.deploy.k8s_pods import (
+    CONFIG_DIR,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    VOLUME_JOB,
+    VOLUME_MODELS,
+    VOLUME_SHM,
+    export_container,
+    pod_template,
+    scoring_env,
+    triton_sidecar,
+)
+from scoring.deploy.k8s_pods import EXPORT_CONTAINER as EXPORT_CONTAINER
+from scoring.deploy.k8s_pods import EXPORT_TARGET as EXPORT_TARGET
+from scoring.deploy.k8s_pods import MODEL_REPOSITORY as MODEL_REPOSITORY
+from scoring.deploy.k8s_pods import PROBE_PERIOD_S as PROBE_PERIOD_S
+from scoring.deploy.k8s_pods import TRITON_CONTAINER as TRITON_CONTAINER
 from scoring.deploy.k8s_yaml import to_yaml
 from scoring.deploy.k8s_yaml import write as write
 from scoring.deploy.outcome import DRIVER_CONTAINER
@@ -61,10 +78,11 @@ from scoring.deploy.outcome import TERMINATION_LOG as TERMINATION_LOG
 from scoring.deploy.outcome import TERMINATION_LOG_ENV as TERMINATION_LOG_ENV
 from scoring.deploy.outcome import TERMINATION_MESSAGE_MAX_BYTES as TERMINATION_MESSAGE_MAX_BYTES
 from scoring.deploy.outcome import DriverOutcome as DriverOutcome
-from scoring.deploy.outcome import driver_outcome as driver_outcome
 from scoring.deploy.outcome import error_record_from_message as error_record_from_message
 from scoring.deploy.outcome import termination_message as termination_message
 from scoring.errors import ConfigError, ModelError
+
+# (the ``X as X`` imports above re-export the pods', the YAML's and the outcome's public names)
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
 KIND = "SparkApplication"
@@ -75,25 +93,8 @@ IMAGE_ENV = "SCORING_IMAGE"
 APP_ROOT = "/opt/scoring"
 """Where the image holds the project: ``scoring/deploy/spark_submit.py`` below it (``sidecars/k8s/Dockerfile``)."""
 ENTRY_FILE = "scoring/deploy/spark_submit.py"
-CONFIG_DIR = "/etc/scoring/jobs"
-"""Where the job's ConfigMap is mounted: the config file keeps its own name there (the job name defaults to it)."""
-MODEL_REPOSITORY = "/models"
-"""The sidecar's model repository in the pod (an ``emptyDir`` the export init container fills)."""
-EXPORT_TARGET = "onnxruntime"
-"""What the export writes for NVIDIA's image: its ONNX Runtime backend runs ``model.onnx`` (the ``python`` target
-needs onnxruntime inside Triton's Python environment, which NVIDIA's image does not have)."""
 EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 """The executor pod's container that spark-operator names in the template it writes (Spark fills it in)."""
-TRITON_CONTAINER = "tritonserver"
-EXPORT_CONTAINER = "export-model"
-TRITON_HTTP_PORT = 8000
-TRITON_GRPC_PORT = 8001
-TRITON_METRICS_PORT = 8002
-ALLOW_CLIENT_SHM_SINCE = (26, 4)
-"""First NVIDIA Triton release (yy.mm) that refuses client shared memory unless started with
-``--allow-client-shm=true`` (triton-inference-server/server #8721, merged for the release as #8739, 2026-04). Older
-servers allow it without the flag and do not know the flag."""
-PROBE_PERIOD_S = 5
 POD_TEMPLATE_KEYS = (
     "spark.kubernetes.driver.podTemplateFile",
     "spark.kubernetes.driver.podTemplateContainerName",
@@ -105,9 +106,6 @@ POD_TEMPLATE_KEYS = (
 EXPORT_READS = ("runtime.triton.model", "input.features", "model.tracking_uri", "model.registry_uri")
 """Config keys the export init container reads from the ConfigMap's file: a ``--set`` of them at render time would
 reach the driver only, so it is refused (put them in the file)."""
-_VOLUME_JOB = "job-config"
-_VOLUME_MODELS = "model-repository"
-_VOLUME_SHM = "dshm"
 _MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))")
 
 
@@ -255,148 +253,6 @@ def _megabytes(mib: int) -> str:
     return f"{mib}m"
 
 
-def _env(k8s: KubernetesConfig) -> dict[str, Any]:
-    """The ``env`` / ``envFrom`` of every container that runs scoring code (:func:`scoring.deploy.k8s_env.container_env`)."""
-    return k8s_env.container_env(k8s)
-
-
-def _tolerations(pod: KubernetesPodConfig) -> list[dict[str, Any]]:
-    out = []
-    for t in pod.tolerations:
-        item: dict[str, Any] = {"operator": t.operator}
-        if t.key:
-            item["key"] = t.key
-        if t.value is not None:
-            item["value"] = t.value
-        if t.effect:
-            item["effect"] = t.effect
-        if t.toleration_s is not None:
-            item["tolerationSeconds"] = t.toleration_s
-        out.append(item)
-    return out
-
-
-def _allow_client_shm(image: str) -> bool:
-    """Whether `image` needs (and knows) ``--allow-client-shm=true``: tags ``yy.mm...`` from
-    :data:`ALLOW_CLIENT_SHM_SINCE` on, and any tag or digest we cannot date (a flag too many fails fast; one too few
-    fails every shared-memory request)."""
-    tag = image.rpartition("/")[2].partition(":")[2]
-    found = re.match(r"(\d{2})\.(\d{2})", tag)
-    return found is None or (int(found[1]), int(found[2])) >= ALLOW_CLIENT_SHM_SINCE
-
-
-def _health_probe(route: str) -> list[str]:
-    """An exec probe asking the loopback-bound server `route` (the kubelet's httpGet would connect to the pod's IP,
-    where nothing listens): bash's /dev/tcp, no curl needed in the image."""
-    request = f"GET {route} HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
-    return [
-        "/bin/bash",
-        "-c",
-        f"exec 3<>/dev/tcp/127.0.0.1/{TRITON_HTTP_PORT} && printf '{request}' >&3 && head -n 1 <&3 | grep -q ' 200 '",
-    ]
-
-
-def _sidecar(config: JobConfig, k8s: KubernetesConfig) -> dict[str, Any]:
-    """NVIDIA's Triton server as a native sidecar: started before Spark's container, ready before it starts, stopped
-    after it; inference on loopback only, metrics on the pod's address for Prometheus."""
-    sidecar = k8s.sidecar
-    args = [
-        f"--model-repository={MODEL_REPOSITORY}",
-        "--model-control-mode=none",
-        "--strict-readiness=true",
-        "--http-address=127.0.0.1",
-        f"--http-port={TRITON_HTTP_PORT}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={TRITON_GRPC_PORT}",
-        "--metrics-address=0.0.0.0",
-        f"--metrics-port={TRITON_METRICS_PORT}",
-        "--exit-timeout-secs=10",
-    ]
-    if config.runtime.triton.shared_memory == "system" and _allow_client_shm(sidecar.image):
-        args.append("--allow-client-shm=true")
-    args += sidecar.extra_args
-    requests: dict[str, Any] = {"cpu": f"{sidecar.cpu_millicores}m", "memory": f"{sidecar.memory_mib}Mi"}
-    limits: dict[str, Any] = {"memory": f"{sidecar.memory_mib}Mi"}
-    if sidecar.gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(sidecar.gpus)
-    return {
-        "name": TRITON_CONTAINER,
-        "image": sidecar.image,
-        "imagePullPolicy": "IfNotPresent",
-        "restartPolicy": "Always",
-        "command": ["tritonserver"],
-        "args": args,
-        "ports": [
-            {"name": "triton-http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
-            {"name": "triton-grpc", "containerPort": TRITON_GRPC_PORT, "protocol": "TCP"},
-            {"name": "triton-metrics", "containerPort": TRITON_METRICS_PORT, "protocol": "TCP"},
-        ],
-        "startupProbe": {
-            "exec": {"command": _health_probe("/v2/health/ready")},
-            "periodSeconds": PROBE_PERIOD_S,
-            "timeoutSeconds": 3,
-            "failureThreshold": max(1, math.ceil(sidecar.startup_timeout_s / PROBE_PERIOD_S)),
-        },
-        "livenessProbe": {
-            "exec": {"command": _health_probe("/v2/health/live")},
-            "periodSeconds": 10,
-            "timeoutSeconds": 3,
-            "failureThreshold": 6,
-        },
-        "resources": {"requests": requests, "limits": limits},
-        "volumeMounts": [
-            {"name": _VOLUME_MODELS, "mountPath": MODEL_REPOSITORY, "readOnly": True},
-            {"name": _VOLUME_SHM, "mountPath": "/dev/shm"},
-        ],
-    }
-
-
-def _export(k8s: KubernetesConfig, image: str, model: PinnedModel, config_path: str) -> dict[str, Any]:
-    """``scoring export`` of the pinned version into the model repository, before the sidecar starts. It holds the
-    model as the server does, so it gets the sidecar's memory."""
-    memory = f"{k8s.sidecar.memory_mib}Mi"
-    return {
-        "name": EXPORT_CONTAINER,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["scoring", "export", model.uri],
-        "args": ["--repository", MODEL_REPOSITORY, "--target", EXPORT_TARGET, "--config", config_path],
-        **_env(k8s),
-        "resources": {"requests": {"cpu": "1", "memory": memory}, "limits": {"memory": memory}},
-        "volumeMounts": [
-            {"name": _VOLUME_JOB, "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": _VOLUME_MODELS, "mountPath": MODEL_REPOSITORY},
-        ],
-    }
-
-
-def _pod_template(
-    pod: KubernetesPodConfig,
-    labels: Mapping[str, str],
-    container: dict[str, Any],
-    *,
-    init_containers: Sequence[dict[str, Any]] = (),
-    volumes: Sequence[dict[str, Any]] = (),
-    annotations: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"labels": dict(labels)}
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    spec: dict[str, Any] = {}
-    if pod.priority_class:
-        spec["priorityClassName"] = pod.priority_class
-    if pod.node_selector:
-        spec["nodeSelector"] = dict(sorted(pod.node_selector.items()))
-    if pod.tolerations:
-        spec["tolerations"] = _tolerations(pod)
-    if init_containers:
-        spec["initContainers"] = list(init_containers)
-    spec["containers"] = [container]
-    if volumes:
-        spec["volumes"] = list(volumes)
-    return {"metadata": metadata, "spec": spec}
-
-
 def _check(config: JobConfig, k8s: KubernetesConfig, overrides: Sequence[str]) -> None:
     problems = []
     if config.spark.master:
@@ -474,23 +330,23 @@ def render(
         port = TRITON_GRPC_PORT if config.runtime.triton.protocol == "grpc" else TRITON_HTTP_PORT
         arguments += ["--set", "runtime.triton.launch=external", "--set", f"runtime.triton.url=127.0.0.1:{port}"]
 
-    job_volume = {"name": _VOLUME_JOB, "configMap": {"name": config_map_name}}
-    job_mount = {"name": _VOLUME_JOB, "mountPath": CONFIG_DIR, "readOnly": True}
-    shm_mount = {"name": _VOLUME_SHM, "mountPath": "/dev/shm"}
+    job_volume = {"name": VOLUME_JOB, "configMap": {"name": config_map_name}}
+    job_mount = {"name": VOLUME_JOB, "mountPath": CONFIG_DIR, "readOnly": True}
+    shm_mount = {"name": VOLUME_SHM, "mountPath": "/dev/shm"}
     sidecar_volumes = [
-        {"name": _VOLUME_MODELS, "emptyDir": {}},
-        {"name": _VOLUME_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": f"{k8s.sidecar.shm_size_mib}Mi"}},
+        {"name": VOLUME_MODELS, "emptyDir": {}},
+        {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory", "sizeLimit": f"{k8s.sidecar.shm_size_mib}Mi"}},
     ]
 
     def pod_init() -> list[dict[str, Any]]:
-        return [_export(k8s, image, model, config_path), _sidecar(config, k8s)] if triton else []
+        return [export_container(k8s, image, model.uri, config_path), triton_sidecar(config, k8s)] if triton else []
 
     metrics = {"prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS_PORT)} if triton else {}
 
     driver_labels = {**labels, "scoring/role": "driver"}
     driver_mounts = [job_mount, shm_mount] if triton else [job_mount]
-    driver_container = {"name": DRIVER_CONTAINER, **_env(k8s), "volumeMounts": driver_mounts}
-    driver_template = _pod_template(
+    driver_container = {"name": DRIVER_CONTAINER, **scoring_env(k8s), "volumeMounts": driver_mounts}
+    driver_template = pod_template(
         k8s.driver,
         driver_labels,
         driver_container,
@@ -499,8 +355,12 @@ def render(
         annotations={**annotations, **metrics},
     )
     executor_labels = {**labels, "scoring/role": "executor"}
-    executor_container = {"name": EXECUTOR_CONTAINER, **_env(k8s), **({"volumeMounts": [shm_mount]} if triton else {})}
-    executor_template = _pod_template(
+    executor_container = {
+        "name": EXECUTOR_CONTAINER,
+        **scoring_env(k8s),
+        **({"volumeMounts": [shm_mount]} if triton else {}),
+    }
+    executor_template = pod_template(
         k8s.executor,
         executor_labels,
         executor_container,
@@ -572,3 +432,33 @@ def render(
             hint="change the config key (or rename the file) each line names; docs/kubernetes.md, 'Names'",
         )
     return Manifests(name, namespace, model, copy.deepcopy(config_map), copy.deepcopy(application))
+
+
+def apply_config_map(api: Any, config_map: Mapping[str, Any]) -> str:
+    """Create or replace `config_map` through `api` (a ``kubernetes.client.CoreV1Api``); returns what was done."""
+    from kubernetes.client.exceptions import ApiException
+
+    metadata = config_map["metadata"]
+    try:
+        api.replace_namespaced_config_map(metadata["name"], metadata["namespace"], dict(config_map))
+        return "replaced"
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    api.create_namespaced_config_map(metadata["namespace"], dict(config_map))
+    return "created"
+
+
+def _plain(obj: Any) -> Any:
+    """A Kubernetes client model (``V1Pod``) as the API's JSON dict (camelCase keys); dicts pass through."""
+    if obj is None or isinstance(obj, Mapping):
+        return obj
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)
+
+
+def driver_outcome(pod: Any = None, application: Any = None) -> DriverOutcome:
+    """:func:`scoring.deploy.outcome.driver_outcome` of the driver pod (a ``V1Pod`` or its JSON dict) and the
+    SparkApplication object (its JSON dict, as the custom-objects API returns it)."""
+    return outcome.driver_outcome(_plain(pod), _plain(application))

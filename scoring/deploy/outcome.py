@@ -132,15 +132,6 @@ class DriverOutcome:
 _EXIT_CODE = re.compile(r"ExitCode:\s*(-?\d+)")
 
 
-def _plain(obj: Any) -> Any:
-    """A Kubernetes client model (``V1Pod``) as the API's JSON dict (camelCase keys); dicts pass through."""
-    if obj is None or isinstance(obj, Mapping):
-        return obj
-    from kubernetes.client import ApiClient
-
-    return ApiClient().sanitize_for_serialization(obj)
-
-
 def _driver_state(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
     status = next((s for s in statuses if s.get("name") == DRIVER_CONTAINER), statuses[0] if statuses else None)
@@ -158,18 +149,19 @@ def error_record_from_message(message: str | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and isinstance(record.get("error"), dict) else None
 
 
-def driver_outcome(pod: Any = None, application: Any = None) -> DriverOutcome:
-    """Read how the driver ended from what the operator sees: the driver pod (a ``V1Pod`` or its JSON dict) and the
-    SparkApplication object (its JSON dict, as the custom-objects API returns it).
+def driver_outcome(pod: Mapping[str, Any] | None = None, application: Mapping[str, Any] | None = None) -> DriverOutcome:
+    """Read how the driver ended from what the operator sees: the driver pod (its JSON dict, camelCase keys;
+    :func:`scoring.deploy.kubernetes.driver_outcome` takes a ``V1Pod`` too) and the SparkApplication object (its JSON
+    dict, as the custom-objects API returns it).
 
     The exit code comes from the driver container's terminated state; without one (the pod is gone), from the
     application's ``errorMessage`` ("driver container failed with ExitCode: N, ..."); else from the error record.
     """
-    terminated = _driver_state(_plain(pod))
+    terminated = _driver_state(pod)
     record = error_record_from_message((terminated or {}).get("message"))
     if terminated is not None and terminated.get("exitCode") is not None:
         return DriverOutcome(int(terminated["exitCode"]), record, f"container {DRIVER_CONTAINER}")
-    state = ((_plain(application) or {}).get("status") or {}).get("applicationState") or {}
+    state = ((application or {}).get("status") or {}).get("applicationState") or {}
     found = _EXIT_CODE.search(str(state.get("errorMessage") or ""))
     if found:
         return DriverOutcome(int(found.group(1)), record, f"SparkApplication state {state.get('state')}")

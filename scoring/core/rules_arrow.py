@@ -125,7 +125,7 @@ def fails(batch: pa.RecordBatch, condition: RowCondition) -> pa.BooleanArray:
                 out = pc.or_(out, pc.is_nan(column))  # NaN orders above every number
     else:
         values, allowed = _value_set(column, condition.values)
-        out = pc.invert(pc.is_in(values, value_set=allowed))
+        out = pc.and_(values.is_valid(), pc.invert(pc.is_in(values, value_set=allowed)))
     return pc.fill_null(out, False)  # nulls fail only not_null
 
 
@@ -139,10 +139,11 @@ def set_aside_mask(batch: pa.RecordBatch, conditions: Sequence[RowCondition]) ->
 
 def reasons(batch: pa.RecordBatch, conditions: Sequence[RowCondition]) -> pa.StringArray:
     """For each row, the labels of the conditions it fails, joined with ``"; "`` (empty when it fails none)."""
-    parts = [pc.if_else(fails(batch, c), pa.scalar(c.label), pa.scalar(None, pa.string())) for c in conditions]
-    if not parts:
-        return pa.array([""] * batch.num_rows, type=pa.string())
-    return pc.binary_join_element_wise(*parts, "; ", null_handling="skip")
+    out = np.full(batch.num_rows, "", dtype=object)
+    for condition in conditions:
+        bad = fails(batch, condition).to_numpy(zero_copy_only=False)
+        out[bad] = [f"{seen}; {condition.label}" if seen else condition.label for seen in out[bad]]
+    return pa.array(out, type=pa.string())
 
 
 # -- table-level aggregations, one pass over batches ------------------------------------------------------------------

@@ -8,6 +8,7 @@ When a module is added, split, moved or removed, add, change or remove its line 
 
 from __future__ import annotations
 
+import ast
 import re
 import unicodedata
 from pathlib import Path
@@ -178,3 +179,53 @@ def test_every_relative_link_in_the_readme_and_docs_leads_to_a_file_and_heading_
                 elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
                     broken.append(f"{where} (no heading with that anchor)")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+PATH_REF = re.compile(r"`(scoring/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)`")  # a folder (ends in /) or a file (has a suffix)
+DOTTED_REF = re.compile(r"`(scoring(?:\.[A-Za-z_]\w*)+)")
+BUILD_OUTPUTS = ("scoring/jvm/target",)  # made by `make jvm`, ignored by git
+
+
+def _module_file(parts: list[str]) -> Path | None:
+    base = ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def test_every_scoring_path_the_readme_and_docs_name_exists():
+    stale = [
+        f"{page.relative_to(ROOT)}: {ref}"
+        for page in _markdown_pages()
+        for ref in PATH_REF.findall(page.read_text())
+        if not ref.startswith(BUILD_OUTPUTS) and not (ROOT / ref).exists()
+    ]
+    assert not stale, "the README or docs name paths that no longer exist (a module moved?):\n" + "\n".join(stale)
+
+
+def test_every_scoring_name_the_readme_and_docs_give_is_defined_where_they_say():
+    stale = []
+    for page in _markdown_pages():
+        for ref in DOTTED_REF.findall(page.read_text()):
+            parts = ref.split(".")
+            found = next(
+                ((i, path) for i in range(len(parts), 0, -1) if (path := _module_file(parts[:i])) is not None), None
+            )
+            if found is None or (found[0] < len(parts) and parts[found[0]] not in _top_level_names(found[1])):
+                stale.append(f"{page.relative_to(ROOT)}: {ref}")
+    assert not stale, "the README or docs name modules or functions that are not there (moved?):\n" + "\n".join(stale)

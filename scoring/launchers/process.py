@@ -59,7 +59,11 @@ _CLASH = re.compile(r"Address already in use|BindException|already in use")
 
 CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 """The Popen objects of the processes this interpreter started and has not yet seen exit: their pids are signalled
-only while these say they still run, and an exiting interpreter kills those left running."""
+only while these say they still run."""
+
+_KILL_AT_EXIT: set[int] = set()
+"""The children started to die with this process: an exiting interpreter kills those left running (the others, a
+sidecar or a cluster started by a command, are meant to outlive it)."""
 
 
 # --- errors -----------------------------------------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def die_with_parent() -> Callable[[], None] | None:
 def _kill_leftovers() -> None:
     """At interpreter exit: kill the children this process started and never stopped (PDEATHSIG covers a crash)."""
     for pid, proc in list(CHILDREN.items()):
-        if proc.poll() is None:
+        if pid in _KILL_AT_EXIT and proc.poll() is None:
             _LOGGER.warning("killing pid %d (%s), left running at exit", pid, os.path.basename(str(proc.args[0])))
             _killpg(pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -393,12 +397,10 @@ class ManagedProcess:
         raise NotImplementedError
 
     def environment(self) -> dict[str, str] | None:
-        """The child's environment (None: this process's)."""
-        return None
+        return None  # the child's environment (None: this process's)
 
     def ports(self) -> dict[str, int]:
-        """The loopback ports it listens on, by role (``{"http": 8000}``)."""
-        return {}
+        return {}  # the loopback ports it listens on, by role ({"http": 8000})
 
     def is_ready(self) -> bool:
         """Whether the running child answers (called until it does, between checks that it still runs)."""
@@ -450,8 +452,7 @@ class ManagedProcess:
             return ""
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last `lines` lines it logged since its latest start."""
-        return tail(self.log_since_start(), lines)
+        return tail(self.log_since_start(), lines)  # the last `lines` lines it logged since its latest start
 
     def record(self) -> ProcessRecord:
         """What the state file holds now."""
@@ -520,6 +521,10 @@ class ManagedProcess:
                 preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
         CHILDREN[self._proc.pid] = self._proc
+        if self.die_with_parent:
+            _KILL_AT_EXIT.add(self._proc.pid)
+        else:
+            _KILL_AT_EXIT.discard(self._proc.pid)
         self.save_state()
         return self._proc.pid
 

@@ -323,8 +323,9 @@ def _http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
-class _TritonProcess(ManagedProcess):
-    """One ``tritonserver`` process serving `repo`, its backend copy, log and state file in `work`."""
+class TritonProcess(ManagedProcess):
+    """One ``tritonserver`` process serving `repo`, its backend copy, log and state file in `work` (what
+    :func:`start_server` starts; the launcher contract suite uses it directly)."""
 
     name = "tritonserver"
     append_log = False  # a fresh log at each start: failures are read from it
@@ -463,7 +464,7 @@ def start_server(
     binary = find_tritonserver()
     owns_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="scoring-triton-")) if workdir is None else Path(workdir).expanduser().resolve()
-    process = _TritonProcess(
+    process = TritonProcess(
         binary, repo, work, (http_port, grpc_port, metrics_port), models, extra_args, die_with_parent
     )
     try:

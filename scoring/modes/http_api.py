@@ -1,8 +1,11 @@
 """``scoring serve``'s HTTP face: FastAPI routes over :class:`scoring.modes.online.OnlineService`, run by uvicorn.
 
-The routes only translate: they parse the request, ask the service, and turn its answer (or a client's mistake, or
-live inference being unavailable) into a status and a JSON body. Every body is encoded with orjson; a precomputed hit
-is the stored record with a short header, not re-encoded. Status codes:
+The routes only translate: they parse the request, call one method of the service with everything it needs, and
+render its :class:`~scoring.modes.online.Answer` (or a client's mistake) as a status, headers and a body. The answer
+policy (hit, stale, live, fallback, which model a v2 route may name) lives in the service
+(:mod:`scoring.modes.online.answers`), answered from one snapshot per request; nothing here reads the index or the
+alias. Every body is encoded with orjson; a precomputed hit is the stored record with a short header, not re-encoded.
+Status codes:
 
 - 400 malformed JSON or request shape, 401 missing or wrong bearer token, 404 unknown key / model / version,
   413 body or key list too large, 422 a field with a wrong, missing, extra or non-finite value: each with
@@ -16,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import math
 import signal
 import socket
 import threading
@@ -24,13 +26,14 @@ import time
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scoring.core import index, kserve
-from scoring.engine.live import LiveUnavailable, RequestError
-from scoring.modes.online import OnlineService
+from scoring.engine.live import RequestError
+from scoring.modes.online import Answer, OnlineService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,8 +48,8 @@ def _error(status: int, message: str, *, field: str | None = None, headers: dict
     return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
 
 
-def _unavailable(error: LiveUnavailable) -> Response:
-    return _error(503, str(error), headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s)))})
+def _render(answer: Answer) -> Response:
+    return Response(answer.body, status_code=answer.status, media_type=answer.media_type, headers=answer.headers)
 
 
 class _Guard:
@@ -134,7 +137,10 @@ def _score_schema(service: OnlineService) -> dict[str, Any]:
     features = {
         "type": "object",
         "properties": {
-            f: {"type": "boolean" if str(t) == "bool" else "number"} for f, t in service.feature_types().items()
+            f: {"type": "array", "items": {"type": "number"}}
+            if pa.types.is_list(t)
+            else {"type": "boolean" if str(t) == "bool" else "number"}
+            for f, t in service.feature_types().items()
         },
         "required": list(service.feature_types()),
         "additionalProperties": False,
@@ -246,21 +252,7 @@ def build_app(service: OnlineService) -> Any:
 
     @app.get("/v1/status")
     async def status() -> Response:
-        ok, why = service.ready()
-        model = service.model
-        body = {
-            "ready": ok,
-            "reason": why,
-            "model_name": model.name,
-            "model_version": model.version,
-            "model_uri": model.uri,
-            "requested_model_uri": service.config.model.uri,
-            "index": serve.index,
-            "table": service.table,
-            "table_version": service.index_version,
-            "index_error": service.index_error,
-        }
-        return Response(orjson.dumps(body), media_type=_JSON)
+        return Response(orjson.dumps(service.status()), media_type=_JSON)
 
     # -- precomputed -----------------------------------------------------------------------------------------------
 
@@ -269,42 +261,13 @@ def build_app(service: OnlineService) -> Any:
         started = time.perf_counter()
         answer = service.answer_path(key.split("/"))
         metrics.request("scores", answer.source, time.perf_counter() - started)
-        return Response(answer.body, status_code=answer.status, media_type=_JSON, headers=answer.headers)
+        return _render(answer)
 
     @app.post("/v1/score", openapi_extra=_score_schema(service))
     async def score(request: Request) -> Response:
-        started = time.perf_counter()
-        payload = _json_body(await request.body())
-        single = not isinstance(payload, list)
-        items = [payload] if single else payload
-        if not single and len(items) > serve.max_batch_keys:
-            return _error(413, f"{len(items)} items; serve.max_batch_keys allows {serve.max_batch_keys}", field="body")
-        if not items:
-            return Response(b"[]", media_type=_JSON)
-        answers = await service.answer(items, single=single)
-        sources = {a.source for a in answers}
-        source = "live" if "live" in sources else "precomputed" if "precomputed" in sources else "none"
-        metrics.request("score", source, time.perf_counter() - started)
-        if single:
-            (answer,) = answers
-            return Response(answer.body, status_code=answer.status, media_type=_JSON, headers=answer.headers)
-        joined = b"[" + b",".join(_with_status(a.status, a.body) for a in answers) + b"]"
-        return Response(joined, media_type=_JSON)
+        return _render(await service.answer_request(_json_body(await request.body())))
 
     # -- KServe v2 / Open Inference Protocol -----------------------------------------------------------------------
-
-    def _served(name: str, version: str | None) -> Response | None:
-        model = service.model
-        names = {model.name, _triton_name(service)}
-        if name not in names:
-            return _error(404, f"model {name!r} is not served here; this service serves {model.name!r}")
-        if version is not None and version != model.version:
-            return _error(
-                404,
-                f"model {name!r} version {version} is not served; the alias {service.config.model.uri} points to "
-                f"version {model.version}",
-            )
-        return None
 
     @app.get("/v2")
     async def server_metadata() -> Response:
@@ -315,36 +278,20 @@ def build_app(service: OnlineService) -> Any:
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None) -> Response:
-        refused = _served(name, version)
-        if refused is not None:
-            return refused
-        model = service.model
-        types = service.feature_types()
-        body = {
-            "name": name,
-            "versions": [model.version],
-            "platform": "scoring",
-            "inputs": [{"name": f, "datatype": _v2_type(t), "shape": [-1]} for f, t in types.items()],
-            "outputs": [],
-        }
-        return Response(orjson.dumps(body), media_type=_JSON)
+        return _render(service.model_metadata(name, version))
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> Response:
-        refused = _served(name, version)
+        refused, ok, why = service.model_ready(name, version)
         if refused is not None:
-            return refused
-        ok, why = service.ready()
+            return _render(refused)
         return Response(orjson.dumps({"ready": ok, "reason": why}), status_code=200 if ok else 503, media_type=_JSON)
 
     @app.post("/v2/models/{name}/infer", openapi_extra=_INFER_SCHEMA)
     @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_SCHEMA)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         started = time.perf_counter()
-        refused = _served(name, version)
-        if refused is not None:
-            return refused
         header = request.headers.get("inference-header-content-length")
         if header is not None and not (header.isascii() and header.isdigit()):
             return _error(
@@ -352,57 +299,12 @@ def build_app(service: OnlineService) -> Any:
                 "Inference-Header-Content-Length must be a number of bytes (ASCII digits)",
                 field="Inference-Header-Content-Length",
             )
-        types = service.feature_types()
-        parsed = kserve.parse_request(
-            await request.body(),
-            header_length=None if header is None else int(header),
-            features=list(types),
-            types=types,
-        )
-        if parsed.features.num_rows == 0:
-            return _error(422, "the inputs hold no rows", field="inputs")
-        try:
-            prepared, result = await service.infer(parsed.features)
-        except LiveUnavailable as failure:
-            metrics.live_error(failure.kind)
-            return _unavailable(failure)
-        body, json_length = kserve.encode_response(
-            result.predictions,
-            model_name=name,
-            model_version=prepared.version,
-            request=parsed,
-            parameters={"source": "live", "backend": result.backend, "fallback": result.fallback},
-        )
-        metrics.lookup("live", parsed.features.num_rows)
-        metrics.request("infer", "live", time.perf_counter() - started)
-        headers = None if json_length is None else {"Inference-Header-Content-Length": str(json_length)}
-        return Response(body, media_type="application/octet-stream" if headers else _JSON, headers=headers)
+        answer = await service.infer_v2(name, version, await request.body(), None if header is None else int(header))
+        if answer.source == "live":
+            metrics.request("infer", "live", time.perf_counter() - started)
+        return _render(answer)
 
     return _Guard(app, service)
-
-
-def _with_status(status: int, body: bytes) -> bytes:
-    if status == 200:
-        return body
-    return body[:-1] + b',"status":' + str(status).encode() + b"}"
-
-
-def _v2_type(kind: Any) -> str:
-    import pyarrow as pa
-
-    return {
-        pa.float32(): "FP32",
-        pa.float64(): "FP64",
-        pa.int32(): "INT32",
-        pa.int64(): "INT64",
-        pa.bool_(): "BOOL",
-    }.get(kind, "FP64")
-
-
-def _triton_name(service: OnlineService) -> str:
-    from scoring.adapters.triton_export import triton_model_name
-
-    return triton_model_name(service.model.ref)
 
 
 # -- running it ----------------------------------------------------------------------------------------------------

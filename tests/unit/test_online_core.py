@@ -329,3 +329,131 @@ def test_a_closed_scorer_refuses_new_requests():
     with pytest.raises(LiveUnavailable, match="stopping"):
         scorer.submit(features_batch([{"a": 1.0, "b": 1.0}], V2_TYPES)).result(timeout=1)
     assert isinstance(concurrent.futures.Future(), concurrent.futures.Future)
+
+
+# -- the answer policy, from one snapshot, without HTTP ----------------------------------------------------------
+
+
+def _policy(**serve):
+    import types
+
+    from scoring.adapters.metrics import ServeMetrics
+    from scoring.config import ServeConfig
+    from scoring.modes.online import Answerer, ServedModel, ServingSnapshot
+
+    table = _output([1, 2], ["d", "d"], ["2", "1"], [T0, T0], [0, 1], [[0.5, 0.5], [0.25, 0.75]])
+    index = PrecomputedIndex.build(table, Layout.of(table.schema, ["customer_id"], ["ds"]), table_version=3, source="t")
+    config = ServeConfig(**serve)
+    ref = types.SimpleNamespace(name="churn")
+    prepared = types.SimpleNamespace(name="churn", version="2", uri="models:/churn/2", ref=ref)
+    model = ServedModel(prepared, dict(TYPES), None)  # no live scorer: a live request is unavailable
+    snap = ServingSnapshot(
+        index=index, model=model, max_age_s=None, now=T0.timestamp(), index_stale=None, serve_stale=config.serve_stale
+    )
+    answerer = Answerer(
+        serve=config, key_columns=["customer_id"], table="t", requested_uri="models:/churn@x", metrics=ServeMetrics("j")
+    )
+    return answerer, snap
+
+
+def _run(coroutine):
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+def test_a_request_is_answered_item_by_item_from_one_snapshot_hit_stale_and_missing():
+    answerer, snap = _policy()
+    answer = _run(answerer.answer_request(snap, [{"key": 1}, {"key": 2}, {"key": 9}, {"key": True}]))
+    assert answer.status == 200 and answer.source == "precomputed"
+    hit, stale, missing, bad = orjson.loads(answer.body)
+    assert hit["source"] == "precomputed" and hit["stale"] is False and hit["model_version"] == "2"
+    assert stale["status"] == 404 and "scored by model version 1" in stale["error"]
+    assert missing["status"] == 404 and "no precomputed score" in missing["error"]
+    assert bad["status"] == 422 and bad["field"] == "key"
+
+
+def test_a_stale_score_is_served_marked_stale_only_where_serve_stale_allows():
+    answerer, snap = _policy(serve_stale=True)
+    answer = _run(answerer.answer_request(snap, {"key": 2}))
+    body = orjson.loads(answer.body)
+    assert answer.status == 200 and body["stale"] is True and "version 1" in body["stale_reason"]
+    assert answerer.answer_path(snap, ["2"]).status == 200
+
+
+def test_live_unavailable_is_a_503_with_retry_after_and_a_stale_score_where_allowed():
+    answerer, snap = _policy()
+    answer = _run(answerer.answer_request(snap, {"key": 9, "features": {"a": 1.0, "b": 2}}))
+    assert answer.status == 503 and int(answer.headers["Retry-After"]) >= 1
+    answerer, snap = _policy(serve_stale=True)
+    answer = _run(answerer.answer_request(snap, {"key": 2, "features": {"a": 1.0, "b": 2}}))
+    assert answer.status == 200 and orjson.loads(answer.body)["stale"] is True
+
+
+def test_too_many_items_is_a_413_and_an_empty_list_an_empty_answer():
+    answerer, snap = _policy(max_batch_keys=2)
+    assert _run(answerer.answer_request(snap, [{"key": 1}] * 3)).status == 413
+    assert _run(answerer.answer_request(snap, [])).body == b"[]"
+
+
+def test_a_v2_route_naming_another_model_or_version_is_a_404_from_the_snapshot():
+    answerer, snap = _policy()
+    assert answerer.served(snap, "churn", None) is None
+    assert answerer.served(snap, "churn", "1").status == 404
+    assert answerer.served(snap, "other", None).status == 404
+    meta = orjson.loads(answerer.model_metadata(snap, "churn", "2").body)
+    assert meta["versions"] == ["2"] and [i["datatype"] for i in meta["inputs"]] == ["FP32", "INT64"]
+
+
+# -- errors: one hierarchy, picklable --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RequestError("bad", field="a", status=404),
+        LiveUnavailable("down", retry_after_s=7.0, kind="breaker_open"),
+        kserve.ProtocolError("malformed", status=422, field="inputs"),
+    ],
+)
+def test_online_errors_are_scoring_errors_that_pickle_with_their_fields(error):
+    import pickle
+
+    from scoring.errors import ScoringError
+
+    back = pickle.loads(pickle.dumps(error))
+    assert isinstance(back, ScoringError) and type(back) is type(error)
+    assert str(back) == str(error) and vars(back) == vars(error)
+
+
+def test_request_errors_are_still_value_errors_and_live_unavailable_is_transient():
+    from scoring.errors import is_transient
+
+    assert isinstance(RequestError("x"), ValueError) and isinstance(kserve.ProtocolError("x"), ValueError)
+    assert is_transient(LiveUnavailable("x", retry_after_s=1.0, kind="deadline"))
+    assert not is_transient(RequestError("x"))
+
+
+# -- array features (input.tensors) --------------------------------------------------------------------------------
+
+
+def test_array_features_are_typed_from_input_tensors_and_checked_element_by_element():
+    from scoring.core.tensors import TensorLayout
+    from scoring.engine.live import check_features, feature_types
+
+    types = feature_types(
+        [("ids", "int64"), ("mask", "int64"), ("x", "double")],
+        ["token_ids", "attention", "x"],
+        (TensorLayout("token_ids", "ids", 6), TensorLayout("attention", "mask")),
+    )
+    assert types == {"token_ids": pa.list_(pa.int64()), "attention": pa.list_(pa.int64()), "x": pa.float64()}
+    batch = features_batch([{"token_ids": [1, 2], "attention": [1, 0], "x": 0.5}], types)
+    assert batch.column("token_ids").to_pylist() == [[1, 2]]
+    for row, field, words in [
+        ({"token_ids": [1, 2.5], "attention": [1], "x": 0.0}, "token_ids", "element 1: expected an integer"),
+        ({"token_ids": [1], "attention": 1, "x": 0.0}, "attention", "expected an array of numbers"),
+        ({"token_ids": [1], "attention": [1e39], "x": 0.0}, "attention", "element 0: 1e+39 is beyond float32"),
+    ]:
+        with pytest.raises(RequestError) as raised:
+            check_features(row, types)
+        assert raised.value.field == field and words in str(raised.value)

@@ -110,6 +110,13 @@ def missing_modules(extra: str) -> list[str]:
     return [module for module in modules if importlib.util.find_spec(module) is None]
 
 
+def extra_of(module: str) -> str | None:
+    """The extra that installs `module` (a dotted name: its top-level package counts), or None for any other module.
+    Lets a last-resort handler turn an unforeseen ``ModuleNotFoundError`` into the extra to install."""
+    top = module.partition(".")[0]
+    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+
+
 def require_extra(extra: str, feature: str) -> None:
     """Raise :class:`MissingExtraError` unless every module of `extra` is installed. `feature` names what needs it,
     as a user would write it (``scoring serve``, ``runtime.backend: triton``). Nothing is imported."""

@@ -74,6 +74,13 @@ def test_require_extra_passes_for_every_extra_in_the_full_development_install():
         assert errors.missing_modules(extra) == []
 
 
+def test_extra_of_names_the_extra_that_installs_a_module():
+    assert errors.extra_of("orjson") == "serve"
+    assert errors.extra_of("tritonclient.grpc") == "triton"
+    assert errors.extra_of("great_expectations.expectations") == "quality"
+    assert errors.extra_of("pyspark") is None and errors.extra_of("scoring") is None
+
+
 def test_an_unknown_extra_is_a_programming_error_not_a_user_error():
     with pytest.raises(ValueError, match="unknown extra 'servee'"):
         require_extra("servee", "scoring serve")

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import pickle
 import socket
 import subprocess
 import sys
@@ -260,13 +261,21 @@ def test_the_generator_runs_in_a_process_of_its_own(server):
 def test_python_m_scoring_loadgen_reads_a_spec_on_stdin_and_writes_the_result_on_stdout(server):
     spec = _spec(server.url, ["/ok"], rate_per_s=50, duration_s=0.2)
     done = subprocess.run(
-        [sys.executable, "-m", "scoring.tools.loadgen"], input=spec.to_json(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "scoring.tools.loadgen"],
+        input=spec.to_json(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] == 10
 
     bad = subprocess.run(
-        [sys.executable, "-m", "scoring.tools.loadgen"], input='{"url": "x"}', capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "scoring.tools.loadgen"],
+        input='{"url": "x"}',
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2 and "invalid load spec" in bad.stderr
 
@@ -285,3 +294,32 @@ def test_saturation_reports_the_highest_rate_that_held(server):
     assert [s.held for s in found.steps] == [True, True, True, False]
     assert found.max_rate_held == 80
     assert "p99" in found.stopped_because and not found.client_bound
+
+
+def test_the_load_generator_s_errors_belong_to_the_one_hierarchy_and_pickle():
+    from scoring.errors import ConfigError, ScoringError
+
+    failed = loadgen.LoadgenError("the load generator exited 1: boom")
+    assert isinstance(failed, ScoringError) and isinstance(failed, RuntimeError)
+    back = pickle.loads(pickle.dumps(failed))
+    assert type(back) is loadgen.LoadgenError and str(back) == str(failed)
+
+    with pytest.raises(ConfigError, match="invalid load spec") as caught:
+        LoadSpec("http://127.0.0.1:1", (Request.get("/"),), rate_per_s=0, duration_s=1)
+    assert isinstance(caught.value, ValueError)  # `except ValueError` callers keep working
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert type(back) is loadgen.LoadSpecError and str(back) == str(caught.value)
+
+
+def test_the_generator_s_own_process_imports_nothing_from_scoring():
+    done = subprocess.run(
+        [sys.executable, "-P", "-X", "importtime", loadgen.loadgen_engine.__file__],
+        input='{"url": "x"}',
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "invalid load spec" in done.stderr
+    imported = [line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "loadgen_spec" in imported
+    assert not [name for name in imported if name == "scoring" or name.startswith("scoring.")]

@@ -144,3 +144,34 @@ def test_a_scheduled_job_with_tables_by_name_is_refused_when_the_dags_are_built(
         scheduling.scheduled_jobs(tmp_path)
     assert "named.yaml: input.table name tables in Spark's catalog" in str(e.value)
     assert "DESCRIBE DETAIL" in str(e.value)
+
+
+def test_the_kubernetes_side_never_imports_the_airflow_side_not_even_lazily():
+    """One direction only: scheduling (the Airflow side) may use kubernetes; kubernetes and what it is made of never
+    import scheduling, so the two cannot form a circle again."""
+    import ast
+    from pathlib import Path
+
+    from scoring.deploy import k8s_env, k8s_names, k8s_pods, k8s_yaml, kubernetes, outcome
+
+    for module in (kubernetes, k8s_pods, k8s_yaml, k8s_env, k8s_names, outcome):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        from_deploy = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "scoring.deploy"
+            for alias in node.names
+        }
+        assert "scoring.deploy.scheduling" not in imported and "scheduling" not in from_deploy, module.__name__
+
+
+def test_retry_decisions_are_one_definition_shared_by_scheduling_and_kubernetes():
+    from scoring.deploy import kubernetes, outcome
+
+    assert scheduling.retry_can_help is outcome.retry_can_help
+    assert scheduling.score_failure is outcome.score_failure and scheduling.ScoreFailure is outcome.ScoreFailure
+    assert kubernetes.DriverOutcome is outcome.DriverOutcome
+    assert kubernetes.driver_outcome({"status": {"containerStatuses": []}}).retry_can_help  # no exit code: retry

@@ -476,6 +476,14 @@ def find_commit(spark, path: str, txn: Txn, *, search: int = 200) -> Commit | No
     return None
 
 
+def recent_user_metadata(spark, path: str, most: int) -> list[str | None]:
+    """The ``userMetadata`` of the newest `most` commits of the Delta table at `path`, newest first (None where a
+    commit has none)."""
+    from delta.tables import DeltaTable
+
+    return [row.userMetadata for row in DeltaTable.forPath(spark, path).history(most).select("userMetadata").collect()]
+
+
 def append_once(df, path: str, *, txn: Txn) -> bool:
     """Append `df` to the Delta table at `path` (created if missing) at most once per transaction identity.
     Returns whether this call committed."""

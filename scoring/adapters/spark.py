@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -58,8 +63,6 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
     from pyspark.errors import PySparkRuntimeError
     from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
-
-    from scoring.engine.progress import HeldOutput, verbose
 
     conf = dict(conf or {})
     active = SparkSession.getActiveSession()
@@ -227,7 +230,8 @@ def spark_submit_command(
 
     import pyspark
 
-    from scoring.deploy import spark_submit as spark_entry
+    # the entry point's file, found without importing it (the deploy layer sits above the adapters)
+    entry = importlib.util.find_spec("scoring.deploy.spark_submit").origin
 
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
     packages = [delta_package(), *([kafka_package()] if stream else [])]
@@ -240,7 +244,7 @@ def spark_submit_command(
         "--conf",
         f"spark.pyspark.driver.python={sys.executable}",
     ]
-    command += [spark_entry.__file__, config_path]
+    command += [entry, config_path]
     for item in overrides:
         command += ["--set", item]
     if stream:
@@ -317,7 +321,6 @@ def _score_columns(
     out per batch. Module-level, so cloudpickle ships it by reference and the predictor cache (one model per reused
     worker) survives across tasks."""
     from scoring.adapters.runtime import cached_predictor
-    from scoring.engine.faults import worker_fault_point
 
     predictor = cached_predictor(predictor_spec)
     fields = list(spec.output_schema)
@@ -384,3 +387,184 @@ def probe_outputs(rows: pa.Table, spec: ScoringSpec, predictor_spec) -> pa.Schem
             break
     assert out is not None, "probe needs at least one row"
     return pa.schema([out.schema.field(n) for n in out.schema.names if n not in spec.passthrough])
+
+
+# -- what a run's plan asks of its rows (the Spark runner's side of scoring.modes.batch.plan) ---------------------
+
+
+def profile_selection(source, keys, partition_by, valid, fits=None):
+    """One pass over the selected rows `source`: per output partition ``(values, rows)``, the rows in all, the
+    invalid rows (where `valid`, a condition, does not hold, among rows that `fits`), the first key that appears
+    twice in one partition (a text; None when keys are unique) and the rows the output cannot take (where `fits`
+    does not hold; not counted as invalid)."""
+    from pyspark.sql import functions as F
+
+    fits = F.lit(True) if fits is None else fits
+    per_key = source.groupBy(*[F.col(f"`{c}`") for c in keys]).agg(
+        F.count(F.lit(1)).alias("_n"),
+        F.sum(F.when(fits & ~valid, 1).otherwise(0)).alias("_bad"),
+        F.sum(F.when(~fits, 1).otherwise(0)).alias("_unwritable"),
+    )
+    dupes = per_key.where(F.col("_n") > 1).limit(1)
+    agg = per_key.groupBy(*[F.col(f"`{c}`") for c in partition_by]).agg(
+        F.sum("_n").alias("_rows"),
+        F.sum("_bad").alias("_bad"),
+        F.max("_n").alias("_max"),
+        F.sum("_unwritable").alias("_unwritable"),
+    )
+    rows = agg.collect()
+    partitions = [({c: r[c] for c in partition_by}, int(r["_rows"])) for r in rows if r["_rows"]]
+    total = sum(int(r["_rows"] or 0) for r in rows)
+    bad = sum(int(r["_bad"] or 0) for r in rows)
+    unwritable = sum(int(r["_unwritable"] or 0) for r in rows)
+    duplicate = None
+    if any((r["_max"] or 0) > 1 for r in rows):
+        first = dupes.collect()[0]
+        duplicate = ", ".join(f"{c}={first[c]!r}" for c in keys)
+    return partitions, total, bad, duplicate, unwritable
+
+
+def rows_matching(output, selected_keys, columns, partition_by) -> dict[tuple, int]:
+    """Per output partition (its values, in `partition_by` order), the rows of `output` whose `columns` equal
+    (null-safe) those of a row of `selected_keys`."""
+    from pyspark.sql import functions as F
+
+    cond = [output[f"`{c}`"].eqNullSafe(selected_keys[f"`{c}`"]) for c in columns]
+    hit = output.join(selected_keys, on=cond, how="left_semi")
+    grouped = hit.groupBy(*[F.col(f"`{c}`") for c in partition_by]).agg(F.count(F.lit(1)).alias("_n"))
+    return {tuple(r[c] for c in partition_by): int(r["_n"]) for r in grouped.collect()}
+
+
+def filtered(df, condition: str):
+    """`df` where the Spark SQL `condition` holds, analysed now; raises ``ValueError`` holding Spark's exception
+    when `condition` is not a valid filter on `df`."""
+    from pyspark.errors import AnalysisException, ParseException
+
+    try:
+        out = df.where(condition)
+        out.schema  # noqa: B018 - analyses the filter now
+    except (AnalysisException, ParseException) as e:
+        raise ValueError(e) from None
+    return out
+
+
+# -- what a stream's micro-batch asks of its rows ------------------------------------------------------------------
+
+
+def with_event_time(df, columns, *, out: str, event_time: str | None = None, file_times: Mapping[str, int] = {}):  # noqa: B006 (read only)
+    """`df`'s `columns` and `out`, each row's event time: the timestamp column `event_time` when given, else the
+    commit time of the Delta file the row came from (`file_times`: file name -> epoch ms; the oldest for a file not
+    among them; null when none is known)."""
+    from pyspark.sql import functions as F
+
+    needed = [F.col(f"`{c}`") for c in columns]
+    if event_time is not None:
+        return df.select(*needed, F.col(f"`{event_time}`").cast("timestamp").alias(out))
+    file = "_scoring_source_file"
+    rows = df.select(*needed, F.input_file_name().alias(file))
+    basename = F.element_at(F.split(F.col(file), "/"), -1)
+    if file_times:
+        lookup = F.create_map(*[x for name, ms in file_times.items() for x in (F.lit(name), F.lit(ms))])
+        millis = F.coalesce(lookup[basename], F.lit(min(file_times.values())))
+    else:
+        millis = F.lit(None).cast("long")
+    return rows.withColumn(out, F.timestamp_millis(millis)).drop(file)
+
+
+def count_where(df, conditions: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
+    """In one pass over `df`: its rows, and per name the rows where its condition holds (None: no row)."""
+    from pyspark.sql import functions as F
+
+    named = {name: cond for name, cond in conditions.items() if cond is not None}
+    row = df.agg(
+        F.count(F.lit(1)).alias("_n"), *[F.sum(F.when(c, 1).otherwise(0)).alias(n) for n, c in named.items()]
+    ).head()
+    return int(row["_n"]), {name: int(row[name] or 0) if name in named else 0 for name in conditions}
+
+
+def with_long(df, name: str, value: int | None):
+    """`df` with a constant ``bigint`` column `name` (null for None)."""
+    from pyspark.sql import functions as F
+
+    return df.withColumn(name, F.lit(value).cast("long"))
+
+
+# -- child processes' output while they start, and the Python workers' fault point -------------------------------
+
+
+def verbose() -> bool:
+    """Whether the tools scoring drives may speak for themselves (Spark's JVM and its Ivy resolution, MLflow's
+    messages and download bars): yes when the ``scoring`` logger logs at INFO (``scoring -v``, Airflow, spark-submit),
+    no otherwise (a plain ``scoring run``, where only their errors show)."""
+    return logging.getLogger("scoring").isEnabledFor(logging.INFO)
+
+
+class HeldOutput:
+    """A pipe to give a child process as its stderr (`fd`): what the child writes while it starts is held back, then
+    dropped when it started (:meth:`started`) or shown when it did not (:meth:`failed`). Whatever it writes after that
+    goes straight through to this process's stderr, errors included."""
+
+    def __init__(self) -> None:
+        self._read, self.fd = os.pipe()
+        self._held: list[bytes] = []
+        self._passing = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="scoring-child-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        broken = False
+        while chunk := os.read(self._read, 65536):  # drain always: a child blocked on a full pipe would hang
+            with self._lock:
+                if not self._passing:
+                    self._held.append(chunk)
+                    continue
+            if not broken:
+                broken = not _write_stderr(chunk)
+        os.close(self._read)
+
+    def _close_child_end(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def started(self) -> None:
+        """The child started: drop what it said while starting, pass through what it says from now on."""
+        self._close_child_end()
+        with self._lock:
+            self._held.clear()
+            self._passing = True
+
+    def failed(self, show: bool = True) -> None:
+        """The child did not start (it exited): show what it said (when `show`), which is why."""
+        if self._passing:  # it had started: what it says now is passed through already
+            return
+        self._close_child_end()
+        self._thread.join(timeout=5)  # the child is gone: its output ends soon
+        with self._lock:
+            held, self._held, self._passing = b"".join(self._held), [], True
+        if show and held:
+            _write_stderr(held)
+
+
+def _write_stderr(data: bytes) -> bool:
+    """Write to file descriptor 2 (where a child would have written itself); False once it is gone."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(2, view) :]
+    except OSError:
+        return False
+    return True
+
+
+def worker_fault_point() -> None:
+    """In a Python worker: die once when ``$SCORING_FAULT`` is ``kill-python-worker`` and ``$SCORING_FAULT_MARKER``
+    names a file (the first worker to create it dies; see :mod:`scoring.engine.faults`)."""
+    if os.environ.get("SCORING_FAULT") != "kill-python-worker" or not os.environ.get("SCORING_FAULT_MARKER"):
+        return
+    try:
+        with open(os.environ["SCORING_FAULT_MARKER"], "x") as marker:  # exactly one worker wins the marker
+            marker.write(str(os.getpid()))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

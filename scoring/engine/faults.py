@@ -43,13 +43,4 @@ def fault_point(name: str, *, batch: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def worker_fault_point() -> None:
-    """In a Python worker: die once when ``$SCORING_FAULT`` is ``kill-python-worker`` (see the module doc)."""
-    if os.environ.get(ENV) != WORKER_POINT or not os.environ.get(MARKER_ENV):
-        return
-    try:
-        with open(os.environ[MARKER_ENV], "x") as marker:  # exactly one worker wins the marker
-            marker.write(str(os.getpid()))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+from scoring.adapters.spark import worker_fault_point  # noqa: E402, F401 - runs in Spark's Python workers

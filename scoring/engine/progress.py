@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -80,69 +79,7 @@ def default_reporter() -> Reporter:
     return RichReporter() if sys.stderr.isatty() else LogReporter()
 
 
-def verbose() -> bool:
-    """Whether the tools scoring drives may speak for themselves (Spark's JVM and its Ivy resolution, MLflow's
-    messages and download bars): yes when the ``scoring`` logger logs at INFO (``scoring -v``, Airflow, spark-submit),
-    no otherwise (a plain ``scoring run``, where only their errors show)."""
-    return logging.getLogger("scoring").isEnabledFor(logging.INFO)
-
-
-class HeldOutput:
-    """A pipe to give a child process as its stderr (`fd`): what the child writes while it starts is held back, then
-    dropped when it started (:meth:`started`) or shown when it did not (:meth:`failed`). Whatever it writes after that
-    goes straight through to this process's stderr, errors included."""
-
-    def __init__(self) -> None:
-        self._read, self.fd = os.pipe()
-        self._held: list[bytes] = []
-        self._passing = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._pump, name="scoring-child-stderr", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        broken = False
-        while chunk := os.read(self._read, 65536):  # drain always: a child blocked on a full pipe would hang
-            with self._lock:
-                if not self._passing:
-                    self._held.append(chunk)
-                    continue
-            if not broken:
-                broken = not _write_stderr(chunk)
-        os.close(self._read)
-
-    def _close_child_end(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-    def started(self) -> None:
-        """The child started: drop what it said while starting, pass through what it says from now on."""
-        self._close_child_end()
-        with self._lock:
-            self._held.clear()
-            self._passing = True
-
-    def failed(self, show: bool = True) -> None:
-        """The child did not start (it exited): show what it said (when `show`), which is why."""
-        if self._passing:  # it had started: what it says now is passed through already
-            return
-        self._close_child_end()
-        self._thread.join(timeout=5)  # the child is gone: its output ends soon
-        with self._lock:
-            held, self._held, self._passing = b"".join(self._held), [], True
-        if show and held:
-            _write_stderr(held)
-
-
-def _write_stderr(data: bytes) -> bool:
-    """Write to file descriptor 2 (where a child would have written itself); False once it is gone."""
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(2, view) :]
-    except OSError:
-        return False
-    return True
+from scoring.adapters.spark import HeldOutput, verbose  # noqa: E402, F401 - defined where Spark starts, named here too
 
 
 @contextlib.contextmanager

@@ -2,7 +2,9 @@
 batches -> gate -> replace exactly the selected rows of the output in one commit -> set aside what was not scored.
 
 This mode owns its source (a pinned Delta snapshot), its sink (a scoped replace of the output table) and its
-transaction identity (``scoring:<run_id>``, version 0). Everything between comes from :mod:`scoring.engine`.
+transaction identity (``scoring:<run_id>``, version 0). Everything between comes from :mod:`scoring.engine`: the
+unit of work (:func:`scoring.engine.unit.score_unit`) scores the selected rows end to end, and a runner
+(:class:`scoring.runners.base.Runner`, Spark today) reads, scores and commits them.
 
 What a run promises, and how:
 - It replaces exactly the ``(key, partition)`` rows it selected: a MERGE on the key and partition columns updates
@@ -19,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -27,14 +28,14 @@ from scoring import columns
 from scoring.adapters import catalog, delta
 from scoring.config import JobConfig
 from scoring.core.identity import table_identity
-from scoring.core.score import ScoringSpec
 from scoring.engine import checks, gates
+from scoring.engine.clock import PhaseClock
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
-from scoring.engine.probe import PROBE_ROWS, probe
-from scoring.engine.progress import LogReporter, Reporter, watch_spark
+from scoring.engine.progress import LogReporter, Reporter
 from scoring.engine.record import RunRecord
 from scoring.engine.runtime import open_predictor
+from scoring.engine.unit import UnitContext, score_unit
 from scoring.errors import (
     ConfigError,
     InputError,
@@ -42,8 +43,8 @@ from scoring.errors import (
     OutputError,
     ScoringError,
     UnwritableRowsError,
-    from_spark_exception,
 )
+from scoring.runners.spark import SparkRunner, session_for
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,20 +65,6 @@ def txn_for(run_id: str) -> delta.Txn:
 
 def quarantine_txn_for(run_id: str) -> delta.Txn:
     return delta.Txn(f"scoring-quarantine:{run_id}", 0)
-
-
-def _translate(e: Exception) -> Exception:
-    found = from_spark_exception(e)
-    if found is not None:
-        return found
-    text = str(e)
-    if "FileNotFound" in text or "FILE_NOT_EXIST" in text or "does not exist" in text and "parquet" in text:
-        return InputError(
-            f"a data file of the input snapshot is gone: {delta.message_of(e)}",
-            hint="the pinned input version was vacuumed (VACUUM removes files of old versions); read a later "
-            "version, or leave input.version out to read the latest",
-        )
-    return e
 
 
 # -- the plan -----------------------------------------------------------------------------------------------------
@@ -119,9 +106,10 @@ class Plan:
     """The output already holds this run id's commit (an earlier attempt committed, then died): the run writes only
     what is missing."""
     source: Any = dataclasses.field(repr=False, default=None)
-    """The pinned, filtered snapshot: pass-through and feature columns of the valid selected rows."""
+    """The pinned, filtered snapshot: pass-through and feature columns of the selected rows the output can take
+    (those with invalid features among them are set aside by the unit of work)."""
     rejected: Any = dataclasses.field(repr=False, default=None)
-    """Quarantine-table frame of the rows with invalid features (``on_invalid_rows: skip``), or None."""
+    """Quarantine-table frame of the rows the output cannot take, or None."""
     selected_keys: Any = dataclasses.field(repr=False, default=None)
     """Key and partition columns of every selected row (scored or set aside): what the run replaces."""
     tables: catalog.Resolved | None = dataclasses.field(repr=False, default=None)
@@ -207,13 +195,11 @@ def _resume(config: JobConfig, spark, run_id: str, input_table: str) -> tuple[Jo
     """When the output already holds this run id's commit, the config pinned to what that attempt read (its input
     version) and the exact model version it scored with; otherwise the config as it is. `input_table` is the input
     as the config gave it (a catalog name or a path: what the commit recorded)."""
-    if not config.run_id or delta.latest_version(spark, config.output.table) is None:
+    if not config.run_id:
         return config, None
-    txn = txn_for(run_id)
-    if delta.committed_version(spark, config.output.table, txn) is None:
+    meta = SparkRunner(spark).committed(config.output.table, txn_for(run_id))
+    if meta is None:
         return config, None
-    commit = delta.find_commit(spark, config.output.table, txn)
-    meta = commit.metadata if commit else {}
     if (meta.get("input_where") or None) != (config.input.where or None) or meta.get(
         "input_table", input_table
     ) != input_table:
@@ -233,10 +219,11 @@ def plan(
     """Resolve the model, pin the snapshot, check the job against the tables and count what would be scored.
     Writes nothing. With `dry_run`, also counts the output rows the run would replace (a join with the output)."""
     reporter = reporter or LogReporter()
-    clock = timings if timings is not None else _Clock()
+    clock = timings if timings is not None else PhaseClock()
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     run_id = config.run_id or new_run_id(scored_at)
-    spark = spark or _session(config)
+    spark = spark or session_for(config)
+    runner = SparkRunner(spark)
     clock.lap("session")
     tables = catalog.resolve(config, spark)  # catalog names -> locations, once; paths stay as they are
     config = tables.config
@@ -247,33 +234,29 @@ def plan(
     reporter.step(f"model {model.name} version {model.version} ({', '.join(model.ref.flavors)})")
     clock.lap("resolve")
 
-    from pyspark.errors import AnalysisException, ParseException
-
-    source, input_version = delta.read_snapshot(spark, config.input.table, config.input.version)
+    source, input_version = runner.read_snapshot(config.input.table, config.input.version)
     reporter.step(f"input {config.input.table} at version {input_version}")
     checks.check_columns(config, source.schema, model.features)
     if config.input.where is not None:
         try:
-            source = source.where(config.input.where)
-            source.schema  # noqa: B018 - analyses the filter now
-        except (AnalysisException, ParseException) as e:
+            source = runner.filter(source, config.input.where)
+        except ValueError as e:
             raise InputError(
-                f"input.where: {config.input.where!r} is not a valid filter on {config.input.table}: "
-                f"{delta.message_of(e)}",
+                f"input.where: {config.input.where!r} is not a valid filter on {config.input.table}: {e}",
                 hint="write a Spark SQL boolean expression over the input's columns, e.g. ds = '2026-11-24'",
             ) from None
     passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
-    source = source.select(*[f"`{c}`" for c in dict.fromkeys([*passthrough, *model.features])])
+    source = runner.project(source, list(dict.fromkeys([*passthrough, *model.features])))
     valid = gates.valid_features(source.schema, model.features)
     # which selected rows the output can take (a partition value that is a path, a key that fits its column's type)
     rule = gates.write_rule(spark, config.output.table, source.schema, config.output.partition_by, passthrough)
     fits = gates.unwritable_reason(rule).isNull() if rule.can_fail else None
     try:
-        partitions, rows_read, rows_invalid, duplicate, rows_unwritable = _profile(source, config, valid, fits)
+        partitions, rows_read, rows_invalid, duplicate, rows_unwritable = _profile(runner, source, config, valid, fits)
     except ScoringError:
         raise
     except Exception as e:
-        raise _translate(e) from None
+        raise runner.translate(e) from None
     if duplicate is not None:
         raise InputError(
             f"input: key {duplicate} appears more than once in one partition of the selected rows of "
@@ -286,7 +269,7 @@ def plan(
             + (f" where {config.input.where}" if config.input.where else ""),
             hint="check input.where (e.g. the partition date) and input.version; the output table was not touched",
         )
-    selected_keys = source.select(*[f"`{c}`" for c in passthrough])
+    selected_keys = runner.project(source, passthrough)
     rejected = None
     stamp = gates.Stamp(run_id, scored_at, passthrough)
     if rows_unwritable:
@@ -317,16 +300,12 @@ def plan(
                 "to score the rest and set these aside in the quarantine table",
             )
         reporter.step(f"setting aside {rows_invalid} row(s) with invalid features (input.on_invalid_rows: skip)")
-        reason = "invalid feature (null, NaN, infinite or beyond float32)"
-        cut = gates.split(source, valid, reason, "input", stamp, count=False)
-        source, rejected = cut.kept, gates.union([rejected, cut.set_aside])
-    output_exists = delta.latest_version(spark, config.output.table) is not None
-    output_rows = None
-    if output_exists:
-        output = spark.read.format("delta").load(config.output.table)
-        output_rows = output.count()
+    output = runner.read_latest(config.output.table)
+    output_exists, output_rows = output is not None, None
+    if output is not None:
+        output_rows = runner.count(output)
         if dry_run:
-            partitions = _rows_to_replace(output, selected_keys, partitions, config, passthrough)
+            partitions = _rows_to_replace(runner, output, selected_keys, partitions, config, passthrough)
     clock.lap("plan")
     return Plan(
         config=config,
@@ -361,84 +340,35 @@ def _ok(value: Any) -> bool:
         return False
 
 
-def _profile(source, config: JobConfig, valid, fits=None) -> tuple[list[Partition], int, int, str | None, int]:
+def _profile(
+    runner: SparkRunner, source, config: JobConfig, valid, fits=None
+) -> tuple[list[Partition], int, int, str | None, int]:
     """One pass over the selected rows: rows and invalid rows per output partition, the first key that appears
     twice in one partition (None when keys are unique), and the rows the output cannot take (where `fits`, a
     condition, does not hold; those are not counted as invalid)."""
-    from pyspark.sql import functions as F
-
-    fits = F.lit(True) if fits is None else fits
     keys = [*config.input.key, *[c for c in config.output.partition_by if c not in config.input.key]]
-    per_key = source.groupBy(*[F.col(f"`{c}`") for c in keys]).agg(
-        F.count(F.lit(1)).alias("_n"),
-        F.sum(F.when(fits & ~valid, 1).otherwise(0)).alias("_bad"),
-        F.sum(F.when(~fits, 1).otherwise(0)).alias("_unwritable"),
-    )
-    dupes = per_key.where(F.col("_n") > 1).limit(1)
-    parts = config.output.partition_by
-    agg = per_key.groupBy(*[F.col(f"`{c}`") for c in parts]).agg(
-        F.sum("_n").alias("_rows"),
-        F.sum("_bad").alias("_bad"),
-        F.max("_n").alias("_max"),
-        F.sum("_unwritable").alias("_unwritable"),
-    )
-    rows = agg.collect()
-    partitions = [Partition({c: r[c] for c in parts}, int(r["_rows"])) for r in rows if r["_rows"]]
+    found, total, bad, duplicate, unwritable = runner.profile(source, keys, config.output.partition_by, valid, fits)
+    partitions = [Partition(values, rows) for values, rows in found]
     partitions.sort(key=lambda p: tuple(str(v) for v in p.values.values()))
-    total = sum(int(r["_rows"] or 0) for r in rows)
-    bad = sum(int(r["_bad"] or 0) for r in rows)
-    unwritable = sum(int(r["_unwritable"] or 0) for r in rows)
-    duplicate = None
-    if any((r["_max"] or 0) > 1 for r in rows):
-        first = dupes.collect()[0]
-        duplicate = ", ".join(f"{c}={first[c]!r}" for c in keys)
     return partitions, total, bad, duplicate, unwritable
 
 
-def _rows_to_replace(output, selected_keys, partitions, config: JobConfig, passthrough) -> list[Partition]:
+def _rows_to_replace(
+    runner: SparkRunner, output, selected_keys, partitions, config: JobConfig, passthrough
+) -> list[Partition]:
     """For ``scoring plan``: per partition, the output rows whose (key, partition) the run selected."""
-    from pyspark.sql import functions as F
-
-    cond = [output[f"`{c}`"].eqNullSafe(selected_keys[f"`{c}`"]) for c in passthrough]
-    hit = output.join(selected_keys, on=cond, how="left_semi")
-    parts = config.output.partition_by
-    grouped = hit.groupBy(*[F.col(f"`{c}`") for c in parts]).agg(F.count(F.lit(1)).alias("_n"))
-    counts = {tuple(r[c] for c in parts): int(r["_n"]) for r in grouped.collect()}
+    counts = runner.rows_matching(output, selected_keys, passthrough, config.output.partition_by)
     return [dataclasses.replace(p, rows_in_output=counts.get(tuple(p.values.values()), 0)) for p in partitions]
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.started = self._mark = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self._mark, 3)
-        self._mark = now
-
-    @property
-    def elapsed_s(self) -> float:
-        return round(time.perf_counter() - self.started, 3)
-
-
-def _session(config: JobConfig):
-    from scoring.adapters import spark as spark_glue
-
-    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(config.runtime.batch_rows), **config.spark.conf}
-    spark = spark_glue.get_session(config.spark.master, conf, app_name=f"scoring:{config.name}")
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.runtime.batch_rows))
-    return spark
-
-
 def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> RunRecord:
     """Run a batch scoring job. Raises a :class:`~scoring.errors.ScoringError` (and commits nothing) on bad input."""
     reporter = reporter or LogReporter()
-    clock = _Clock()
-    spark = spark or _session(config)
+    clock = PhaseClock()
+    spark = spark or session_for(config)
     try:
         the_plan = plan(config, spark=spark, reporter=reporter, timings=clock)
         for line in the_plan.describe():
@@ -448,78 +378,38 @@ def run(config: JobConfig, *, spark=None, reporter: Reporter | None = None) -> R
 
             predictor_spec = ship_model_files(spark, predictor_spec)  # on a cluster: once, through Spark
             clock.lap("runtime")
-            record = _score_and_write(the_plan, spark, predictor_spec, reporter)
+            record = _score_and_write(the_plan, SparkRunner(spark), predictor_spec, reporter)
             clock.lap("score_write")
     finally:
         reporter.close()
     return dataclasses.replace(record, elapsed_s=clock.elapsed_s, timings_s=dict(clock.laps))
 
 
-def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> RunRecord:
-    """Probe, score, gate and check everything; then replace the selected rows of the output in one commit, then
-    append the set-aside rows to the quarantine table."""
-    from scoring.adapters import spark as spark_glue
-
+def _score_and_write(plan: Plan, runner: SparkRunner, predictor_spec, reporter: Reporter) -> RunRecord:
+    """Score the selected rows through the unit of work (gates and checks included); then replace the selected rows
+    of the output in one commit, then append the set-aside rows to the quarantine table."""
     config, model = plan.config, plan.model
-    stamp = gates.Stamp(plan.run_id, plan.scored_at, plan.passthrough)
-    set_aside = [plan.rejected]
-    rows_quarantined = 0
-    reports: dict[str, Any] = {}
-    source = plan.source
-    gate = config.quality.input
-    if gate.expectations:
-        reporter.step(f"input gate: {len(gate.expectations)} expectation(s)")
-        cut = gates.apply_gate(source, gate, "input", stamp, source=f"{config.input.table}@{plan.input_version}")
-        source, rows_quarantined = cut.kept, rows_quarantined + cut.count
-        set_aside.append(cut.set_aside)
-        reports["input"] = cut.report.to_dict()
-        if cut.count:
-            reporter.step(f"input gate set aside {cut.count} row(s) failing expectations")
-
-    spec = ScoringSpec(
-        features=model.features,
-        passthrough=plan.passthrough,
-        key=tuple(config.input.key),
-        model=model.uri,
-        allow_nonfinite=config.output.on_invalid_predictions == "quarantine",
+    unit = score_unit(
+        plan.source,
+        UnitContext(
+            config=config,
+            model=model,
+            predictor_spec=predictor_spec,
+            runner=runner,
+            stamp=gates.Stamp(plan.run_id, plan.scored_at, plan.passthrough),
+            lineage=model.lineage(run_id=plan.run_id, scored_at=plan.scored_at, input_version=plan.input_version),
+            passthrough=plan.passthrough,
+            rows=plan.rows_read - plan.rows_unwritable,
+            rows_invalid=plan.rows_invalid,
+            gate_source=f"{config.input.table}@{plan.input_version}",
+            output_gate_source=f"run {plan.run_id}",
+            set_aside=(plan.rejected,),
+            reporter=reporter,
+            rows_selected=plan.rows_read,
+        ),
     )
     try:
-        output_schema = probe(source.limit(PROBE_ROWS).toArrow(), spec, predictor_spec)
-    except ScoringError:
-        raise
-    except Exception as e:
-        raise _translate(e) from None
-    lineage = model.lineage(run_id=plan.run_id, scored_at=plan.scored_at, input_version=plan.input_version)
-    everything_set_aside = len(output_schema) == 0
-    spec = dataclasses.replace(spec, output_schema=output_schema)
-    scored = None if everything_set_aside else spark_glue.score_dataframe(source, spec, predictor_spec, lineage)
-    if scored is not None:
-        checks.check_output_schema(spark, config.output.table, scored.schema, config.output.partition_by)
-    cached = None
-    try:
-        needs_second_look = config.quality.output.expectations or config.output.on_invalid_predictions == "quarantine"
-        if scored is not None and needs_second_look:
-            # The checks need the scores before the commit: score once, keep them, check them, then write them.
-            cached = scored = scored.persist()
-            reporter.step(f"scoring {plan.rows_read:,} rows, then checking the predictions")
-            with watch_spark(spark, reporter, "scoring"):
-                if config.output.on_invalid_predictions == "quarantine":
-                    cut = gates.split(
-                        scored,
-                        gates.finite_predictions([scored.schema[n] for n in output_schema.names]),
-                        "NaN or infinite prediction",
-                        "output",
-                        stamp,
-                    )
-                    scored, rows_quarantined = cut.kept, rows_quarantined + cut.count
-                    set_aside.append(cut.set_aside)
-                if config.quality.output.expectations:
-                    cut = gates.apply_gate(scored, config.quality.output, "output", stamp, source=f"run {plan.run_id}")
-                    scored, rows_quarantined = cut.kept, rows_quarantined + cut.count
-                    set_aside.append(cut.set_aside)
-                    reports["output"] = cut.report.to_dict()
-        quarantined = gates.union(set_aside)
-        rows_rejected = plan.rows_rejected
+        quarantined, scored = unit.set_aside, unit.scored
         record = RunRecord(
             job=config.name,
             run_id=plan.run_id,
@@ -534,25 +424,25 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
             backend=config.runtime.backend,
             input_where=config.input.where,
             rows_read=plan.rows_read,
-            rows_written=plan.rows_read - rows_rejected - rows_quarantined,
-            rows_rejected=rows_rejected,
-            rows_quarantined=rows_quarantined,
-            prediction_columns=tuple(output_schema.names),
+            rows_written=plan.rows_read - plan.rows_rejected - unit.rows_quarantined,
+            rows_rejected=plan.rows_rejected,
+            rows_quarantined=unit.rows_quarantined,
+            prediction_columns=tuple(unit.output_schema.names),
             partitions=tuple(p.to_dict() for p in plan.partitions),
-            quality=reports,
+            quality=unit.quality,
             quarantine_table=plan.given("quality.quarantine_table") if quarantined is not None else None,
             input_uri=table_identity(config.input.table).uri,
             output_uri=table_identity(config.output.table).uri,
         )
         if scored is None:
-            scored = _empty_output(spark, config.output.table, source, plan.passthrough)
+            scored = _empty_output(runner, config.output.table)
         reporter.step(f"writing {config.output.table} (run {plan.run_id})")
         fault_point("before-output-commit")
         try:
-            with watch_spark(spark, reporter, "scoring"):
-                result = delta.write_scoped(
+            with runner.watch(reporter, "scoring"):
+                result = runner.commit_replace(
                     scored,
-                    None if quarantined is None else quarantined.select(*[f"`{c}`" for c in plan.passthrough]),
+                    None if quarantined is None else runner.project(quarantined, plan.passthrough),
                     config.output.table,
                     key=config.input.key,
                     partition_by=config.output.partition_by,
@@ -564,17 +454,16 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
         except ScoringError:
             raise
         except Exception as e:
-            raise _translate(e) from None
+            raise runner.translate(e) from None
         fault_point("after-output-commit")
         # From here on the output is committed: nothing below may report the run as failed for the user's reason.
-        plan.tables.register_new(spark, "output.table")  # a new output named in the catalog: added now
+        plan.tables.register_new(runner.spark, "output.table")  # a new output named in the catalog: added now
         if quarantined is not None:
-            _write_quarantine(quarantined, config, plan.run_id, result)
-            plan.tables.register_new(spark, "quality.quarantine_table")
+            _write_quarantine(runner, quarantined, config, plan.run_id, result)
+            plan.tables.register_new(runner.spark, "quality.quarantine_table")
         fault_point("after-quarantine-commit")
     finally:
-        if cached is not None:
-            cached.unpersist()
+        unit.release(runner)
     warnings = []
     if result.committed and result.rows_written != record.rows_written:
         warnings.append(
@@ -595,13 +484,13 @@ def _score_and_write(plan: Plan, spark, predictor_spec, reporter: Reporter) -> R
     )
 
 
-def _write_quarantine(quarantined, config: JobConfig, run_id: str, result: delta.WriteResult) -> None:
+def _write_quarantine(runner: SparkRunner, quarantined, config: JobConfig, run_id: str, result) -> None:
     """Append the set-aside rows once per run id; the output is already committed, so a failure here says how to
     finish the run instead of claiming nothing was committed."""
     try:
-        delta.append_once(quarantined, config.quarantine_table, txn=quarantine_txn_for(run_id))
+        runner.commit_quarantine(quarantined, config.quarantine_table, quarantine_txn_for(run_id))
     except Exception as e:
-        found = e if isinstance(e, ScoringError) else _translate(e)
+        found = e if isinstance(e, ScoringError) else runner.translate(e)
         raise OutputError(
             f"the output commit of run {run_id} landed (version {result.version} of {config.output.table}), but "
             f"writing its set-aside rows to {config.quarantine_table} failed: {found}",
@@ -610,13 +499,13 @@ def _write_quarantine(quarantined, config: JobConfig, run_id: str, result: delta
         ) from None
 
 
-def _empty_output(spark, path: str, source, passthrough):
+def _empty_output(runner: SparkRunner, path: str):
     """No row was scored (every selected row was set aside): an empty frame shaped like the output, so the commit
     still removes the set-aside rows' old scores."""
-    if delta.latest_version(spark, path) is None:
+    if runner.read_latest(path) is None:
         raise InputError(
             "every selected row was set aside (see the quarantine table), and the output table does not exist yet, "
             "so there is no schema to create it with",
             hint="fix the input rows or the gates; nothing was written",
         )
-    return spark.read.format("delta").load(path).limit(0)
+    return runner.empty_like(path)

@@ -38,6 +38,42 @@ class Runner(Protocol):
         snapshot, so a run reads exactly one version however long it takes."""
         ...
 
+    def filter(self, frame: Any, condition: str) -> Any:
+        """`frame` where the SQL boolean `condition` (``input.where``) holds, checked now: raises ``ValueError``
+        with the engine's reason when `condition` is not a valid filter on `frame`."""
+        ...
+
+    def profile(
+        self, frame: Any, keys: Sequence[str], partition_by: Sequence[str], valid: Any, fits: Any
+    ) -> tuple[list[tuple[dict[str, Any], int]], int, int, str | None, int]:
+        """One pass over the selected rows: per output partition ``(values, rows)``, the rows in all, the rows with
+        invalid features (where `valid` does not hold, among those that `fits`), the first `keys` that appear twice
+        (a text, or None) and the rows the output cannot take (where `fits`, None for all, does not hold)."""
+        ...
+
+    def rows_matching(
+        self, output: Any, selected: Any, columns: Sequence[str], partition_by: Sequence[str]
+    ) -> dict[tuple, int]:
+        """Per output partition, the rows of `output` whose `columns` equal those of a row of `selected` (what a
+        scoped replace of `selected` would replace)."""
+        ...
+
+    def read_latest(self, table: str) -> Any | None:
+        """The rows of `table` at its latest version as a frame; None when there is no table there yet."""
+        ...
+
+    def count(self, frame: Any) -> int:
+        """The rows of `frame`."""
+        ...
+
+    def project(self, frame: Any, columns: Sequence[str]) -> Any:
+        """`frame` with only `columns`, in that order."""
+        ...
+
+    def empty_like(self, table: str) -> Any:
+        """A frame with no rows, shaped like `table` (which exists)."""
+        ...
+
     def sample(self, frame: Any, rows: int) -> pa.Table:
         """At most `rows` rows of `frame`, on this process (the probe scores them before the job starts)."""
         ...

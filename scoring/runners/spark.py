@@ -79,6 +79,38 @@ class SparkRunner:
     def read_snapshot(self, table: str, version: int | None) -> tuple[Any, int]:
         return delta.read_snapshot(self.spark, table, version)
 
+    def filter(self, frame, condition: str):
+        from scoring.adapters.spark import filtered
+
+        try:
+            return filtered(frame, condition)
+        except ValueError as e:
+            raise ValueError(delta.message_of(e.args[0])) from None
+
+    def profile(self, frame, keys: Sequence[str], partition_by: Sequence[str], valid, fits):
+        from scoring.adapters.spark import profile_selection
+
+        return profile_selection(frame, list(keys), list(partition_by), valid, fits)
+
+    def rows_matching(self, output, selected, columns: Sequence[str], partition_by: Sequence[str]) -> dict[tuple, int]:
+        from scoring.adapters.spark import rows_matching
+
+        return rows_matching(output, selected, list(columns), list(partition_by))
+
+    def read_latest(self, table: str):
+        if delta.latest_version(self.spark, table) is None:
+            return None
+        return self.spark.read.format("delta").load(table)
+
+    def count(self, frame) -> int:
+        return frame.count()
+
+    def project(self, frame, columns: Sequence[str]):
+        return frame.select(*[f"`{c}`" for c in columns])
+
+    def empty_like(self, table: str):
+        return self.spark.read.format("delta").load(table).limit(0)
+
     def sample(self, frame, rows: int) -> pa.Table:
         return frame.limit(rows).toArrow()
 

@@ -473,7 +473,10 @@ class Broker(ManagedProcess):
         self._state = dataclasses.replace(self._state, port=port, controller_port=controller_port)
 
     def prepare(self) -> None:
-        assert self._java is not None and self._lib is not None
+        """Resolve the jars and find Java (the first time), write ``server.properties`` and the state, format the
+        storage (once)."""
+        self._lib = self._lib or resolve_broker_jars(self.home)
+        self._java = self._java or find_java()
         properties = self._write_properties()
         self.save_state()
         self._format(self._java, self._lib, properties)
@@ -519,10 +522,6 @@ class Broker(ManagedProcess):
         chosen ports that turn out taken on a first start are replaced once), and `ScoringError` when the process
         exits; each with the tail of its log. A broker that failed to start is killed.
         """
-        if self.is_running():
-            return self
-        self._lib = resolve_broker_jars(self.home)
-        self._java = find_java()
         super().start(timeout_s)
         return self
 

@@ -12,14 +12,12 @@ failure**; everything else is written once, here:
   the whole process group, then SIGKILL whatever of the group outlived the leader (Triton's Python stubs).
   :meth:`~ManagedProcess.kill` is a crash: SIGKILL to the group at once. Both act by pid, never by name, and never
   signal a pid this process already reaped (it may be someone else's by now).
-- die-with-parent: the child gets ``PR_SET_PDEATHSIG`` (Linux), so it dies with the Python process that started it,
-  even on SIGKILL. The signal follows the *thread* that started the child: start from a thread that lives as long as
-  the child should (the main thread, in tests).
+- die-with-parent: the child gets ``PR_SET_PDEATHSIG`` (Linux), so it dies with the Python process (strictly: the
+  *thread*) that started it, even on SIGKILL.
 - a state file (:class:`ProcessRecord`: pid, its start time, ports, command, log) written at each start and stop, so
   that another process can find the child and stop it (:func:`stop_recorded`).
 
-Errors join the one hierarchy: :class:`NotReadyError` and :class:`PortClashError` are transient
-(`BackendUnavailableError`), :class:`ProcessExitedError` is terminal.
+Errors: :class:`NotReadyError`, :class:`PortClashError` (transient), :class:`ProcessExitedError` (terminal).
 """
 
 from __future__ import annotations
@@ -150,7 +148,7 @@ def process_tree(pgid: int) -> list[int]:
     return sorted(found)
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int) -> None:  # forget a child that has exited
     proc = CHILDREN.get(pid)
     if proc is not None and proc.poll() is not None:
         CHILDREN.pop(pid, None)
@@ -173,6 +171,15 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return True
 
 
+def _group_gone(pgid: int, timeout_s: float = _GROUP_GRACE_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -183,6 +190,7 @@ def kill_pid(pid: int, timeout_s: float = 10.0) -> bool:
     if pid_alive(pid):
         _killpg(pid, signal.SIGKILL)
     gone = _wait_gone(pid, timeout_s)
+    _group_gone(pid)  # the rest of the group dies a moment later
     _reap(pid)
     return gone
 
@@ -198,10 +206,7 @@ def stop_pid(pid: int, timeout_s: float = 10.0, *, name: str = "process") -> boo
             _LOGGER.warning("%s pid %d did not stop within %g s of SIGTERM; killing its group", name, pid, timeout_s)
             _killpg(pid, signal.SIGKILL)
             _wait_gone(pid, 10.0)
-    deadline = time.monotonic() + _GROUP_GRACE_S
-    while group_members(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if group_members(pid):
+    if not _group_gone(pid):
         _killpg(pid, signal.SIGKILL)
     _reap(pid)
     return not pid_alive(pid)
@@ -343,8 +348,7 @@ class ProcessRecord:
             ) from e
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write `data` as JSON to `path`, atomically (a reader never sees half a file)."""
+def write_json(path: Path, data: Mapping[str, Any]) -> None:  # atomically: a reader never sees half a file
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(dict(data), indent=2) + "\n")
@@ -393,8 +397,7 @@ class ManagedProcess:
     # -- what a subclass says
 
     def command(self) -> list[str]:
-        """The command line to run."""
-        raise NotImplementedError
+        raise NotImplementedError  # the command line to run
 
     def environment(self) -> dict[str, str] | None:
         return None  # the child's environment (None: this process's)
@@ -413,11 +416,9 @@ class ManagedProcess:
         """Called before each spawn (write config files, format storage); may raise."""
 
     def state_extra(self) -> dict[str, Any]:
-        """More keys for the state file."""
-        return {}
+        return {}  # more keys for the state file
 
-    def describe(self) -> str:
-        """How messages name it."""
+    def describe(self) -> str:  # how messages name it
         ports = ", ".join(f"{k} {v}" for k, v in self.ports().items())
         return f"{self.name} ({ports})" if ports else self.name
 

@@ -471,6 +471,10 @@ class RedisServer(ManagedProcess):
     def pick_ports(self) -> None:
         self._port = free_ports(1)[0]
 
+    def prepare(self) -> None:
+        if self.binary is None:
+            self.binary = resolve_redis_server()
+
     def environment(self) -> dict[str, str]:
         assert self.binary is not None
         return server_environment(self.binary)
@@ -518,10 +522,6 @@ class RedisServer(ManagedProcess):
         chosen port that turns out taken on the first start is replaced once), and `ScoringError` when the process
         exits; each with the tail of its log. A server that failed to start is killed.
         """
-        if self.is_running():
-            return self
-        if self.binary is None:
-            self.binary = resolve_redis_server()
         super().start(timeout_s)
         return self
 

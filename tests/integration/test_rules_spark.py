@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from rule_cases import AGGREGATION_CASES, ROW_CASES, TABLE_CASES, VALUE_CASES, same
 
-from scoring.core.rules import Aggregation, ValueRule
+from scoring.core.rules import Aggregation, RowCondition, TableCheck, ValueRule
 from scoring.engine import gates, quality, rules_spark
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,52 @@ def test_rows_aggregation_needs_no_column(spark):
     assert rules_spark.aggregate(_frame(spark, pa.float64(), [1.0, None]), [Aggregation("rows")]) == {
         Aggregation("rows"): 2
     }
+
+
+def test_the_definitions_agree_with_great_expectations_on_every_case(spark):
+    """The gate still reports through Great Expectations: on one wide frame holding every row and table case (each
+    group in its own column, padded with nulls), GE's unexpected counts and verdicts are the definitions'."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from scoring.adapters.expectations import run_expectations
+    from scoring.config import ExpectationConfig
+
+    groups = collections.defaultdict(list)
+    for case in ROW_CASES:
+        groups[(case.kind, case.condition)].append(case.value)
+    columns = [(f"r{n}", kind, values, cond) for n, ((kind, cond), values) in enumerate(groups.items())]
+    columns += [(f"t{n}", c.kind, c.values, c.check) for n, c in enumerate(TABLE_CASES) if c.check.column]
+    height = max(len(values) for _, _, values, _ in columns)
+    schema = T.StructType([T.StructField(name, _spark_type(kind), True) for name, kind, _, _ in columns])
+    padded = [list(values) + [None] * (height - len(values)) for _, _, values, _ in columns]
+    df = spark.createDataFrame(list(zip(*padded, strict=True)), schema).cache()
+
+    def expectation(name, rule):
+        return ExpectationConfig(
+            type=rule.kind, column=name, min=rule.min, max=rule.max, values=list(getattr(rule, "values", ())) or None
+        )
+
+    table = [TableCheck("row_count_between", None, 1, height - 1), TableCheck("row_count_between", None, 1, height)]
+    configs = [expectation(name, rule) for name, _, _, rule in columns] + [expectation(None, t) for t in table]
+    results = run_expectations(df, configs)
+    rows = [(name, rule) for name, _, _, rule in columns if isinstance(rule, RowCondition)]
+    counts = df.agg(*[F.sum(rules_spark.fails(_named(rule, name)).cast("int")).alias(name) for name, rule in rows])
+    counts = counts.first().asDict()
+    checks = [_named(rule, name) for name, _, _, rule in columns if isinstance(rule, TableCheck)] + table
+    verdicts = list(rules_spark.check_table(df, checks).values())
+    df.unpersist()
+    wrong = []
+    for (name, rule), result in zip(rows, results, strict=False):
+        if result.unexpected_count != counts[name] or result.success is not (counts[name] == 0):
+            wrong.append((rule.label, result.unexpected_count, counts[name]))
+    for check, result, (holds, _) in zip(checks, results[len(rows) :], verdicts, strict=True):
+        if result.success is not holds:
+            wrong.append((check.label, result.success, holds))
+    assert not wrong, f"GE and the definitions disagree: {wrong}"
+
+
+def _named(rule, column: str):
+    import dataclasses
+
+    return dataclasses.replace(rule, column=column)

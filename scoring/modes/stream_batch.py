@@ -24,6 +24,7 @@ from scoring.core.writable import WriteRule
 from scoring.engine import gates
 from scoring.engine.clock import PhaseClock
 from scoring.engine.faults import fault_point
+from scoring.engine.follow import AliasFollower
 from scoring.engine.model import PreparedModel, prepare_model
 from scoring.engine.progress import Reporter
 from scoring.engine.record import RunRecord
@@ -181,7 +182,17 @@ class MicroBatchScorer:
         """The last micro-batch this scorer finished (committed, skipped as committed, or empty)."""
         self.stopping = threading.Event()
         self.busy = threading.Lock()
-        self._last_alias_check = time.monotonic()
+        self._follower: AliasFollower[PreparedModel, _Active] | None = None
+        if self.stream.follow_alias:
+            # one _Active (predictor, probed output schema) per version for the life of the query, however often the
+            # alias flips; the version the query started with is already open
+            first = {active.model.version: active}
+            self._follower = AliasFollower(
+                lambda: prepare_model(self.config),
+                lambda model: first.pop(model.version, None) or _Active(model, self._open_spec(model)),
+                interval_s=self.stream.alias_check_interval_s,
+            )
+            self._follower.start(active.model)
         self._key = list(dict.fromkeys(config.input.key))
         self._passthrough = tuple(dict.fromkeys([*config.input.key, *config.output.partition_by]))
         self._write_rules: dict[str, WriteRule] = {}
@@ -470,31 +481,24 @@ class MicroBatchScorer:
         return self.runner.project(scored, ordered)
 
     def _follow_alias(self, batch_id: int) -> None:
-        if not self.stream.follow_alias:
+        """With ``stream.follow_alias``: re-resolve the alias at most every ``alias_check_interval_s``
+        (:class:`scoring.engine.follow.AliasFollower`) and score this micro-batch with the version it points to."""
+        if self._follower is None:
             return
-        now = time.monotonic()
-        if now - self._last_alias_check < self.stream.alias_check_interval_s:
+        move = self._follower.check()
+        if move is None:
             return
-        self._last_alias_check = now
-        current = prepare_model(self.config)
-        if current.version == self.active.model.version:
-            return
-        old = self.active.model.version
-        # An alias moving back and forth reuses what each version opened (its predictor, probed output schema):
-        # one predictor per version for the life of the query, however often the alias flips.
-        opened: dict[str, _Active] = self.__dict__.setdefault("_opened", {})
-        opened[old] = self.active
-        self.active = opened.get(current.version) or _Active(current, self._open_spec(current))
-        self.versions.append(current.version)
+        self.active = move.opened
+        self.versions.append(move.new_version)
         self.reporter.step(
-            f"model {self.config.model.uri} now points to version {current.version} (was {old}): scoring with "
-            f"version {current.version} from micro-batch {batch_id} on"
+            f"model {self.config.model.uri} now points to version {move.new_version} (was {move.old_version}): "
+            f"scoring with version {move.new_version} from micro-batch {batch_id} on"
         )
         _LOGGER.warning(
             "model alias moved: %s version %s -> %s at micro-batch %d",
             self.config.model.uri,
-            old,
-            current.version,
+            move.old_version,
+            move.new_version,
             batch_id,
         )
 

@@ -24,10 +24,10 @@ _MiB = Annotated[_Int, Field(ge=1), _at_most(4 * 1024 * 1024, "more than 4 TiB i
 
 def _k8s_check(rule: str, what: str) -> Any:
     """A before-validator holding a name (or a list of names) to one of the API server's rules
-    (:mod:`scoring.deploy.k8s_names`)."""
+    (:mod:`scoring.config.k8s_names`)."""
 
     def check(value: Any) -> Any:
-        from scoring.deploy import k8s_names
+        from scoring.config import k8s_names
 
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         for name in names:

@@ -15,8 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoring.core.batching import FEATURE_LIMIT
-from scoring.core.batching import invalid_mask as scalar_invalid_mask
+from scoring.core import rules_arrow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,28 +95,14 @@ def flat_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), parents
 
 
-def _array_invalid(column: pa.Array) -> np.ndarray:
-    """Rows of an array column that are null, or hold a null, NaN, infinite or beyond-float32 element."""
-    bad = column.is_null().to_numpy(zero_copy_only=False).copy() if column.null_count else np.zeros(len(column), bool)
-    values, parents = _flat(column)
-    numbers = values.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-    with np.errstate(invalid="ignore"):
-        out = ~(np.abs(numbers) <= FEATURE_LIMIT)  # NaN, and a null element (NaN here), compare False
-    bad[parents[out]] = True
-    return bad
-
-
 def invalid_mask(batch: pa.RecordBatch, features: Sequence[str]) -> np.ndarray | None:
-    """Boolean mask of rows with an invalid value in any feature column, scalar or array (see
-    :func:`scoring.core.batching.invalid_mask`; an array row is invalid when it is null or any element would be), or
-    None when every row is valid."""
-    arrays = [f for f in features if is_array(batch.schema.field(f).type)]
-    mask = scalar_invalid_mask(batch, [f for f in features if f not in arrays])
-    for name in arrays:
-        bad = _array_invalid(batch.column(name))
-        if bad.any():
-            mask = bad if mask is None else (mask | bad)
-    return mask
+    """Boolean mask of rows with an invalid value in any feature column, scalar or array (the one rule,
+    :class:`scoring.core.rules.ValueRule`: an array row is invalid when it is null or holds a null, NaN, infinite or
+    beyond-float32 element), or None when every row is valid."""
+    mask = rules_arrow.invalid_mask(batch, rules_arrow.feature_rules(batch.schema, features))
+    if not pc.any(mask).as_py():
+        return None
+    return mask.to_numpy(zero_copy_only=False)
 
 
 def matrix(column: pa.Array, layout: TensorLayout, dtype: np.dtype | type) -> np.ndarray:

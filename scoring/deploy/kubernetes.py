@@ -25,7 +25,7 @@ What is rendered (docs/kubernetes.md has the whole story):
 No environment variable's value is written (:mod:`scoring.deploy.k8s_env`): ``spark.conf`` and ``kubernetes.env`` go into
 the SparkApplication with their ``${VAR}`` as written (``$(VAR)`` in ``env``), the pods get each variable from a Secret
 or ``kubernetes.env``, and :mod:`scoring.deploy.spark_submit` expands ``spark.conf``'s in the driver before the session starts.
-Every name and key is checked against the API server's rules before anything is returned (:mod:`scoring.deploy.k8s_names`);
+Every name and key is checked against the API server's rules before anything is returned (:mod:`scoring.config.k8s_names`);
 :func:`application_name` gives distinct jobs distinct names.
 
 Nothing here talks to a cluster, except :func:`apply_config_map` (the DAG's ``score`` task uses it). The DAG renders
@@ -50,8 +50,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scoring.config import JobConfig, KubernetesConfig, load_job_config
-from scoring.deploy import k8s_env, k8s_names, outcome
+from scoring.config import JobConfig, KubernetesConfig, k8s_names, load_job_config
+from scoring.deploy import k8s_env, outcome
 from scoring.deploy.k8s_pods import ALLOW_CLIENT_SHM_SINCE as ALLOW_CLIENT_SHM_SINCE
 from scoring.deploy.k8s_pods import (
     CONFIG_DIR,
@@ -300,7 +300,7 @@ def render(
     `config_text` and `overrides` loaded again with their ``${VAR}`` kept (never from `config`, which may have been
     loaded with them expanded), and every ``${VAR}`` the pods will expand must be provided to them
     (:mod:`scoring.deploy.k8s_env`). Every name and key in the objects is checked against the API server's rules
-    (:mod:`scoring.deploy.k8s_names`). Both refusals are ConfigErrors.
+    (:mod:`scoring.config.k8s_names`). Both refusals are ConfigErrors.
     """
     k8s = config.kubernetes or KubernetesConfig()
     _check(config, k8s, overrides)

@@ -1,7 +1,7 @@
 """Names and keys in rendered manifests, judged by Kubernetes itself: apimachinery's validation functions, the ones the
 API server calls, through a small Go program (``tests/k8s_names/``) built once per machine.
 
-- ``scoring.deploy.k8s_names`` accepts exactly what apimachinery accepts, on a few thousand adversarial strings;
+- ``scoring.config.k8s_names`` accepts exactly what apimachinery accepts, on a few thousand adversarial strings;
 - every name and key in the manifests rendered for the golden jobs, and for configs built to stress the rules, passes
   apimachinery (read back from the written YAML files, found by a walk of its own);
 - what the renderer refuses, apimachinery refuses too (no over-refusal).
@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring.config import load_job_config
-from scoring.deploy import k8s_names, kubernetes
+from scoring.config import k8s_names, kubernetes, load_job_config
 from scoring.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

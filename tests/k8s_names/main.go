@@ -4,7 +4,7 @@
 //
 //	echo '[{"rule":"dns1123_label","value":"Team_A"}]' | go run .
 //
-// The tests build it once (tests/integration/test_kubernetes_names.py) and hold scoring.deploy.k8s_names to its answers.
+// The tests build it once (tests/integration/test_kubernetes_names.py) and hold scoring.config.k8s_names to its answers.
 package main
 
 import (

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring.config import KubernetesConfig, load_job_config
-from scoring.deploy import k8s_env, k8s_names, kubernetes
+from scoring.config import KubernetesConfig, k8s_names, load_job_config
+from scoring.deploy import k8s_env, kubernetes
 from scoring.deploy.spark_submit import expand_spark_conf
 from scoring.errors import ConfigError
 

@@ -152,7 +152,8 @@ def test_the_kubernetes_side_never_imports_the_airflow_side_not_even_lazily():
     import ast
     from pathlib import Path
 
-    from scoring.deploy import k8s_env, k8s_names, k8s_pods, k8s_yaml, kubernetes, outcome
+    from scoring.config import k8s_names
+    from scoring.deploy import k8s_env, k8s_pods, k8s_yaml, kubernetes, outcome
 
     for module in (kubernetes, k8s_pods, k8s_yaml, k8s_env, k8s_names, outcome):
         tree = ast.parse(Path(module.__file__).read_text())

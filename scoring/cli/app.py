@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scoring.errors import ScoringError, exit_code_for
 
@@ -41,7 +42,7 @@ def fail(error: ScoringError) -> NoReturn:
     """Print `error` plainly on stderr and exit with its code; with ``--debug``, raise it instead."""
     if _DEBUG:
         raise error
-    err.print(f"[bold red]error:[/bold red] {error}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(exit_code_for(error))
 
 
@@ -141,11 +142,11 @@ def main() -> None:
 
         found = from_spark_exception(e)
         if found is not None:
-            err.print(f"[bold red]error:[/bold red] {found}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/bold red] {escape(str(found))}", highlight=False, soft_wrap=True)
             sys.exit(exit_code_for(found))
         first = (str(e).strip().splitlines() or [""])[0][:500]
         err.print(
-            f"[bold red]error:[/bold red] unexpected {type(e).__name__}: {first}\n"
+            f"[bold red]error:[/bold red] unexpected {type(e).__name__}: {escape(first)}\n"
             "  how to fix: run again with --debug for the full traceback, and report it if it is not your setup",
             highlight=False,
             soft_wrap=True,

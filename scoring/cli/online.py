@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from scoring.cli.app import SET_HELP, app, err, out
-from scoring.errors import ConfigError
+from scoring.errors import ConfigError, require_extra
 
 
 @app.command()
@@ -37,6 +37,7 @@ def serve(
     Runs until Ctrl-C or SIGTERM (requests in flight finish first). Exit status: 0 when stopped; 1 when there is no
     output table to serve; 2 on a bad config; 75 when Redis or the registry is unreachable at start.
     """
+    require_extra("serve", "scoring serve")
     from scoring import load_job_config
     from scoring.engine.progress import LogReporter
     from scoring.modes.http_api import bind, serve_forever
@@ -81,6 +82,7 @@ def publish_online(
     table's latest version (the newest row per key, or serve.partition's rows), under serve.redis.prefix, then switch
     readers to it in one step. Idempotent per table version: publishing a version already published writes nothing.
     A publish that is interrupted leaves the previous version served; running it again completes it."""
+    require_extra("serve", "scoring publish-online")
     from scoring import load_job_config
     from scoring.engine.progress import default_reporter
     from scoring.modes.online import publish

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from scoring.cli.app import app, group, out
-from scoring.errors import ConfigError, ScoringError
+from scoring.errors import ConfigError, ScoringError, require_extra
 
 
 @app.command()
@@ -31,6 +31,7 @@ def export(
 ) -> None:
     """Export a registered model version to a Triton model repository (<repo>/<model>/config.pbtxt and
     <repo>/<model>/<version>/), the Triton version being the MLflow version. Exporting the same version again is a no-op."""
+    require_extra("triton", "scoring export")
     from scoring import load_job_config
     from scoring.adapters.registry import resolve_model
     from scoring.adapters.triton_export import export_model
@@ -73,6 +74,7 @@ def sidecar_start(
     ] = 60.0,
 ) -> None:
     """Start tritonserver on loopback, wait until it and its models are ready, print the endpoints, and return."""
+    require_extra("triton", "scoring sidecar start")
     from scoring.launchers import triton_server
 
     state = triton_server.default_state_file()

@@ -10,7 +10,7 @@ import typer
 
 from scoring.cli.app import SET_HELP, app, err, out
 from scoring.cli.render import print_stream_summary, print_summary
-from scoring.errors import ConfigError
+from scoring.errors import ConfigError, require_extra
 
 
 @app.command()
@@ -21,6 +21,7 @@ def demo(
 ) -> None:
     """Create a demo lake (.demo/lake/features, partitioned by ds), train and register a demo model
     (models:/churn@champion in .demo/mlflow.db), then run the demo job and print its summary."""
+    require_extra("demo", "scoring demo")
     from scoring import load_job_config
     from scoring.engine.progress import default_reporter
     from scoring.modes.batch import run as run_batch
@@ -119,6 +120,7 @@ def bench_stream(
     """Measure the streaming mode end to end: a producer process sends events at a fixed rate (to a Delta table or a
     local Kafka broker), an independent reader records when each row reaches the sink; prints delivered, duplicate
     and missing rows, throughput, lag p50/p95/p99/max beside the stream's own, and where a micro-batch's time goes."""
+    require_extra("stream", "scoring bench-stream")
     from scoring.tools.bench_stream import paths_for, run_bench_stream
 
     run_bench_stream(
@@ -180,6 +182,7 @@ def bench_serve(
     on loopback; latency p50/p95/p99/p99.9 from each request's scheduled send time for precomputed reads, live
     inference (embedded and Triton) and 100-key batches, at fixed rates and at saturation; and the precomputed
     index's memory per million keys. SCORING_BENCH_SERVE_PROFILE=<dir> runs each service under cProfile."""
+    require_extra("serve", "scoring bench-serve")
     from scoring.tools.bench_serve import run_bench_serve, scenarios_for
 
     run_bench_serve(
@@ -210,6 +213,7 @@ def demo_serve(
     job scored (precomputed), a key it never saw (scored live), and, after the model alias moves to a newly registered
     version, the same scored key gone stale (then scored live by the new version). Creates the demo lake, model and
     batch output first when they are missing; puts the alias back at the end."""
+    require_extra("serve", "scoring demo-serve")
     from scoring.engine.progress import default_reporter
     from scoring.tools.demo import DEMO_DIR
     from scoring.tools.demo_serve import print_exchanges, run_demo_serve
@@ -229,6 +233,7 @@ def demo_stream(
     """Stream new rows of a Delta table through the demo model for a few seconds: create the source table (and the
     demo model, as `scoring demo`), start the stream of conf/jobs/stream.yaml, append rows, stop it cleanly, and show
     the scored rows with their lineage, the commits and the lag."""
+    require_extra("demo", "scoring demo-stream")
     from scoring.engine.progress import default_reporter
     from scoring.tools.demo import DEMO_DIR
     from scoring.tools.demo_stream import print_result, run_demo_stream

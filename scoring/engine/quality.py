@@ -22,7 +22,7 @@ from scoring.adapters.expectations import ExpectationResult, run_expectations
 from scoring.config import ExpectationConfig, GateConfig, JobConfig
 from scoring.core import rules
 from scoring.engine import rules_spark
-from scoring.errors import QualityError
+from scoring.errors import QualityError, require_extra
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ def reason_column(expectations: Sequence[ExpectationConfig]):
 
 def evaluate(df, gate: GateConfig, which: Literal["input", "output"], *, source: str) -> GateReport:
     """Run `gate` on `df`. Raises :class:`QualityError` when the gate fails; returns the report otherwise."""
+    if gate.expectations:
+        require_extra("quality", f"quality.{which}")
     results = tuple(run_expectations(df, gate.expectations))
     rows = next((r.element_count for r in results if r.element_count is not None), None)
     failed = [r for r in results if not r.success]

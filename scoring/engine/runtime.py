@@ -12,6 +12,7 @@ from scoring.config import JobConfig
 from scoring.core.tensors import layouts
 from scoring.engine.model import PreparedModel
 from scoring.engine.progress import Reporter
+from scoring.errors import require_extra
 
 
 @contextlib.contextmanager
@@ -31,6 +32,7 @@ def open_predictor(config: JobConfig, prepared: PreparedModel, reporter: Reporte
             tensors=layouts(features, config.input.tensors),
         )
         return
+    require_extra("triton", "runtime.backend: triton")
     from scoring.adapters import triton_export
     from scoring.adapters.triton import TritonSpec
 

@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 
 from scoring import columns
-from scoring.errors import ConfigError, InputError, ScoringError
+from scoring.errors import ConfigError, InputError, ScoringError, require_extra
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -280,6 +280,7 @@ def _progress_bar(total: int, enabled: bool):
     with warnings.catch_warnings():
         # tqdm.auto warns, and falls back to a text bar, when ipywidgets is not installed
         warnings.simplefilter("ignore")
+        require_extra("notebooks", "the backfill's progress bar")
         from tqdm.auto import tqdm
     return tqdm(total=total, unit="day", desc="backfill", disable=not enabled or total == 0)
 

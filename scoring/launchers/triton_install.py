@@ -11,12 +11,13 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from scoring.errors import ScoringError
+from scoring.errors import ScoringError, require_extra
 
 _LOGGER = logging.getLogger(__name__)
 
 _INSTALL_HINT = (
-    "install the pinned stack (`make` or `pip install -c constraints.txt -e .`), which includes nvidia-pytriton"
+    "install the triton extra (`pip install -c constraints.txt 'scoring[triton]'`, or `make setup`), which includes "
+    "nvidia-pytriton"
 )
 
 
@@ -24,6 +25,7 @@ def _tritonserver_root() -> Path:
     """``site-packages/pytriton/tritonserver``, found without importing pytriton (its import is slow and noisy)."""
     import importlib.util
 
+    require_extra("triton", "the local Triton server (scoring sidecar, runtime.triton.launch: auto)")
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise ScoringError(

@@ -169,14 +169,20 @@ def test_every_pip_install_is_constrained_and_its_whole_closure_is_pinned():
         words = shlex.split(step)
         assert "--constraint" in words and words[words.index("--constraint") + 1] == "constraints.txt", step
         targets = [w for w in words[words.index("install") + 1 :] if not w.startswith("-") and w != "constraints.txt"]
-        assert targets == ["."], f"{step}: install the project (its pinned dependencies), nothing unpinned"
-    problems = unpinned_closure(PYPROJECT["project"]["dependencies"], pins)
+        assert targets == [".[triton]"], f"{step}: install the project and its triton extra (pinned), nothing unpinned"
+    wanted = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["triton"]
+    problems = unpinned_closure(wanted, pins)
     assert problems == [], "\n".join(problems)
 
 
-def test_the_test_extras_are_pinned_too():
-    """``make setup`` installs ``.[test]`` with the same constraints (kubernetes-validate for these tests among them)."""
-    assert unpinned_closure(PYPROJECT["project"]["optional-dependencies"]["test"], constraints()) == []
+def test_every_extra_is_pinned_too():
+    """``make setup`` installs ``.[dev]`` (every extra, the test tools among them) with the same constraints."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for name, wanted in extras.items():
+        if name == "dev":
+            continue
+        assert unpinned_closure(wanted, constraints()) == [], name
+    assert extras["dev"] == [f"scoring[{','.join(n for n in extras if n != 'dev')}]"]
 
 
 def test_the_closure_check_finds_a_missing_or_wrong_pin():

@@ -17,6 +17,7 @@ from scoring.config.base import (
     _Strict,
     _Threads,
 )
+from scoring.config.k8s_names import RULES
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MiB = Annotated[_Int, Field(ge=1), _at_most(4 * 1024 * 1024, "more than 4 TiB is a typo")]
@@ -27,11 +28,9 @@ def _k8s_check(rule: str, what: str) -> Any:
     (:mod:`scoring.config.k8s_names`)."""
 
     def check(value: Any) -> Any:
-        from scoring.config import k8s_names
-
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         for name in names:
-            problems = k8s_names.RULES[rule](name) if isinstance(name, str) else []
+            problems = RULES[rule](name) if isinstance(name, str) else []
             if problems:
                 raise ValueError(f"{_show(name)} is not {what}: it {'; it '.join(problems)}")
         return value

@@ -53,13 +53,18 @@ def _element_check(rule: ValueRule):
     return lambda x: valid_value(x, rule)
 
 
+def valid_feature(schema, name: str):
+    """A condition true for rows whose feature `name` (a column of `schema`, a Spark StructType) holds a valid value."""
+    return valid_value(_col(name), value_rule(schema[name].dataType))
+
+
 def valid_features(schema, features: Sequence[str]):
     """A condition true for rows whose `features` (columns of `schema`, a Spark StructType) all hold valid values."""
     from pyspark.sql import functions as F
 
     condition = F.lit(True)
     for name in features:
-        condition = condition & valid_value(_col(name), value_rule(schema[name].dataType))
+        condition = condition & valid_feature(schema, name)
     return condition
 
 

@@ -28,7 +28,7 @@ from scoring import columns
 from scoring.adapters import catalog, delta
 from scoring.config import JobConfig
 from scoring.core.identity import table_identity
-from scoring.engine import checks, gates
+from scoring.engine import checks, gates, rules_spark
 from scoring.engine.clock import PhaseClock
 from scoring.engine.faults import fault_point
 from scoring.engine.model import PreparedModel, prepare_model
@@ -290,9 +290,10 @@ def plan(
         source = gates.conform(source, rule)
     if rows_invalid:
         if config.input.on_invalid_rows == "fail":
-            first = source.where(~valid).limit(1).collect()[0]
+            verdicts = [rules_spark.valid_feature(source.schema, f).alias(f"__valid_{i}") for i, f in enumerate(model.features)]
+            first = source.where(~valid).limit(1).select("*", *verdicts).collect()[0]
             key = ", ".join(f"{k}={first[k]!r}" for k in config.input.key)
-            bad = [f for f in model.features if not _ok(first[f])]
+            bad = [f for i, f in enumerate(model.features) if not first[f"__valid_{i}"]]
             raise InvalidRowsError(
                 f"input: {rows_invalid} selected row(s) have null, NaN, infinite or out-of-range (beyond float32) "
                 f"features, first at {key}: {', '.join(bad)}",
@@ -325,19 +326,6 @@ def plan(
         tables=tables,
         rows_unwritable=rows_unwritable,
     )
-
-
-def _ok(value: Any) -> bool:
-    from scoring.core.batching import FEATURE_LIMIT
-
-    if value is None:
-        return False
-    if isinstance(value, list | tuple):  # an array feature: every element must be valid
-        return all(_ok(v) for v in value)
-    try:
-        return abs(float(value)) <= FEATURE_LIMIT
-    except (TypeError, ValueError):
-        return False
 
 
 def _profile(

@@ -104,7 +104,7 @@ demo-airflow: setup  ## the nightly DAG for one day under a throw-away Airflow (
 		|| { cat '$(DEMO_ABS)/airflow/db-migrate.log'; exit 1; }
 	@echo "airflow dags test scoring__nightly $(DEMO_DATE)"
 	@$(DEMO_ENV) $(BIN)/airflow dags test scoring__nightly $(DEMO_DATE)
-	@$(DEMO_ENV) $(BIN)/python -c 'from scoring import scheduling; \
+	@$(DEMO_ENV) $(BIN)/python -c 'from scoring.deploy import scheduling; \
 		print(scheduling.describe_latest_run("$(DEMO_ABS)/lake/churn_scores_nightly_runs"))'
 
 # `make jvm`: the JVM-native ONNX scorer prototype (issue 12; docs/jvm-backend.md), not part of `make test` or CI.

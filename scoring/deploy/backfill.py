@@ -2,7 +2,8 @@
 
 The logic behind ``notebooks/backfill.ipynb``, as plain functions so that it can be tested and the notebook stays thin:
 
-    >>> from scoring import backfill, load_job_config
+    >>> from scoring import load_job_config
+    >>> from scoring.deploy import backfill
     >>> config = load_job_config("conf/jobs/demo.yaml")
     >>> model = backfill.resolve(config)                      # once: models:/churn@champion -> models:/churn/3
     >>> day_list = backfill.days("2026-11-01", "2026-11-05")

@@ -1,4 +1,4 @@
-"""Promises of the README's "Online serving" section that no other test proves: each test quotes its sentence and
+"""Promises of the README's "Online serving" section and docs/serving.md that no other test proves: each test quotes its sentence and
 checks it against a real service (real HTTP on loopback, the batch job's real Delta output, a real MLflow registry),
 or the real ``scoring serve`` command."""
 
@@ -51,7 +51,7 @@ def svc(served):
 
 
 def test_a_key_holding_a_slash_is_answered_by_post_only_and_a_get_for_it_is_a_404_naming_the_key(served, tmp_path):
-    """README, Routes: "a key value holding `/` can only be asked through `POST /v1/score`"; GET /v1/scores/{key}:
+    """docs/serving.md, Routes: "a key value holding `/` can only be asked through `POST /v1/score`"; GET /v1/scores/{key}:
     "404 with the reason when there is none"."""
     rows = served.rows().slice(0, 3)
     keys = ["a/b", "plain", "x/y/z"]
@@ -74,7 +74,7 @@ def test_a_key_holding_a_slash_is_answered_by_post_only_and_a_get_for_it_is_a_40
 
 
 def test_get_v2_is_kserve_server_metadata_that_tritonclient_reads(svc):
-    """README, Routes: "`GET /v2/models/{name}[/ready]` and `GET /v2` for the client's metadata calls"
+    """docs/serving.md, Routes: "`GET /v2/models/{name}[/ready]` and `GET /v2` for the client's metadata calls"
     (`tritonclient.http` works unchanged)."""
     import tritonclient.http as triton_http
 
@@ -97,7 +97,7 @@ def test_get_v2_is_kserve_server_metadata_that_tritonclient_reads(svc):
 
 
 def test_metrics_expose_requests_in_flight_and_when_the_index_was_built(svc):
-    """README, Routes, GET /metrics: "`scoring_serve_in_flight`, ..., `_index_built_timestamp_seconds` (age: now
+    """docs/serving.md, Routes, GET /metrics: "`scoring_serve_in_flight`, ..., `_index_built_timestamp_seconds` (age: now
     minus it)"."""
     for key in (1, 2, 3):
         assert svc.client.get(f"/v1/scores/{key}").status_code == 200
@@ -113,7 +113,7 @@ def test_metrics_expose_requests_in_flight_and_when_the_index_was_built(svc):
 
 
 def test_docs_serve_the_openapi_page_and_openapi_json_lists_the_routes(svc):
-    """README, Routes: "`GET /docs`: the OpenAPI page"."""
+    """docs/serving.md, Routes: "`GET /docs`: the OpenAPI page"."""
     page = svc.client.get("/docs")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -144,7 +144,7 @@ def test_docs_serve_the_openapi_page_and_openapi_json_lists_the_routes(svc):
 
 
 def test_a_failed_refresh_keeps_the_old_index_answering_and_v1_status_says_why(served, tmp_path):
-    """README, Precomputed scores: "A failed refresh keeps the old index and says why in `/v1/status`"; Routes:
+    """docs/serving.md, Precomputed scores: "A failed refresh keeps the old index and says why in `/v1/status`"; Routes:
     "`GET /v1/status`: the model version served, the alias, the table and its version, the last refresh error"."""
     output = tmp_path / "scores"
     shutil.copytree(served.output_table, output)
@@ -200,7 +200,7 @@ def _read_until(stream, pattern: str, timeout_s: float = 120) -> tuple[re.Match 
 
 
 def test_the_serve_commands_host_and_port_options_override_serve_host_and_port(served, tmp_path):
-    """README, The serve: section: "host: 127.0.0.1 # --host overrides it", "port: 8080 # --port overrides it;
+    """docs/serving.md, The serve: section: "host: 127.0.0.1 # --host overrides it", "port: 8080 # --port overrides it;
     0 = any free port". The config names an address this machine does not have and a port that is taken: only the
     options make the service listen."""
     with socket.socket() as taken:
@@ -293,7 +293,7 @@ CAP = 4
 
 
 def test_concurrent_live_requests_reach_the_backend_in_calls_of_at_most_max_batch_rows(served, recording):
-    """README, The serve: section: "max_batch_rows: 512 # most rows per backend call"; Live inference:
+    """docs/serving.md, The serve: section: "max_batch_rows: 512 # most rows per backend call"; Live inference:
     "Concurrent live requests wait at most `batch_window_ms` and go to the backend as one batch (at most
     `max_batch_rows` rows)"."""
     name, version, calls = recording
@@ -320,7 +320,7 @@ def test_concurrent_live_requests_reach_the_backend_in_calls_of_at_most_max_batc
 def test_a_live_request_of_more_rows_than_max_batch_rows_reaches_the_backend_in_calls_of_at_most_that(
     served, recording
 ):
-    """README, The serve: section: "max_batch_rows: 512 # most rows per backend call"."""
+    """docs/serving.md, The serve: section: "max_batch_rows: 512 # most rows per backend call"."""
     name, version, calls = recording
     rows = feature_rows(served.features.slice(0, 3 * CAP + 1))
     tree = served.job(model={"uri": f"models:/{name}/{version}"}, serve={"max_batch_rows": CAP})
@@ -335,7 +335,7 @@ def test_a_live_request_of_more_rows_than_max_batch_rows_reaches_the_backend_in_
 
 
 def test_a_backend_call_slower_than_deadline_s_is_a_503_with_retry_after(served, recording):
-    """README, The serve: section: "deadline_s: 1.0 # a live call longer than this is a 503"; Routes: "503 with
+    """docs/serving.md, The serve: section: "deadline_s: 1.0 # a live call longer than this is a 503"; Routes: "503 with
     `Retry-After` when live inference cannot answer"."""
     name, version, calls = recording
     row = feature_rows(served.features.slice(0, 1))[0]

@@ -1,4 +1,4 @@
-"""Promises of the README's "Streaming" section that no other test proves: each test quotes its sentence and checks
+"""Promises of the README's "Streaming" section and docs/streaming.md that no other test proves: each test quotes its sentence and checks
 it against real Spark Structured Streaming, real Delta tables read back with delta-rs, a real MLflow registry, or the
 real ``scoring stream`` command."""
 
@@ -65,7 +65,7 @@ def _append_file(path, table: pa.Table) -> None:
 
 
 def test_follow_alias_with_a_triton_sidecar_the_query_starts_itself_is_refused_at_start(spark, lake, tmp_path):
-    """README, What a stream promises: "(`follow_alias` with a Triton sidecar that the query starts itself is
+    """docs/streaming.md, What a stream promises: "(`follow_alias` with a Triton sidecar that the query starts itself is
     refused: that server serves one version.)"; Failures: "a clear error at start ..., with nothing written"."""
     config = _job(
         lake,
@@ -88,7 +88,7 @@ def test_follow_alias_with_a_triton_sidecar_the_query_starts_itself_is_refused_a
 
 
 def test_table_level_expectations_apply_to_each_micro_batch_as_a_whole(spark, lake, tmp_path):
-    """README, What a stream promises: "Row-level expectations apply to each row; table-level ones
+    """docs/streaming.md, What a stream promises: "Row-level expectations apply to each row; table-level ones
     (`row_count_between`, `mean_between`, `unique`) to each micro-batch as a whole, so bounds meant for a nightly
     table do not fit a stream."."""
     gate = {
@@ -199,7 +199,7 @@ def test_each_micro_batch_prints_one_line_with_rows_rate_set_aside_lag_and_model
 
 
 def test_quarantined_rows_batch_durations_model_version_and_batches_by_outcome_are_exported(reported):
-    """README, What a stream promises: "with `metrics_port`, Prometheus metrics ..., `_rows_quarantined_total`,
+    """docs/streaming.md, What a stream promises: "with `metrics_port`, Prometheus metrics ..., `_rows_quarantined_total`,
     `_batches_total{outcome}`, `scoring_stream_batch_duration_seconds` and `scoring_stream_lag_seconds`
     (histograms), and `scoring_stream_model_version`"."""
     config, lines, text, record = reported
@@ -225,7 +225,7 @@ def test_quarantined_rows_batch_durations_model_version_and_batches_by_outcome_a
 
 
 def test_scoring_stream_help_lists_every_key_of_the_stream_section():
-    """README, The `stream:` section: "Every key is checked as strictly as the rest of the config (`scoring stream
+    """docs/streaming.md, The `stream:` section: "Every key is checked as strictly as the rest of the config (`scoring stream
     --help` lists them)"."""
     done = subprocess.run(
         [*SCORING, "stream", "--help"],

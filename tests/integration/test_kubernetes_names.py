@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring.config import k8s_names, kubernetes, load_job_config
+from scoring.config import k8s_names, load_job_config
+from scoring.deploy import kubernetes
 from scoring.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -56,8 +56,10 @@ def translate_error(error: BaseException, explain: Callable[[BaseException], Exc
             f"table cannot follow ({text.splitlines()[0][:300]})",
             hint="stream from an append-only table; restart with a new checkpoint and output after rewriting it",
         )
-    if explain is not None:
-        return explain(error) or error
+    explained = explain(error) if explain is not None else None
+    if explained is not None:
+        return explained
+    text = f"{text}\n{error}"  # the Java message and Python's rendering of it (which holds the error class)
     if "FileNotFound" in text or "FILE_NOT_EXIST" in text or "does not exist" in text and "parquet" in text:
         return InputError(
             f"a data file of the input snapshot is gone: {delta.message_of(error)}",
